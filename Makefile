@@ -1,0 +1,48 @@
+# Every target uses the project's own virtualenv in .venv/ (made by `make setup`).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+TG := $(VENV)/bin/tidegate
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export GOTOOLCHAIN ?= local
+
+.PHONY: setup testbed-build testbed-up testbed-down testbed-status demo test test-unit bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+testbed-build: setup
+	$(PY) -m testbed.build
+
+testbed-up: testbed-build
+	$(TG) testbed up
+
+testbed-down: setup
+	$(TG) testbed down
+
+testbed-status: setup
+	$(TG) testbed status
+
+test-unit: setup
+	$(PY) -m pytest -q tests/unit
+
+# the whole suite: unit, integration and e2e (the test bed is started by the session fixture
+# if it is not running, and stopped again at the end)
+test: setup testbed-build
+	$(PY) -m pytest -q tests
+
+demo: testbed-up
+	$(TG) validate --spec examples/qwen-chat.local.yaml
+
+bench: testbed-build
+	$(PY) -m tests.bench.run
+
+clean:
+	rm -rf $(VENV) .prefect .pytest_cache

@@ -1,0 +1,450 @@
+"""Bring the test bed up and down, and report its status.
+
+Start order (all on 127.0.0.1): etcd -> kube-apiserver -> kube-controller-manager and
+kube-scheduler -> bootstrap objects (IDC nodes, autoscaler ConfigMaps) -> kwok ->
+cluster-autoscaler -> data-plane components registered in ``EXTRA_COMPONENTS`` by
+``testbed.dataplane``. ``up`` always starts from an empty etcd, so a crashed run leaves
+nothing behind for the next one; ``down`` stops in reverse order, the autoscaler first while
+the apiserver still answers (on SIGTERM its kwok provider deletes every node of its group,
+known upstream behaviour), and then checks that none of the test bed's ports is still held.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import ssl
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from testbed import pki
+from testbed.build import COMPONENTS, require_binary
+from testbed.config import TestbedConfig, load_config, save_config
+from testbed.errors import TestbedError
+from testbed.procs import Proc, ProcessTable, check_ports, port_free, wait_until
+
+NODEPOOL_LABEL = "alibabacloud.com/nodepool-id"
+EDGE_LABEL = "alibabacloud.com/is-edge-worker"
+KWOK_ANNOTATION = "kwok.x-k8s.io/node"
+CA_GROUP_LABEL = "kwok-nodegroup"
+CA_NAMESPACE = "kube-system"
+
+
+@dataclass
+class Component:
+    """A process of the test bed: how to start it and how to tell it is ready."""
+
+    name: str
+    version: str
+    make_proc: Callable[[TestbedConfig], Proc]
+    ready: Callable[[TestbedConfig], bool]
+    timeout_s: float = 60.0
+    before: Callable[[TestbedConfig], None] | None = None
+    after: Callable[[TestbedConfig], None] | None = None
+    stop_timeout_s: float = 20.0
+    extra_status: Callable[[TestbedConfig], dict] | None = None
+
+
+@dataclass
+class Status:
+    components: list[dict] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def all_ready(self) -> bool:
+        return bool(self.components) and all(c["ready"] for c in self.components)
+
+
+# -- readiness probes ------------------------------------------------------------------------
+def _https_ok(url: str, cfg: TestbedConfig, *, client_cert: bool = True, timeout: float = 2.0) -> bool:
+    ctx = ssl.create_default_context(cafile=str(cfg.pki_dir / "ca.crt"))
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE if not client_cert else ssl.CERT_REQUIRED
+    if client_cert:
+        ctx.load_cert_chain(str(cfg.pki_dir / "admin.crt"), str(cfg.pki_dir / "admin.key"))
+    else:
+        ctx.verify_mode = ssl.CERT_NONE
+    with urllib.request.urlopen(url, context=ctx, timeout=timeout) as resp:  # noqa: S310 - loopback only
+        return resp.status == 200
+
+
+def _http_ok(url: str, timeout: float = 2.0) -> bool:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only
+        return resp.status == 200
+
+
+def apiserver_url(cfg: TestbedConfig) -> str:
+    return f"https://127.0.0.1:{cfg.ports.apiserver}"
+
+
+def kube(cfg: TestbedConfig):
+    from tasks.kube import Kube
+
+    return Kube.connect(kubeconfig=cfg.kubeconfig)
+
+
+# -- etcd -----------------------------------------------------------------------------------
+def _etcd_proc(cfg: TestbedConfig) -> Proc:
+    p = cfg.ports
+    data = cfg.state_dir / "etcd"
+    return Proc("etcd", [
+        str(require_binary("etcd", "etcd")), "--name=testbed", f"--data-dir={data}",
+        f"--listen-client-urls=http://127.0.0.1:{p.etcd_client}",
+        f"--advertise-client-urls=http://127.0.0.1:{p.etcd_client}",
+        f"--listen-peer-urls=http://127.0.0.1:{p.etcd_peer}",
+        f"--initial-advertise-peer-urls=http://127.0.0.1:{p.etcd_peer}",
+        f"--initial-cluster=testbed=http://127.0.0.1:{p.etcd_peer}",
+        "--listen-metrics-urls=", "--auto-compaction-mode=periodic", "--auto-compaction-retention=5m",
+        "--quota-backend-bytes=4294967296", "--unsafe-no-fsync", "--log-level=warn",
+    ], [p.etcd_client, p.etcd_peer])
+
+
+def _etcd_fresh(cfg: TestbedConfig) -> None:
+    shutil.rmtree(cfg.state_dir / "etcd", ignore_errors=True)
+
+
+# -- control plane --------------------------------------------------------------------------
+def _apiserver_proc(cfg: TestbedConfig) -> Proc:
+    k = cfg.pki_dir
+    return Proc("kube-apiserver", [
+        str(require_binary("k8s", "kube-apiserver")),
+        f"--etcd-servers=http://127.0.0.1:{cfg.ports.etcd_client}",
+        "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={cfg.ports.apiserver}",
+        "--endpoint-reconciler-type=none",
+        f"--tls-cert-file={k / 'apiserver.crt'}", f"--tls-private-key-file={k / 'apiserver.key'}",
+        f"--client-ca-file={k / 'ca.crt'}",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-account-key-file={k / 'sa.pub'}", f"--service-account-signing-key-file={k / 'sa.key'}",
+        "--service-cluster-ip-range=10.96.0.0/16", "--authorization-mode=Node,RBAC",
+        "--allow-privileged=true", "--profiling=false", "--event-ttl=2h",
+        f"--requestheader-client-ca-file={k / 'front-proxy-ca.crt'}",
+        "--requestheader-allowed-names=front-proxy-client",
+        "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={k / 'front-proxy-client.crt'}",
+        f"--proxy-client-key-file={k / 'front-proxy-client.key'}",
+        "--enable-aggregator-routing=false", "--v=1",
+    ], [cfg.ports.apiserver])
+
+
+def _kcm_proc(cfg: TestbedConfig) -> Proc:
+    k = cfg.pki_dir
+    return Proc("kube-controller-manager", [
+        str(require_binary("k8s", "kube-controller-manager")), f"--kubeconfig={cfg.kubeconfig}",
+        f"--authentication-kubeconfig={cfg.kubeconfig}", f"--authorization-kubeconfig={cfg.kubeconfig}",
+        "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={cfg.ports.controller_manager}",
+        f"--service-account-private-key-file={k / 'sa.key'}", f"--root-ca-file={k / 'ca.crt'}",
+        "--use-service-account-credentials=false", "--controllers=*,-nodeipam,-cloud-node-lifecycle",
+        f"--horizontal-pod-autoscaler-sync-period={cfg.hpa_sync_period_s}s",
+        "--horizontal-pod-autoscaler-initial-readiness-delay=5s",
+        "--horizontal-pod-autoscaler-cpu-initialization-period=10s",
+        "--node-monitor-grace-period=60s", "--profiling=false", "--v=1",
+    ], [cfg.ports.controller_manager])
+
+
+def _scheduler_proc(cfg: TestbedConfig) -> Proc:
+    return Proc("kube-scheduler", [
+        str(require_binary("k8s", "kube-scheduler")), f"--kubeconfig={cfg.kubeconfig}",
+        f"--authentication-kubeconfig={cfg.kubeconfig}", f"--authorization-kubeconfig={cfg.kubeconfig}",
+        "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={cfg.ports.scheduler}",
+        "--profiling=false", "--v=1",
+    ], [cfg.ports.scheduler])
+
+
+# -- nodes ----------------------------------------------------------------------------------
+def _node_status(pool) -> dict:
+    res = {"cpu": pool.cpu, "memory": pool.memory, "pods": "110", "nvidia.com/gpu": str(pool.gpus_per_node)}
+    return {"capacity": dict(res), "allocatable": dict(res)}
+
+
+def _pool_labels(pool) -> dict:
+    return {
+        NODEPOOL_LABEL: pool.nodepool_id,
+        EDGE_LABEL: "true" if pool.edge_worker else "false",
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+        "type": "kwok",
+        "nvidia.com/gpu.present": "true",
+        "nvidia.com/gpu.product": pool.gpu_product,
+    }
+
+
+def idc_node(cfg: TestbedConfig, i: int) -> dict:
+    name = f"idc-gpu-{i}"
+    return {
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "annotations": {KWOK_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                     "labels": {**_pool_labels(cfg.idc), "kubernetes.io/hostname": name}},
+        "status": _node_status(cfg.idc),
+    }
+
+
+def elastic_templates(cfg: TestbedConfig) -> list[dict]:
+    e = cfg.elastic
+    tmpl = {
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": f"{e.group}-template",
+                     "annotations": {"cluster-autoscaler.kwok.nodegroup/min-count": str(e.min_nodes),
+                                     "cluster-autoscaler.kwok.nodegroup/max-count": str(e.max_nodes)},
+                     "labels": {**_pool_labels(e), CA_GROUP_LABEL: e.group}},
+        "spec": {},
+        "status": _node_status(e),
+    }
+    return [tmpl]
+
+
+def _bootstrap(cfg: TestbedConfig) -> None:
+    """Objects that must exist before kwok and the autoscaler start."""
+    k = kube(cfg)
+    for i in range(cfg.idc.nodes):
+        k.apply(idc_node(cfg, i), field_manager="tidegate-testbed")
+    provider_cfg = {
+        "apiVersion": "v1alpha1",
+        "readNodesFrom": "configmap",
+        "nodegroups": {"fromNodeLabelKey": CA_GROUP_LABEL},
+        "nodes": {"skipTaint": True, "gpuConfig": {"gpuLabelKey": "nvidia.com/gpu.product",
+                                                    "availableGPUTypes": {cfg.elastic.gpu_product: {}}}},
+        "configmap": {"name": "kwok-provider-templates"},
+    }
+    k.apply({"apiVersion": "v1", "kind": "ConfigMap",
+             "metadata": {"name": "kwok-provider-config", "namespace": CA_NAMESPACE},
+             "data": {"config": yaml.safe_dump(provider_cfg)}}, field_manager="tidegate-testbed")
+    templates = {"apiVersion": "v1", "kind": "List", "items": elastic_templates(cfg)}
+    k.apply({"apiVersion": "v1", "kind": "ConfigMap",
+             "metadata": {"name": "kwok-provider-templates", "namespace": CA_NAMESPACE},
+             "data": {"templates": yaml.safe_dump(templates)}}, field_manager="tidegate-testbed")
+    # a previous autoscaler killed with SIGKILL leaves its nodes behind: start from a clean pool
+    for node in k.list("v1", "Node", label_selector=CA_GROUP_LABEL):
+        k.delete("v1", "Node", node["metadata"]["name"])
+
+
+def _nodes_ready(cfg: TestbedConfig) -> bool:
+    nodes = kube(cfg).list("v1", "Node", label_selector=f"{NODEPOOL_LABEL}={cfg.idc.nodepool_id}")
+    ready = [n for n in nodes if any(c["type"] == "Ready" and c["status"] == "True"
+                                     for c in n.get("status", {}).get("conditions") or [])]
+    return len(ready) >= cfg.idc.nodes
+
+
+def _kwok_proc(cfg: TestbedConfig) -> Proc:
+    stages = sorted((COMPONENTS["kwok"].bin_dir() / "stages").glob("*.yaml"))
+    if not stages:
+        raise TestbedError("kwok: stage files missing from the build cache; run `make testbed-build`")
+    argv = [str(require_binary("kwok", "kwok")), f"--kubeconfig={cfg.kubeconfig}"]
+    for s in stages:
+        argv.append(f"--config={s}")
+    argv += ["--manage-all-nodes=false", f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake",
+             "--node-lease-duration-seconds=40", "--cidr=10.244.0.0/16", "--node-ip=10.0.0.1",
+             f"--server-address=127.0.0.1:{cfg.ports.kwok}", "--v=WARN"]
+    return Proc("kwok", argv, [cfg.ports.kwok])
+
+
+def _ca_proc(cfg: TestbedConfig) -> Proc:
+    t = cfg.autoscaler
+    env = {"KWOK_PROVIDER_MODE": "local", "POD_NAMESPACE": CA_NAMESPACE, "KUBECONFIG": str(cfg.kubeconfig)}
+    return Proc("cluster-autoscaler", [
+        str(require_binary("ca", "cluster-autoscaler")), "--cloud-provider=kwok",
+        f"--kubeconfig={cfg.kubeconfig}", f"--namespace={CA_NAMESPACE}", "--leader-elect=false",
+        f"--address=127.0.0.1:{cfg.ports.autoscaler}",
+        f"--scan-interval={t.scan_interval_s}s", "--expander=least-waste",
+        f"--scale-down-unneeded-time={t.scale_down_unneeded_s}s",
+        f"--scale-down-delay-after-add={t.scale_down_delay_after_add_s}s",
+        "--scale-down-delay-after-delete=0s", "--scale-down-delay-after-failure=10s",
+        "--unremovable-node-recheck-timeout=10s", "--node-delete-delay-after-taint=0s",
+        "--max-node-provision-time=2m", "--initial-node-group-backoff-duration=10s",
+        "--skip-nodes-with-local-storage=false", "--skip-nodes-with-system-pods=false",
+        "--scale-down-gpu-utilization-threshold=0.5", "--record-duplicated-events=true",
+        "--write-status-configmap=true", "--v=2",
+    ], [cfg.ports.autoscaler], env=env)
+
+
+def _ca_ready(cfg: TestbedConfig) -> bool:
+    if not _http_ok(f"http://127.0.0.1:{cfg.ports.autoscaler}/health-check"):
+        return False
+    return kube(cfg).get("v1", "ConfigMap", "cluster-autoscaler-status", CA_NAMESPACE) is not None
+
+
+def _pool_status(cfg: TestbedConfig) -> dict:
+    k = kube(cfg)
+    nodes = k.list("v1", "Node")
+    pools: dict[str, dict] = {}
+    for pool in (cfg.idc, cfg.elastic):
+        members = [n for n in nodes if n["metadata"].get("labels", {}).get(NODEPOOL_LABEL) == pool.nodepool_id]
+        ready = [n for n in members if any(c["type"] == "Ready" and c["status"] == "True"
+                                           for c in n.get("status", {}).get("conditions") or [])]
+        pools[pool.nodepool_id] = {"nodes": len(members), "ready": len(ready),
+                                   "gpus_per_node": pool.gpus_per_node}
+    pools[cfg.elastic.nodepool_id].update({"group": cfg.elastic.group, "min": cfg.elastic.min_nodes,
+                                           "max": cfg.elastic.max_nodes})
+    return {"pools": pools}
+
+
+CONTROL_PLANE: list[Component] = [
+    Component("etcd", COMPONENTS["etcd"].version, _etcd_proc,
+              lambda c: _http_ok(f"http://127.0.0.1:{c.ports.etcd_client}/health"), 30, before=_etcd_fresh),
+    Component("kube-apiserver", COMPONENTS["k8s"].version, _apiserver_proc,
+              lambda c: _https_ok(f"{apiserver_url(c)}/readyz", c), 90),
+    Component("kube-controller-manager", COMPONENTS["k8s"].version, _kcm_proc,
+              lambda c: _https_ok(f"https://127.0.0.1:{c.ports.controller_manager}/healthz", c,
+                                  client_cert=False), 60),
+    Component("kube-scheduler", COMPONENTS["k8s"].version, _scheduler_proc,
+              lambda c: _https_ok(f"https://127.0.0.1:{c.ports.scheduler}/healthz", c, client_cert=False), 60,
+              after=_bootstrap),
+    Component("kwok", COMPONENTS["kwok"].version, _kwok_proc, _nodes_ready, 60),
+    Component("cluster-autoscaler", COMPONENTS["ca"].version, _ca_proc, _ca_ready, 90, stop_timeout_s=30,
+              extra_status=_pool_status),
+]
+
+# data-plane components (issue 3, 5) append themselves here
+EXTRA_COMPONENTS: list[Component] = []
+
+
+def all_components() -> list[Component]:
+    try:
+        import testbed.dataplane  # noqa: F401 - registers EXTRA_COMPONENTS
+    except ModuleNotFoundError as exc:
+        if exc.name != "testbed.dataplane":
+            raise
+    return CONTROL_PLANE + EXTRA_COMPONENTS
+
+
+def _table(cfg: TestbedConfig) -> ProcessTable:
+    return ProcessTable(cfg.run_dir, cfg.log_dir)
+
+
+def up(cfg: TestbedConfig | None = None, *, log=print) -> dict:
+    """Start every component that is not running; return seconds per component."""
+    cfg = cfg or load_config()
+    table = _table(cfg)
+    running = [c.name for c in all_components() if table.pid(c.name)]
+    if running and "etcd" not in running:
+        down(cfg, log=log)  # half a test bed (e.g. after a crash) is torn down before a clean start
+        running = []
+    save_config(cfg)
+    pki.ensure_pki(cfg.pki_dir)
+    pki.write_kubeconfig(cfg.kubeconfig, cfg.pki_dir, apiserver_url(cfg))
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    for comp in all_components():
+        t0 = time.monotonic()
+        if table.pid(comp.name):
+            if comp.ready(cfg):
+                log(f"[testbed] {comp.name}: already running (pid {table.pid(comp.name)})")
+                continue
+        else:
+            if comp.before:
+                comp.before(cfg)
+            proc = comp.make_proc(cfg)
+            check_ports(comp.name, proc.ports)
+            pid = table.start(proc)
+            log(f"[testbed] {comp.name}: started pid {pid}")
+        try:
+            wait_until(lambda: comp.ready(cfg), timeout=comp.timeout_s, what=comp.name,
+                       died=lambda: table.exited_early(comp.name))
+        except TestbedError:
+            log(f"[testbed] {comp.name} failed to start; stopping the test bed")
+            down(cfg, log=lambda *_: None)
+            raise
+        if comp.after:
+            comp.after(cfg)
+        timings[comp.name] = round(time.monotonic() - t0, 2)
+        log(f"[testbed] {comp.name}: ready in {timings[comp.name]:.1f}s")
+    timings["total"] = round(time.monotonic() - started, 2)
+    log(f"[testbed] all components ready in {timings['total']:.1f}s; KUBECONFIG={cfg.kubeconfig}")
+    return timings
+
+
+def down(cfg: TestbedConfig | None = None, *, log=print) -> list[str]:
+    """Stop everything ``up`` started, in reverse order; verify nothing is left listening."""
+    cfg = cfg or load_config(saved=True)
+    table = _table(cfg)
+    stopped = []
+    names = [c.name for c in all_components()]
+    stray = [n for n in table.names() if n not in names]
+    for comp in list(reversed(all_components())):
+        if table.stop(comp.name, timeout=comp.stop_timeout_s):
+            stopped.append(comp.name)
+            log(f"[testbed] {comp.name}: stopped")
+    for name in stray:
+        if table.stop(name):
+            stopped.append(name)
+    busy = []
+    for comp in all_components():
+        try:
+            ports = comp.make_proc(cfg).ports
+        except TestbedError:
+            continue
+        busy += [p for p in ports if not port_free(p)]
+    if busy and stopped:
+        time.sleep(1.0)
+        busy = [p for p in busy if not port_free(p)]
+    if busy:
+        log(f"[testbed] warning: ports still in use after down: {busy} (not started by this test bed?)")
+    return stopped
+
+
+def status(cfg: TestbedConfig | None = None) -> dict:
+    cfg = cfg or load_config(saved=True)
+    table = _table(cfg)
+    comps = []
+    extra: dict = {}
+    for comp in all_components():
+        pid = table.pid(comp.name)
+        ready = False
+        if pid:
+            try:
+                ready = bool(comp.ready(cfg))
+            except Exception:  # noqa: BLE001 - a probe failing means not ready
+                ready = False
+        comps.append({"name": comp.name, "ready": ready, "pid": pid, "version": comp.version,
+                      "log": str(table.log_file(comp.name))})
+        if ready and comp.extra_status:
+            try:
+                extra.update(comp.extra_status(cfg))
+            except Exception as exc:  # noqa: BLE001
+                extra.setdefault("errors", []).append(f"{comp.name}: {exc}")
+    out = {
+        "ready": all(c["ready"] for c in comps),
+        "state_dir": str(cfg.state_dir),
+        "kubeconfig": str(cfg.kubeconfig),
+        "apiserver": apiserver_url(cfg),
+        "components": comps,
+        "pools": extra.pop("pools", {
+            cfg.idc.nodepool_id: {"nodes": None, "ready": None},
+            cfg.elastic.nodepool_id: {"nodes": None, "group": cfg.elastic.group, "min": cfg.elastic.min_nodes,
+                                      "max": cfg.elastic.max_nodes}}),
+    }
+    out.update(extra)
+    return out
+
+
+def logs(cfg: TestbedConfig | None = None, name: str | None = None, lines: int = 40) -> str:
+    cfg = cfg or load_config(saved=True)
+    table = _table(cfg)
+    names = [name] if name else [c.name for c in all_components()]
+    chunks = []
+    for n in names:
+        path = table.log_file(n)
+        if not path.exists():
+            if name:
+                raise TestbedError(f"no log for component {n!r}; components: {', '.join(c.name for c in all_components())}")
+            continue
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+        chunks.append(f"==> {path} <==\n" + "\n".join(tail))
+    return "\n\n".join(chunks)
+
+
+def dump_status_json(cfg: TestbedConfig | None = None) -> str:
+    return json.dumps(status(cfg), indent=2, default=str)
+
+
+def env_for_clients(cfg: TestbedConfig) -> dict[str, str]:
+    return {"KUBECONFIG": str(cfg.kubeconfig)}
+
+
+os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")

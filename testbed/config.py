@@ -1,0 +1,159 @@
+"""Settings of the test bed: where it keeps its state, which loopback ports it uses, the IDC
+and elastic pools' sizes, the autoscaler's timings and the model-server emulator's latency
+model.
+
+Defaults suit a 2-core machine. Override them with a YAML file named by
+``TIDEGATE_TESTBED_CONFIG`` or with ``tidegate testbed up --set idc.nodes=4``; the effective
+settings are written to ``<state_dir>/config.json`` by ``up`` so that ``status`` and ``down``
+see what ``up`` used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from testbed.errors import TestbedError
+
+
+def default_state_dir() -> Path:
+    env = os.environ.get("TIDEGATE_TESTBED_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "tidegate" / "testbed"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Ports(_Strict):
+    etcd_client: int = Field(22379, ge=1024, le=65535, description="etcd client port")
+    etcd_peer: int = Field(22380, ge=1024, le=65535, description="etcd peer port")
+    apiserver: int = Field(6443, ge=1024, le=65535, description="kube-apiserver secure port")
+    controller_manager: int = Field(10257, ge=1024, le=65535, description="kube-controller-manager secure port")
+    scheduler: int = Field(10259, ge=1024, le=65535, description="kube-scheduler secure port")
+    kwok: int = Field(10247, ge=1024, le=65535, description="kwok's HTTP server (health, metrics)")
+    autoscaler: int = Field(8085, ge=1024, le=65535, description="cluster-autoscaler metrics/health port")
+    metrics_adapter: int = Field(6444, ge=1024, le=65535, description="custom.metrics.k8s.io adapter (HTTPS)")
+    daemon: int = Field(18080, ge=1024, le=65535, description="test-bed daemon API (replica metrics, status)")
+    gateway: int = Field(18000, ge=1024, le=65535, description="HTTP gateway routing by Host to replicas")
+    oss: int = Field(18333, ge=1024, le=65535, description="OSS-dialect adapter in front of SeaweedFS")
+    seaweed_s3: int = Field(18334, ge=1024, le=65535, description="SeaweedFS S3 port")
+    seaweed_master: int = Field(19333, ge=1024, le=65535, description="SeaweedFS master port")
+    seaweed_volume: int = Field(18081, ge=1024, le=65535, description="SeaweedFS volume port")
+    seaweed_filer: int = Field(18888, ge=1024, le=65535, description="SeaweedFS filer port")
+    replica_base: int = Field(20000, ge=1024, le=60000, description="first port handed to model-server emulators")
+
+
+class Pool(_Strict):
+    nodepool_id: str = Field(description="value of the alibabacloud.com/nodepool-id label")
+    edge_worker: bool = Field(description="value of alibabacloud.com/is-edge-worker")
+    gpus_per_node: int = Field(1, ge=0, le=16, description="nvidia.com/gpu capacity per node")
+    cpu: str = Field("8", description="CPU capacity per node")
+    memory: str = Field("32Gi", description="memory capacity per node")
+    gpu_product: str = Field("NVIDIA-A10", description="nvidia.com/gpu.product label")
+
+
+class IdcPool(Pool):
+    nodepool_id: str = "np-idc"
+    edge_worker: bool = True
+    nodes: int = Field(2, ge=0, le=5000, description="number of static IDC GPU nodes")
+
+
+class ElasticPool(Pool):
+    nodepool_id: str = "np-elastic"
+    edge_worker: bool = False
+    group: str = Field("np-elastic", description="the autoscaler's node group name")
+    min_nodes: int = Field(0, ge=0, le=100, description="autoscaler min size of the elastic group")
+    max_nodes: int = Field(3, ge=0, le=100, description="autoscaler max size of the elastic group")
+
+
+class AutoscalerTimings(_Strict):
+    scan_interval_s: int = Field(5, ge=1, le=60, description="--scan-interval")
+    scale_down_unneeded_s: int = Field(20, ge=0, le=3600, description="--scale-down-unneeded-time")
+    scale_down_delay_after_add_s: int = Field(20, ge=0, le=3600, description="--scale-down-delay-after-add")
+
+
+class EmulatorModel(_Strict):
+    """Continuous-batching latency model of the vLLM emulator (see testbed/emulator.py)."""
+
+    ttft_base_ms: float = Field(60.0, ge=0, description="time to first token of a lone request")
+    ttft_per_running_ms: float = Field(8.0, ge=0, description="extra TTFT per running sequence")
+    itl_base_ms: float = Field(20.0, ge=0.1, description="inter-token latency with one running sequence")
+    itl_per_running_ms: float = Field(1.5, ge=0, description="extra ITL per additional running sequence")
+    max_num_seqs: int = Field(16, ge=1, le=1024, description="sequences decoded at once; more wait in a queue")
+    default_max_tokens: int = Field(64, ge=1, description="output tokens when a request sets no max_tokens")
+    load_delay_s: float = Field(2.0, ge=0, description="model-load delay before /health answers 200")
+
+
+class TestbedConfig(_Strict):
+    __test__ = False
+
+    state_dir: Path = Field(default_factory=default_state_dir, description="pid files, logs, PKI, etcd data")
+    ports: Ports = Field(default_factory=Ports)
+    idc: IdcPool = Field(default_factory=IdcPool)
+    elastic: ElasticPool = Field(default_factory=ElasticPool)
+    autoscaler: AutoscalerTimings = Field(default_factory=AutoscalerTimings)
+    emulator: EmulatorModel = Field(default_factory=EmulatorModel)
+    hpa_sync_period_s: int = Field(5, ge=1, le=60, description="kube-controller-manager HPA sync period")
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "admin.kubeconfig"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.state_dir / "pki"
+
+
+def _apply_set(data: dict, assignment: str) -> None:
+    if "=" not in assignment:
+        raise TestbedError(f"--set {assignment!r}: expected key=value, e.g. idc.nodes=4")
+    key, value = assignment.split("=", 1)
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = yaml.safe_load(value)
+
+
+def load_config(overrides: list[str] | None = None, *, saved: bool = False) -> TestbedConfig:
+    """Defaults <- $TIDEGATE_TESTBED_CONFIG <- overrides; with ``saved``, what ``up`` wrote."""
+    data: dict = {}
+    path = os.environ.get("TIDEGATE_TESTBED_CONFIG")
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as exc:
+            raise TestbedError(f"TIDEGATE_TESTBED_CONFIG={path}: {exc.strerror}") from exc
+    for assignment in overrides or []:
+        _apply_set(data, assignment)
+    try:
+        cfg = TestbedConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise TestbedError(f"test bed setting {loc}: {err['msg']}") from exc
+    if saved and not overrides:
+        saved_file = cfg.state_dir / "config.json"
+        if saved_file.exists():
+            return TestbedConfig.model_validate_json(saved_file.read_text())
+    return cfg
+
+
+def save_config(cfg: TestbedConfig) -> None:
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.state_dir / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
