@@ -81,16 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--lines", type=int, default=40, help="logs: lines per component")
     tb.set_defaults(func=_testbed)
 
-    import importlib.util
+    from flows import commands
 
-    commands = importlib.import_module("flows.commands") if importlib.util.find_spec("flows.commands") else None
-    if commands is not None:
-        commands.register(sub)
-    else:
-        for name in ("validate", "plan", "stage", "gate", "cleanup", "deployments", "blocks"):
-            sp = sub.add_parser(name, help="(not implemented yet)")
-            sp.add_argument("rest", nargs=argparse.REMAINDER)
-            sp.set_defaults(func=_not_ready(name))
+    commands.register(sub)
     return p
 
 

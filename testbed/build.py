@@ -16,6 +16,7 @@ Invariants: nothing here is committed into the checkout; every failure surfaces 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -220,6 +221,35 @@ def build_all(names: list[str] | None = None, *, force: bool = False) -> None:
     print(f"[testbed-build] {check_go()}; cache {cache_dir()}", file=sys.stderr, flush=True)
     for name in names or list(COMPONENTS):
         build(COMPONENTS[name], force=force)
+    if not names:
+        print(f"[testbed-build] kserve CRD: {ensure_kserve_crd()}", file=sys.stderr, flush=True)
+
+
+KSERVE_MODULE = "github.com/kserve/kserve"
+KSERVE_VERSION = "v0.16.0"
+KSERVE_CRD = "config/crd/full/serving.kserve.io_inferenceservices.yaml"
+
+
+def ensure_kserve_crd() -> Path:
+    """The real InferenceService CRD, taken from the KServe Go module and cached."""
+    dst = cache_dir() / "crds" / f"kserve-{KSERVE_VERSION}" / Path(KSERVE_CRD).name
+    if dst.exists():
+        return dst
+    check_go()
+    env = dict(os.environ, GOTOOLCHAIN="local", GOFLAGS="-mod=mod")
+    proc = subprocess.run(["go", "mod", "download", "-json", f"{KSERVE_MODULE}@{KSERVE_VERSION}"],
+                          capture_output=True, text=True, env=env, check=False, cwd=cache_dir().parent)
+    try:
+        info = json.loads(proc.stdout)
+    except ValueError:
+        info = {"Error": proc.stderr.strip() or "no output"}
+    if info.get("Error") or not info.get("Dir"):
+        raise BuildError(f"kserve CRD: `go mod download {KSERVE_MODULE}@{KSERVE_VERSION}` failed: "
+                         f"{str(info.get('Error'))[:200]}; check the Go module proxy")
+    src = Path(info["Dir"]) / KSERVE_CRD
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    return dst
 
 
 def require_binary(component: str, binary: str) -> Path:

@@ -199,11 +199,9 @@ def elastic_templates(cfg: TestbedConfig) -> list[dict]:
     return [tmpl]
 
 
-def _bootstrap(cfg: TestbedConfig) -> None:
-    """Objects that must exist before kwok and the autoscaler start."""
+def _apply_autoscaler_config(cfg: TestbedConfig) -> None:
+    """The kwok provider's ConfigMaps: provider config and the elastic pool's node template."""
     k = kube(cfg)
-    for i in range(cfg.idc.nodes):
-        k.apply(idc_node(cfg, i), field_manager="tidegate-testbed")
     provider_cfg = {
         "apiVersion": "v1alpha1",
         "readNodesFrom": "configmap",
@@ -219,9 +217,39 @@ def _bootstrap(cfg: TestbedConfig) -> None:
     k.apply({"apiVersion": "v1", "kind": "ConfigMap",
              "metadata": {"name": "kwok-provider-templates", "namespace": CA_NAMESPACE},
              "data": {"templates": yaml.safe_dump(templates)}}, field_manager="tidegate-testbed")
-    # a previous autoscaler killed with SIGKILL leaves its nodes behind: start from a clean pool
+
+
+def _delete_leftover_elastic_nodes(cfg: TestbedConfig) -> None:
+    """A previous autoscaler killed with SIGKILL leaves its nodes behind: start from a clean pool."""
+    k = kube(cfg)
     for node in k.list("v1", "Node", label_selector=CA_GROUP_LABEL):
         k.delete("v1", "Node", node["metadata"]["name"])
+
+
+def _bootstrap(cfg: TestbedConfig) -> None:
+    """Objects that must exist before kwok and the autoscaler start."""
+    k = kube(cfg)
+    for i in range(cfg.idc.nodes):
+        k.apply(idc_node(cfg, i), field_manager="tidegate-testbed")
+    _apply_autoscaler_config(cfg)
+    _delete_leftover_elastic_nodes(cfg)
+
+
+def reconfigure_autoscaler(cfg: TestbedConfig) -> None:
+    """Apply the elastic pool settings of ``cfg`` and restart the autoscaler (it reads them at start).
+
+    Restarting deletes the group's nodes (the kwok provider's cleanup on SIGTERM).
+    """
+    table = _table(cfg)
+    comp = next(c for c in CONTROL_PLANE if c.name == "cluster-autoscaler")
+    table.stop(comp.name, timeout=comp.stop_timeout_s)
+    _apply_autoscaler_config(cfg)
+    _delete_leftover_elastic_nodes(cfg)
+    k = kube(cfg)
+    k.delete("v1", "ConfigMap", "cluster-autoscaler-status", CA_NAMESPACE)
+    table.start(comp.make_proc(cfg))
+    wait_until(lambda: comp.ready(cfg), timeout=comp.timeout_s, what=comp.name,
+               died=lambda: table.exited_early(comp.name))
 
 
 def _nodes_ready(cfg: TestbedConfig) -> bool:
@@ -231,10 +259,32 @@ def _nodes_ready(cfg: TestbedConfig) -> bool:
     return len(ready) >= cfg.idc.nodes
 
 
-def _kwok_proc(cfg: TestbedConfig) -> Proc:
-    stages = sorted((COMPONENTS["kwok"].bin_dir() / "stages").glob("*.yaml"))
-    if not stages:
+# predictor pods get their status from the test-bed daemon (it acts as their kubelet: Running
+# once the emulator replica starts, Ready only after the model-load delay), so kwok's own
+# pod-ready stage must leave them alone
+DAEMON_MANAGED_POD_LABEL = "serving.kserve.io/inferenceservice"
+
+
+def _kwok_stages(cfg: TestbedConfig) -> list[Path]:
+    src = sorted((COMPONENTS["kwok"].bin_dir() / "stages").glob("*.yaml"))
+    if not src:
         raise TestbedError("kwok: stage files missing from the build cache; run `make testbed-build`")
+    out_dir = cfg.state_dir / "kwok-stages"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = []
+    for f in src:
+        stage = yaml.safe_load(f.read_text())
+        if stage["metadata"]["name"] == "pod-ready":
+            stage["spec"]["selector"]["matchExpressions"].append(
+                {"key": f'.metadata.labels["{DAEMON_MANAGED_POD_LABEL}"]', "operator": "DoesNotExist"})
+        dst = out_dir / f.name
+        dst.write_text(yaml.safe_dump(stage, sort_keys=False))
+        out.append(dst)
+    return out
+
+
+def _kwok_proc(cfg: TestbedConfig) -> Proc:
+    stages = _kwok_stages(cfg)
     argv = [str(require_binary("kwok", "kwok")), f"--kubeconfig={cfg.kubeconfig}"]
     for s in stages:
         argv.append(f"--config={s}")

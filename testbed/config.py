@@ -41,6 +41,7 @@ class Ports(_Strict):
     autoscaler: int = Field(8085, ge=1024, le=65535, description="cluster-autoscaler metrics/health port")
     metrics_adapter: int = Field(6444, ge=1024, le=65535, description="custom.metrics.k8s.io adapter (HTTPS)")
     daemon: int = Field(18080, ge=1024, le=65535, description="test-bed daemon API (replica metrics, status)")
+    webhook: int = Field(18443, ge=1024, le=65535, description="test-bed daemon's admission webhook (HTTPS)")
     gateway: int = Field(18000, ge=1024, le=65535, description="HTTP gateway routing by Host to replicas")
     oss: int = Field(18333, ge=1024, le=65535, description="OSS-dialect adapter in front of SeaweedFS")
     seaweed_s3: int = Field(18334, ge=1024, le=65535, description="SeaweedFS S3 port")

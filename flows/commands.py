@@ -1,0 +1,130 @@
+"""Subcommands of ``tidegate`` beyond ``testbed`` (validate, plan, stage, cleanup, gate,
+deployments, blocks). Each returns an exit code or raises a TidegateError."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _load(args: argparse.Namespace):
+    from tasks.spec import load_spec
+
+    return load_spec(args.spec, args.set or [])
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore", "kubernetes", "urllib3", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    spec = _load(args)
+    from flows.validation import normalize_stages, run_local
+
+    stages = normalize_stages(args.stages)
+    _setup_logging(args.verbose)
+    outcome = run_local(spec, stages, use_prefect=not args.no_prefect)
+    print(f"tidegate: {outcome.verdict.upper()} run {outcome.run_id}; report {outcome.report_dir}/report.html")
+    return outcome.exit_code
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    spec = _load(args)
+    from tasks.render import render_plan
+
+    print(render_plan(spec, "plan"))
+    return 0
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    spec = _load(args)
+    try:
+        from tasks import staging
+    except ModuleNotFoundError as exc:
+        if exc.name != "tasks.staging":
+            raise
+        from tasks.errors import StageNotImplemented
+
+        raise StageNotImplemented("`tidegate stage` is not implemented yet") from None
+    _setup_logging(args.verbose)
+    staged = staging.stage_model_for_spec(spec, source=args.source)
+    print(staged.summary())
+    return 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from tasks.cluster import teardown
+    from tasks.kube import Kube
+
+    kubeconfig = args.kubeconfig
+    if not kubeconfig and args.spec:
+        from flows.validation import resolve_profile
+
+        spec = _load(args)
+        kubeconfig = resolve_profile(spec)
+        namespaces = [spec.cluster.namespace]
+    else:
+        namespaces = args.namespace or ["default"]
+    if not kubeconfig:
+        from testbed.config import load_config
+
+        kubeconfig = str(load_config(saved=True).kubeconfig)
+    kube = Kube.connect(kubeconfig=kubeconfig, context=args.context)
+    kube.ping()
+    if args.all_namespaces:
+        namespaces = [n["metadata"]["name"] for n in kube.list("v1", "Namespace")]
+    deleted = teardown(kube, args.run_id, namespaces)
+    print(f"tidegate: removed {len(deleted)} objects of run {args.run_id}")
+    for d in deleted:
+        print(f"  {d}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    def spec_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--spec", required=True, help="RolloutSpec YAML file")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a spec field, e.g. service.max_replicas=4")
+        p.add_argument("-v", "--verbose", action="store_true")
+
+    p = sub.add_parser("validate", help="run the validation flow end to end")
+    spec_args(p)
+    p.add_argument("--stages", help="comma-separated subset: stage,prepare,deploy,smoke,spike,verify,gate,teardown")
+    p.add_argument("--no-prefect", action="store_true", help="run the stages without Prefect (debugging)")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("plan", help="render every manifest and the preflight; touches nothing")
+    spec_args(p)
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("stage", help="only stage the model weights")
+    spec_args(p)
+    p.add_argument("--source", help="local directory of weights (overrides model.source)")
+    p.set_defaults(func=cmd_stage)
+
+    p = sub.add_parser("cleanup", help="remove what a dead run left behind")
+    p.add_argument("--run-id", required=True)
+    p.add_argument("--spec", help="take kubeconfig and namespace from this spec")
+    p.add_argument("--set", action="append", default=[])
+    p.add_argument("--kubeconfig")
+    p.add_argument("--context")
+    p.add_argument("-n", "--namespace", action="append")
+    p.add_argument("-A", "--all-namespaces", action="store_true")
+    p.set_defaults(func=cmd_cleanup)
+
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec("flows.operations"):
+        importlib.import_module("flows.operations").register(sub)
+    else:
+        from flows.cli import _not_ready
+
+        for name in ("gate", "deployments", "blocks", "worker"):
+            sp = sub.add_parser(name, help="(not implemented yet)")
+            sp.add_argument("rest", nargs=argparse.REMAINDER)
+            sp.set_defaults(func=_not_ready(name))

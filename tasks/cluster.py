@@ -1,0 +1,189 @@
+"""prepare_cluster and teardown: what the run needs from the cluster, and cleaning up after it.
+
+``preflight`` is read-only: API reachable, namespace, the KServe CRD, the custom-metrics API
+serving the scale metric, nodes of the IDC pool and the elastic pool (or the elastic group
+known to the cluster-autoscaler's status ConfigMap), GPU capacity. ``prepare`` then applies
+the run's placement policy, PV/PVC and RBAC (everything labelled with the run id).
+``teardown`` deletes exactly what carries the run's label, namespaced and cluster-scoped,
+and waits until it is gone.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from tasks.errors import ClusterError
+from tasks.kube import RUN_LABEL, Kube
+
+NODEPOOL_LABEL = "alibabacloud.com/nodepool-id"
+KSERVE_CRD = "inferenceservices.serving.kserve.io"
+CA_STATUS = ("kube-system", "cluster-autoscaler-status")
+
+# kinds a run may create, in deletion order (dependents first)
+RUN_KINDS_NAMESPACED = [
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("serving.kserve.io/v1beta1", "InferenceService"),
+    ("scheduling.alibabacloud.com/v1alpha1", "ResourcePolicy"),
+    ("apps/v1", "Deployment"),
+    ("v1", "Service"),
+    ("v1", "Pod"),
+    ("v1", "PersistentVolumeClaim"),
+    ("v1", "Secret"),
+    ("v1", "ConfigMap"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ("rbac.authorization.k8s.io/v1", "Role"),
+    ("v1", "ServiceAccount"),
+]
+RUN_KINDS_CLUSTER = [
+    ("v1", "PersistentVolume"),
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"),
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"),
+    ("v1", "Namespace"),
+]
+
+
+@dataclass
+class PoolInfo:
+    pool_id: str
+    nodes: int
+    ready_nodes: int
+    gpus_allocatable: int
+    autoscaler_group_known: bool = False
+
+
+@dataclass
+class ClusterReport:
+    """What prepare_cluster found and did."""
+
+    server: str
+    server_version: str
+    namespace: str
+    kserve_crd: bool
+    custom_metric_served: bool
+    idc: PoolInfo
+    elastic: PoolInfo
+    applied: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _pool(kube: Kube, pool_id: str) -> PoolInfo:
+    nodes = kube.list("v1", "Node", label_selector=f"{NODEPOOL_LABEL}={pool_id}")
+    ready = [n for n in nodes if any(c["type"] == "Ready" and c["status"] == "True"
+                                     for c in (n.get("status") or {}).get("conditions") or [])]
+    gpus = sum(int((n.get("status") or {}).get("allocatable", {}).get("nvidia.com/gpu", "0")) for n in ready)
+    return PoolInfo(pool_id, len(nodes), len(ready), gpus)
+
+
+def _autoscaler_knows(kube: Kube, group_hint: str) -> bool:
+    try:
+        cm = kube.get("v1", "ConfigMap", CA_STATUS[1], CA_STATUS[0])
+    except ClusterError:
+        return False
+    status = ((cm or {}).get("data") or {}).get("status", "")
+    return bool(status) and (group_hint in status or "NodeGroups" in status or "nodeGroups" in status)
+
+
+def custom_metric_served(kube: Kube, namespace: str, metric: str) -> bool:
+    """True when custom.metrics.k8s.io answers for ``metric`` on pods (even with no pods yet)."""
+    from kubernetes import client as k8s
+
+    api = k8s.ApiClient.call_api
+    for version in ("v1beta2", "v1beta1"):
+        path = f"/apis/custom.metrics.k8s.io/{version}/namespaces/{namespace}/pods/*/{metric}"
+        try:
+            api(kube.api_client, path, "GET", auth_settings=["BearerToken"], response_type="object",
+                _return_http_data_only=True, _request_timeout=5)
+            return True
+        except Exception:  # noqa: BLE001 - any failure means not served
+            continue
+    return False
+
+
+def preflight(kube: Kube, spec) -> ClusterReport:
+    """Read-only checks. Raises ClusterError with a one-line reason on a hard failure."""
+    version = kube.ping()
+    ns = spec.cluster.namespace
+    ns_obj = kube.get("v1", "Namespace", ns)
+    if ns_obj is None and not spec.cluster.create_namespace:
+        raise ClusterError(f"cluster.namespace: namespace {ns!r} does not exist on {kube.server}",
+                           hint="create it or set cluster.create_namespace: true")
+    kserve = kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", KSERVE_CRD) is not None
+    if not kserve:
+        raise ClusterError(f"KServe is not installed on {kube.server}: CRD {KSERVE_CRD} is missing",
+                           hint="install KServe (ack-kserve on ACK) or start the test bed")
+    metric = spec.service.scale_metric
+    served = custom_metric_served(kube, ns, metric)
+    if not served:
+        raise ClusterError(f"service.scale_metric: the custom metrics API does not serve {metric!r} for pods "
+                           f"in namespace {ns!r}", hint="install the metrics adapter (ack-alibaba-cloud-metrics-adapter)")
+    idc = _pool(kube, spec.cluster.idc_pool_id)
+    elastic = _pool(kube, spec.cluster.elastic_pool_id)
+    elastic.autoscaler_group_known = _autoscaler_knows(kube, spec.cluster.elastic_pool_id)
+    report = ClusterReport(kube.server, version, ns, kserve, served, idc, elastic)
+    if idc.ready_nodes == 0:
+        raise ClusterError(f"cluster.idc_pool_id: no Ready node has {NODEPOOL_LABEL}={spec.cluster.idc_pool_id}",
+                           hint="check the IDC node pool id")
+    if elastic.nodes == 0 and not elastic.autoscaler_group_known:
+        raise ClusterError(f"cluster.elastic_pool_id: no node has {NODEPOOL_LABEL}={spec.cluster.elastic_pool_id} "
+                           "and the cluster-autoscaler reports no node group",
+                           hint="check the elastic node pool id and that the autoscaler runs")
+    if spec.service.gpus and idc.gpus_allocatable < spec.service.gpus:
+        report.warnings.append(f"the IDC pool has {idc.gpus_allocatable} GPUs, less than one replica needs "
+                               f"({spec.service.gpus}); every replica will spill to the elastic pool")
+    return report
+
+
+def apply_all(kube: Kube, objects: list[dict]) -> list[str]:
+    applied = []
+    for obj in objects:
+        kube.apply(obj)
+        meta = obj["metadata"]
+        applied.append(f"{obj['kind']}/{meta.get('namespace') + '/' if meta.get('namespace') else ''}{meta['name']}")
+    return applied
+
+
+def leftovers(kube: Kube, run_id: str, namespaces: list[str]) -> list[str]:
+    """Everything still labelled with ``run_id`` (names as Kind/ns/name)."""
+    sel = f"{RUN_LABEL}={run_id}"
+    found = []
+    for ns in namespaces:
+        for api_version, kind in RUN_KINDS_NAMESPACED:
+            if not kube.has_api(api_version, kind):
+                continue
+            for o in kube.list(api_version, kind, ns, label_selector=sel):
+                if not o["metadata"].get("deletionTimestamp") or kind != "Namespace":
+                    found.append(f"{kind}/{ns}/{o['metadata']['name']}")
+    for api_version, kind in RUN_KINDS_CLUSTER:
+        for o in kube.list(api_version, kind, label_selector=sel):
+            if kind == "Namespace" and o.get("status", {}).get("phase") == "Terminating":
+                continue
+            found.append(f"{kind}/{o['metadata']['name']}")
+    return found
+
+
+def teardown(kube: Kube, run_id: str, namespaces: list[str], *, timeout_s: float = 120) -> list[str]:
+    """Delete what the run labelled; wait until it is gone (or raise, naming what is left)."""
+    sel = f"{RUN_LABEL}={run_id}"
+    deleted = []
+    for ns in namespaces:
+        if kube.get("v1", "Namespace", ns) is None:
+            continue
+        for api_version, kind in RUN_KINDS_NAMESPACED:
+            if not kube.has_api(api_version, kind):
+                continue
+            for o in kube.list(api_version, kind, ns, label_selector=sel):
+                if kube.delete(api_version, kind, o["metadata"]["name"], ns, propagation="Foreground"):
+                    deleted.append(f"{kind}/{ns}/{o['metadata']['name']}")
+    for api_version, kind in RUN_KINDS_CLUSTER:
+        for o in kube.list(api_version, kind, label_selector=sel):
+            if kube.delete(api_version, kind, o["metadata"]["name"]):
+                deleted.append(f"{kind}/{o['metadata']['name']}")
+    deadline = time.monotonic() + timeout_s
+    left = leftovers(kube, run_id, namespaces)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = leftovers(kube, run_id, namespaces)
+    if left:
+        raise ClusterError(f"teardown of run {run_id}: still present after {timeout_s:.0f}s: {', '.join(left[:5])}")
+    return deleted

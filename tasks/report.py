@@ -1,0 +1,186 @@
+"""The run's report: ``reports/<run-id>/`` with report.json (the stable keys of the report
+contract), junit.xml (one test case per stage and per gate rule), report.html, the CSV
+tables, and ``reports/latest`` pointing at the newest run.
+
+Secrets never reach a report: every string written passes ``redact`` (known secret values
+from the environment and the spec's credentials are replaced by ``***``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+REPORT_KEYS = ("verdict", "run_id", "spec", "started_at", "finished_at", "profile", "stages", "staging",
+               "elasticity", "load", "gate")
+
+
+def reports_root() -> Path:
+    return Path(os.environ.get("TIDEGATE_REPORTS_DIR", "reports"))
+
+
+@dataclass
+class StageRecord:
+    status: str  # passed | failed | skipped | error | not_run
+    seconds: float = 0.0
+    detail: str = ""
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    spec: str
+    profile: str
+    started_at: str
+    finished_at: str = ""
+    verdict: str = "fail"
+    stages: dict[str, StageRecord] = field(default_factory=dict)
+    staging: dict[str, Any] = field(default_factory=dict)
+    elasticity: dict[str, Any] = field(default_factory=dict)
+    load: dict[str, Any] = field(default_factory=dict)
+    gate: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "verdict": self.verdict, "run_id": self.run_id, "spec": self.spec,
+            "started_at": self.started_at, "finished_at": self.finished_at, "profile": self.profile,
+            "stages": {k: asdict(v) for k, v in self.stages.items()},
+            "staging": self.staging, "elasticity": self.elasticity, "load": self.load, "gate": self.gate,
+        }
+        out.update(self.extra)
+        return out
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+_SECRET_ENV = re.compile(r"(SECRET|TOKEN|PASSWORD|ACCESS_KEY|PRIVATE)", re.I)
+
+
+def secret_values(extra: list[str] | None = None) -> list[str]:
+    values = [v for k, v in os.environ.items() if _SECRET_ENV.search(k) and v and len(v) >= 6]
+    values += [v for v in extra or [] if v and len(v) >= 6]
+    return sorted(set(values), key=len, reverse=True)
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    for s in secrets:
+        text = text.replace(s, "***")
+    return text
+
+
+def _jsonable(obj: Any) -> Any:
+    if is_dataclass(obj):
+        return asdict(obj)
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)
+
+
+def junit_xml(report: RunReport) -> str:
+    cases = []
+    failures = errors = skipped = 0
+    for name, st in report.stages.items():
+        body = ""
+        if st.status == "failed":
+            failures += 1
+            body = f'<failure message="{escape(st.detail, {chr(34): "&quot;"})}"/>'
+        elif st.status == "error":
+            errors += 1
+            body = f'<error message="{escape(st.detail, {chr(34): "&quot;"})}"/>'
+        elif st.status in ("skipped", "not_run"):
+            skipped += 1
+            body = f'<skipped message="{escape(st.detail or st.status, {chr(34): "&quot;"})}"/>'
+        cases.append(f'  <testcase classname="tidegate.stage" name="{escape(name)}" time="{st.seconds:.3f}">{body}</testcase>')
+    for rule in report.gate:
+        body = ""
+        msg = f"{rule.get('rule')} = {rule.get('value')} (threshold {rule.get('op', '')} {rule.get('threshold')})"
+        if rule.get("status") == "fail":
+            failures += 1
+            body = f'<failure message="{escape(msg, {chr(34): "&quot;"})}"/>'
+        elif rule.get("status") == "warn":
+            body = f"<system-out>{escape('warn: ' + msg)}</system-out>"
+        cases.append(f'  <testcase classname="tidegate.gate" name="{escape(str(rule.get("rule")))}" time="0">{body}</testcase>')
+    total = len(cases)
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<testsuites>\n<testsuite name="tidegate.{escape(report.run_id)}" '
+            f'tests="{total}" failures="{failures}" errors="{errors}" skipped="{skipped}" '
+            f'timestamp="{escape(report.started_at)}">\n' + "\n".join(cases) + "\n</testsuite>\n</testsuites>\n")
+
+
+def markdown_summary(report: RunReport) -> str:
+    lines = [f"# tidegate run `{report.run_id}`: **{report.verdict.upper()}**", "",
+             f"spec `{report.spec}`, profile `{report.profile}`, {report.started_at} -> {report.finished_at}", "",
+             "| stage | status | seconds | detail |", "|---|---|---|---|"]
+    for name, st in report.stages.items():
+        detail = st.detail.replace("|", "\\|")[:200]
+        lines.append(f"| {name} | {st.status} | {st.seconds:.1f} | {detail} |")
+    if report.gate:
+        lines += ["", "| gate rule | status | value | threshold |", "|---|---|---|---|"]
+        for r in report.gate:
+            lines.append(f"| {r.get('rule')} | {r.get('status')} | {r.get('value')} | {r.get('op', '')} {r.get('threshold')} |")
+    for block in ("elasticity", "load", "staging"):
+        data = getattr(report, block)
+        if data:
+            lines += ["", f"**{block}**: " + ", ".join(f"`{k}`={v}" for k, v in data.items())]
+    return "\n".join(lines) + "\n"
+
+
+def basic_html(report: RunReport, figures: list[str] | None = None) -> str:
+    md = markdown_summary(report)
+    rows = "".join(f"<tr><td>{html.escape(n)}</td><td class='{html.escape(s.status)}'>{html.escape(s.status)}</td>"
+                   f"<td>{s.seconds:.1f}</td><td>{html.escape(s.detail)}</td></tr>" for n, s in report.stages.items())
+    gate = "".join(f"<tr><td>{html.escape(str(r.get('rule')))}</td><td class='{html.escape(str(r.get('status')))}'>"
+                   f"{html.escape(str(r.get('status')))}</td><td>{html.escape(str(r.get('value')))}</td>"
+                   f"<td>{html.escape(str(r.get('op', '')))} {html.escape(str(r.get('threshold')))}</td></tr>"
+                   for r in report.gate)
+    blocks = "".join(f"<h2>{b}</h2><table>" + "".join(
+        f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in getattr(report, b).items())
+        + "</table>" for b in ("elasticity", "load", "staging") if getattr(report, b))
+    figs = "".join(f"<figure><img src='{html.escape(f)}' alt='{html.escape(f)}'></figure>" for f in figures or [])
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>tidegate {html.escape(report.run_id)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:70em}} table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 8px}} .passed,.pass{{background:#d4f7d4}} .failed,.fail,.error{{background:#f7d4d4}}
+.warn,.skipped,.not_run{{background:#f7f0d4}} img{{max-width:100%}}</style></head><body>
+<h1>tidegate run {html.escape(report.run_id)}: <span class="{html.escape(report.verdict)}">{html.escape(report.verdict.upper())}</span></h1>
+<p>spec {html.escape(report.spec)} &middot; profile {html.escape(report.profile)} &middot; {html.escape(report.started_at)} &rarr; {html.escape(report.finished_at)}</p>
+<h2>stages</h2><table><tr><th>stage</th><th>status</th><th>s</th><th>detail</th></tr>{rows}</table>
+{"<h2>gate</h2><table><tr><th>rule</th><th>status</th><th>value</th><th>threshold</th></tr>" + gate + "</table>" if gate else ""}
+{blocks}{figs}
+<!-- markdown summary
+{html.escape(md)}
+--></body></html>
+"""
+
+
+def write(report: RunReport, *, secrets: list[str] | None = None, tables: dict[str, Any] | None = None,
+          html_doc: str | None = None, root: Path | None = None) -> Path:
+    """Write the report directory and point ``latest`` at it; return the directory."""
+    root = root or reports_root()
+    out = root / report.run_id
+    out.mkdir(parents=True, exist_ok=True)
+    secrets = secret_values(secrets)
+    doc = json.dumps(report.to_dict(), indent=2, default=_jsonable, ensure_ascii=False)
+    (out / "report.json").write_text(redact(doc, secrets) + "\n")
+    (out / "junit.xml").write_text(redact(junit_xml(report), secrets))
+    (out / "summary.md").write_text(redact(markdown_summary(report), secrets))
+    for name, frame in (tables or {}).items():
+        if frame is not None and hasattr(frame, "to_csv"):
+            (out / f"{name}.csv").write_text(redact(frame.to_csv(index=False), secrets))
+    (out / "report.html").write_text(redact(html_doc or basic_html(report), secrets))
+    latest = root / "latest"
+    tmp = root / f".latest-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(report.run_id)
+    os.replace(tmp, latest)
+    return out

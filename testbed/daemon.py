@@ -1,0 +1,464 @@
+"""The test-bed daemon: everything that makes KWOK's empty pods behave like a served model.
+
+One process (``python -m testbed.daemon``), one asyncio loop, watch threads feeding it:
+
+- **KServe RawDeployment reconciler** (``testbed.kserve``): InferenceService -> Deployment,
+  Service (and an HPA unless ``autoscalerClass: external``), status conditions from the
+  Deployment.
+- **ResourcePolicy** (``testbed.resourcepolicy``): a mutating admission webhook on loopback
+  HTTPS that gives selected pods node affinity by unit order, and a controller that writes
+  ``pod-deletion-cost`` and the unit's podLabels on bound pods.
+- **Kubelet for predictor pods**: KWOK's pod-ready stage skips pods labelled
+  ``serving.kserve.io/inferenceservice``; for each such pod bound to a node the daemon starts
+  a vLLM emulator replica (``testbed.emulator``), reports the pod Running at once and Ready
+  only when the replica's ``/health`` answers (after the model-load delay). An image whose
+  registry is ``registry.invalid`` or whose tag is ``does-not-exist`` cannot be pulled: the
+  pod reports ``ImagePullBackOff``, as a kubelet would.
+- **Gateway** (``testbed.gateway``): routes ``Host: <isvc>-<namespace>.example.com`` to the
+  Ready replicas.
+- **Daemon API** on loopback: ``/healthz``, ``/v1/status``, ``/v1/pod-metrics?namespace=``
+  (read by the custom-metrics adapter), ``POST /v1/faults`` (fault injection per pod).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import logging
+import ssl
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from tasks.errors import ClusterError
+from tasks.kube import Kube
+from testbed import kserve
+from testbed import resourcepolicy as rp
+from testbed.config import TestbedConfig
+from testbed.emulator import ReplicaPool
+from testbed.gateway import Gateway
+
+log = logging.getLogger("testbed.daemon")
+FIELD_MANAGER = "kserve-testbed"
+UNPULLABLE = ("registry.invalid/",)
+
+Obj = dict[str, Any]
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _key(obj: Obj) -> str:
+    m = obj["metadata"]
+    return f"{m.get('namespace', '')}/{m['name']}"
+
+
+def image_pullable(image: str) -> bool:
+    return not (image.startswith(UNPULLABLE) or image.endswith(":does-not-exist"))
+
+
+class Daemon:
+    def __init__(self, cfg: TestbedConfig):
+        self.cfg = cfg
+        self.kube = Kube.connect(kubeconfig=cfg.kubeconfig)
+        self.pool = ReplicaPool(cfg.emulator, base_port=cfg.ports.replica_base)
+        self.gateway = Gateway()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.queue: asyncio.Queue | None = None
+        self.stop = threading.Event()
+        self.isvcs: dict[str, Obj] = {}
+        self.deployments: dict[str, Obj] = {}
+        self.pods: dict[str, Obj] = {}
+        self.nodes: dict[str, dict[str, str]] = {}
+        self.policies: dict[str, Obj] = {}
+        self.replica_pods: dict[str, Obj] = {}  # pod key -> pod (those with a replica)
+        self.ready_reported: set[str] = set()
+        self.reservations: list[tuple[float, str, int]] = []  # (time, policy key, unit)
+        self.lock = threading.Lock()
+        self.synced: set[str] = set()
+
+    # -- watch threads -------------------------------------------------------------------
+    def _emit(self, kind: str, etype: str, obj: Obj) -> None:
+        # apply the event to the caches right away (the webhook reads them from its own thread)
+        with self.lock:
+            cache = {"InferenceService": self.isvcs, "Deployment": self.deployments, "Pod": self.pods,
+                     "ResourcePolicy": self.policies}.get(kind)
+            if kind == "Node":
+                if etype == "DELETED":
+                    self.nodes.pop(obj["metadata"]["name"], None)
+                else:
+                    self.nodes[obj["metadata"]["name"]] = obj["metadata"].get("labels") or {}
+            elif cache is not None:
+                if etype == "DELETED":
+                    cache.pop(_key(obj), None)
+                else:
+                    cache[_key(obj)] = obj
+        assert self.loop is not None and self.queue is not None
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, etype, obj))
+
+    # -- event handling ------------------------------------------------------------------
+    async def _call(self, fn, *args, **kw):
+        assert self.loop is not None
+        return await self.loop.run_in_executor(None, lambda: fn(*args, **kw))
+
+    async def handle(self, kind: str, etype: str, obj: Obj) -> None:
+        if kind == "InferenceService" and etype != "DELETED":
+            await self.reconcile_isvc(obj)
+        elif kind == "Deployment":
+            owner = next((o for o in obj["metadata"].get("ownerReferences") or []
+                          if o.get("kind") == "InferenceService"), None)
+            if owner:
+                isvc = self.isvcs.get(f"{obj['metadata']['namespace']}/{owner['name']}")
+                if isvc:
+                    await self.update_isvc_status(isvc)
+        elif kind == "Pod":
+            await self.handle_pod(etype, obj)
+
+    async def reconcile_isvc(self, isvc: Obj) -> None:
+        ns = isvc["metadata"]["namespace"]
+        try:
+            dep = kserve.deployment_for(isvc)
+        except ValueError as exc:
+            await self._call(self.kube.apply_status, {**_isvc_ref(isvc), "status": {"conditions": [
+                {"type": "Ready", "status": "False", "reason": "InvalidSpec", "message": str(exc),
+                 "lastTransitionTime": _now()}]}}, field_manager=FIELD_MANAGER)
+            return
+        existing = self.deployments.get(f"{ns}/{dep['metadata']['name']}")
+        if existing:
+            # like KServe, never fight the HPA over replicas
+            dep["spec"]["replicas"] = existing.get("spec", {}).get("replicas", 1)
+        else:
+            dep["spec"]["replicas"] = 1
+        await self._call(self.kube.apply, dep, field_manager=FIELD_MANAGER)
+        await self._call(self.kube.apply, kserve.service_for(isvc), field_manager=FIELD_MANAGER)
+        hpa_name = kserve.predictor_name(isvc)
+        if kserve.wants_hpa(isvc):
+            await self._call(self.kube.apply, kserve.hpa_for(isvc), field_manager=FIELD_MANAGER)
+        else:
+            await self._call(self.kube.delete, "autoscaling/v2", "HorizontalPodAutoscaler", hpa_name, ns)
+        await self.update_isvc_status(isvc)
+        self.refresh_routes()
+
+    async def update_isvc_status(self, isvc: Obj) -> None:
+        ns = isvc["metadata"]["namespace"]
+        dep = self.deployments.get(f"{ns}/{kserve.predictor_name(isvc)}")
+        status = kserve.status_for(isvc, dep, _now())
+        old = (self.isvcs.get(_key(isvc)) or {}).get("status") or {}
+        if _conditions_equal(old, status):
+            return
+        try:
+            await self._call(self.kube.apply_status, {**_isvc_ref(isvc), "status": status},
+                             field_manager=FIELD_MANAGER)
+        except ClusterError as exc:
+            log.info("isvc status %s: %s", _key(isvc), exc)
+
+    async def handle_pod(self, etype: str, pod: Obj) -> None:
+        key = _key(pod)
+        labels = pod["metadata"].get("labels") or {}
+        deleting = etype == "DELETED" or pod["metadata"].get("deletionTimestamp")
+        if etype != "DELETED" and pod["spec"].get("nodeName"):
+            await self.apply_policy_to_bound_pod(pod)
+        if kserve.ISVC_LABEL not in labels:
+            return
+        if deleting:
+            if key in self.replica_pods:
+                self.replica_pods.pop(key, None)
+                self.ready_reported.discard(key)
+                self.refresh_routes()
+                await self.pool.remove(key)
+            return
+        if not pod["spec"].get("nodeName") or key in self.replica_pods:
+            return
+        container = pod["spec"]["containers"][0]
+        if not image_pullable(container.get("image", "")):
+            await self._pod_status(pod, running=False, ready=False, waiting=("ImagePullBackOff",
+                                   f'Back-off pulling image "{container.get("image")}"'))
+            return
+        served, root = kserve.served_model(container)
+        self.replica_pods[key] = pod
+        await self.pool.add(key, served_model_name=served, model_root=root, labels=labels)
+        await self._pod_status(pod, running=True, ready=False)
+
+    async def _pod_status(self, pod: Obj, *, running: bool, ready: bool,
+                          waiting: tuple[str, str] | None = None) -> None:
+        now = _now()
+        container = pod["spec"]["containers"][0]
+        replica = self.pool.get(_key(pod))
+        started = pod.get("status", {}).get("startTime") or now
+        state: Obj
+        if waiting:
+            state = {"waiting": {"reason": waiting[0], "message": waiting[1]}}
+        else:
+            state = {"running": {"startedAt": started}}
+        cond = lambda t, ok: {"type": t, "status": "True" if ok else "False", "lastTransitionTime": now}  # noqa: E731
+        status = {
+            "phase": "Running" if running else "Pending",
+            "hostIP": "10.0.0.1",
+            "podIP": "127.0.0.1" if replica else None,
+            "startTime": started,
+            "conditions": [cond("PodScheduled", True), cond("Initialized", True),
+                           cond("ContainersReady", ready), cond("Ready", ready)],
+            "containerStatuses": [{
+                "name": container["name"], "image": container.get("image", ""), "imageID": "",
+                "ready": ready, "started": running, "restartCount": 0, "state": state,
+                "containerID": f"kwok://{pod['metadata'].get('uid', '')}" if running else None,
+            }],
+        }
+        status = {k: v for k, v in status.items() if v is not None}
+        try:
+            await self._call(self.kube.apply_status, {"apiVersion": "v1", "kind": "Pod",
+                                                      "metadata": {"name": pod["metadata"]["name"],
+                                                                   "namespace": pod["metadata"]["namespace"]},
+                                                      "status": status}, field_manager="kubelet-testbed")
+        except ClusterError as exc:
+            log.info("pod status %s: %s", _key(pod), exc)
+
+    async def readiness_loop(self) -> None:
+        """Report a pod Ready once its replica is healthy (the model finished loading)."""
+        while not self.stop.is_set():
+            changed = False
+            for key, pod in list(self.replica_pods.items()):
+                replica = self.pool.get(key)
+                if replica and replica.healthy and key not in self.ready_reported:
+                    self.ready_reported.add(key)
+                    await self._pod_status(pod, running=True, ready=True)
+                    changed = True
+            if changed:
+                self.refresh_routes()
+            await asyncio.sleep(0.2)
+
+    def refresh_routes(self) -> None:
+        routes: dict[str, list[str]] = {}
+        with self.lock:
+            isvcs = list(self.isvcs.values())
+        for isvc in isvcs:
+            meta = isvc["metadata"]
+            host = kserve.host_for(meta["name"], meta["namespace"])
+            backends = []
+            for key in sorted(self.ready_reported):
+                pod = self.replica_pods.get(key)
+                replica = self.pool.get(key)
+                if (pod and replica and replica.healthy and pod["metadata"]["namespace"] == meta["namespace"]
+                        and (pod["metadata"].get("labels") or {}).get(kserve.ISVC_LABEL) == meta["name"]):
+                    backends.append(replica.url)
+            routes[host] = backends
+        self.gateway.set_routes(routes)
+
+    # -- ResourcePolicy ------------------------------------------------------------------
+    def _unit_counts(self, policy: Obj) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        ignore_terminating = policy.get("spec", {}).get("ignoreTerminatingPod", True)
+        pkey = _key(policy)
+        for pod in self.pods.values():
+            if not rp.selects(policy, pod):
+                continue
+            if ignore_terminating and pod["metadata"].get("deletionTimestamp"):
+                continue
+            node = pod["spec"].get("nodeName")
+            if not node:
+                continue
+            unit = rp.unit_of_node(policy, self.nodes.get(node, {}))
+            if unit is not None:
+                counts[unit] = counts.get(unit, 0) + 1
+        horizon = time.monotonic() - 15
+        self.reservations = [r for r in self.reservations if r[0] > horizon]
+        for _, key, unit in self.reservations:
+            if key == pkey:
+                counts[unit] = counts.get(unit, 0) + 1
+        return counts
+
+    def admit(self, review: Obj) -> Obj:
+        req = review.get("request") or {}
+        uid = req.get("uid", "")
+        pod = req.get("object") or {}
+        pod.setdefault("metadata", {}).setdefault("namespace", req.get("namespace"))
+        with self.lock:
+            policy = rp.policy_for(pod, list(self.policies.values()))
+            if not policy:
+                return rp.admission_response(uid, None)
+            counts = self._unit_counts(policy)
+            allowed = rp.allowed_units(policy, counts)
+            if allowed:
+                self.reservations.append((time.monotonic(), _key(policy), allowed[0]))
+        patch = rp.admission_patch(pod, policy, counts)
+        warning = None if allowed else f"ResourcePolicy {policy['metadata']['name']}: every unit is at max"
+        return rp.admission_response(uid, patch, warning)
+
+    async def apply_policy_to_bound_pod(self, pod: Obj) -> None:
+        with self.lock:
+            policy = rp.policy_for(pod, list(self.policies.values()))
+            if not policy:
+                return
+            unit = rp.unit_of_node(policy, self.nodes.get(pod["spec"]["nodeName"], {}))
+            # a bound pod replaces its reservation
+            pkey = _key(policy)
+            for i, r in enumerate(self.reservations):
+                if r[1] == pkey:
+                    del self.reservations[i]
+                    break
+        patch = rp.bound_pod_patch(pod, policy, unit)
+        if patch and not pod["metadata"].get("deletionTimestamp"):
+            try:
+                await self._call(self.kube.patch, "v1", "Pod", pod["metadata"]["name"], patch,
+                                 namespace=pod["metadata"]["namespace"])
+            except ClusterError as exc:
+                log.info("pod %s deletion cost: %s", _key(pod), exc)
+
+    # -- HTTP ----------------------------------------------------------------------------
+    def api_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/v1/status", self._status)
+        app.router.add_get("/v1/pod-metrics", self._pod_metrics)
+        app.router.add_post("/v1/faults", self._faults)
+        return app
+
+    async def _healthz(self, _req: web.Request) -> web.Response:
+        ok = {"Pod", "Node", "InferenceService", "ResourcePolicy", "Deployment"} <= self.synced
+        return web.Response(status=200 if ok else 503, text="ok" if ok else "syncing")
+
+    def status_doc(self) -> Obj:
+        hosts = {}
+        for host, backends in self.gateway.routes().items():
+            hosts[host] = {"ready_replicas": len(backends)}
+        return {"gateway": {"url": f"http://127.0.0.1:{self.cfg.ports.gateway}", "hosts": hosts},
+                "replicas": {k: {"port": r.port, "healthy": r.healthy} for k, r in
+                             ((k, self.pool.get(k)) for k in self.replica_pods) if r}}
+
+    async def _status(self, _req: web.Request) -> web.Response:
+        return web.json_response(self.status_doc())
+
+    async def _pod_metrics(self, req: web.Request) -> web.Response:
+        ns = req.query.get("namespace", "")
+        pods: dict[str, dict[str, float]] = {}
+        for key in list(self.replica_pods):
+            pns, name = key.split("/", 1)
+            replica = self.pool.get(key)
+            if pns != ns or not replica or not replica.healthy:
+                continue
+            pods[name] = {"DCGM_CUSTOM_PROCESS_SM_UTIL": round(replica.sm_util(), 3),
+                          "vllm_num_requests_running": float(replica.running),
+                          "vllm_num_requests_waiting": float(replica.waiting)}
+        return web.json_response({"pods": pods, "timestamp": time.time()})
+
+    async def _faults(self, req: web.Request) -> web.Response:
+        try:
+            body = await req.json()
+            key = f"{body['namespace']}/{body['pod']}"
+        except (ValueError, KeyError):
+            return web.json_response({"error": "body must be JSON with namespace, pod and fault fields"}, status=400)
+        if not self.pool.get(key):
+            return web.json_response({"error": f"no replica for pod {key}"}, status=404)
+        fault = {k: v for k, v in body.items() if k not in ("namespace", "pod")}
+        self.pool.set_fault(key, **fault)
+        return web.json_response({"pod": key, "fault": fault})
+
+    async def _webhook(self, req: web.Request) -> web.Response:
+        try:
+            review = await req.json()
+        except ValueError:
+            return web.Response(status=400, text="AdmissionReview JSON expected")
+        return web.json_response(self.admit(review))
+
+    # -- main ----------------------------------------------------------------------------
+    async def run(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.queue = asyncio.Queue()
+        kinds = [("Node", "v1", {}), ("Pod", "v1", {}), ("ResourcePolicy", rp.API_VERSION, {}),
+                 ("InferenceService", kserve.API_VERSION, {}),
+                 ("Deployment", "apps/v1", {"label_selector": "component=predictor"})]
+        for kind, api_version, kw in kinds:
+            threading.Thread(target=self._sync_then_watch, args=(kind, api_version, kw), daemon=True,
+                             name=f"watch-{kind}").start()
+        runners = []
+        api = web.AppRunner(self.api_app(), access_log=None)
+        await api.setup()
+        await web.TCPSite(api, "127.0.0.1", self.cfg.ports.daemon).start()
+        runners.append(api)
+        hook = web.Application()
+        hook.router.add_post("/mutate-pods", self._webhook)
+        hook_runner = web.AppRunner(hook, access_log=None)
+        await hook_runner.setup()
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(str(self.cfg.pki_dir / "metrics-adapter.crt"), str(self.cfg.pki_dir / "metrics-adapter.key"))
+        await web.TCPSite(hook_runner, "127.0.0.1", self.cfg.ports.webhook, ssl_context=ctx).start()
+        runners.append(hook_runner)
+        await self.gateway.start("127.0.0.1", self.cfg.ports.gateway)
+        asyncio.create_task(self.readiness_loop())
+        log.info("daemon up: api :%s webhook :%s gateway :%s", self.cfg.ports.daemon, self.cfg.ports.webhook,
+                 self.cfg.ports.gateway)
+        while True:
+            kind, etype, obj = await self.queue.get()
+            try:
+                await self.handle(kind, etype, obj)
+            except ClusterError as exc:
+                log.warning("%s %s %s: %s", kind, etype, _key(obj), exc)
+            except Exception:  # noqa: BLE001
+                log.exception("handling %s %s %s", kind, etype, _key(obj))
+
+    def _sync_then_watch(self, kind: str, api_version: str, kw: dict) -> None:
+        # the first list is delivered as ADDED events by Kube.watch; mark synced after it
+        while not self.stop.is_set():
+            try:
+                items, rv = self.kube.list_with_version(api_version, kind, **kw)
+                break
+            except ClusterError as exc:
+                log.warning("list %s: %s; retrying", kind, exc)
+                time.sleep(1)
+        for item in items:
+            item.setdefault("apiVersion", api_version)
+            item.setdefault("kind", kind)
+            self._emit(kind, "ADDED", item)
+        self.synced.add(kind)
+        while not self.stop.is_set():
+            try:
+                for etype, obj in self.kube.watch(api_version, kind, timeout_s=3600, stop=self.stop,
+                                                  resource_version=rv, **kw):
+                    self._emit(kind, etype, obj)
+                    rv = obj.get("metadata", {}).get("resourceVersion", rv)
+            except ClusterError as exc:
+                log.warning("watch %s: %s; re-listing", kind, exc)
+                time.sleep(1)
+                try:
+                    items, rv = self.kube.list_with_version(api_version, kind, **kw)
+                    for item in items:
+                        self._emit(kind, "MODIFIED", item)
+                except ClusterError:
+                    pass
+
+
+def _isvc_ref(isvc: Obj) -> Obj:
+    return {"apiVersion": kserve.API_VERSION, "kind": "InferenceService",
+            "metadata": {"name": isvc["metadata"]["name"], "namespace": isvc["metadata"]["namespace"]}}
+
+
+def _conditions_equal(old: Obj, new: Obj) -> bool:
+    def norm(s: Obj):
+        return sorted((c["type"], c["status"], c.get("reason", "")) for c in s.get("conditions") or [])
+    return norm(old) == norm(new) and old.get("url") == new.get("url")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="tidegate test-bed daemon")
+    parser.add_argument("--config", required=True, help="the test bed's config.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    cfg = TestbedConfig.model_validate_json(Path(args.config).read_text())
+    daemon = Daemon(cfg)
+    try:
+        asyncio.run(daemon.run())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        daemon.stop.set()
+
+
+if __name__ == "__main__":
+    main()
+
