@@ -367,6 +367,13 @@ def _table(cfg: TestbedConfig) -> ProcessTable:
     return ProcessTable(cfg.run_dir, cfg.log_dir)
 
 
+def _safe_ready(comp: Component, cfg: TestbedConfig) -> bool:
+    try:
+        return bool(comp.ready(cfg))
+    except Exception:  # noqa: BLE001 - a probe failing means not ready
+        return False
+
+
 def up(cfg: TestbedConfig | None = None, *, log=print) -> dict:
     """Start every component that is not running; return seconds per component."""
     cfg = cfg or load_config()
@@ -382,26 +389,25 @@ def up(cfg: TestbedConfig | None = None, *, log=print) -> dict:
     started = time.monotonic()
     for comp in all_components():
         t0 = time.monotonic()
-        if table.pid(comp.name):
-            if comp.ready(cfg):
-                log(f"[testbed] {comp.name}: already running (pid {table.pid(comp.name)})")
-                continue
-        else:
-            if comp.before:
-                comp.before(cfg)
-            proc = comp.make_proc(cfg)
-            check_ports(comp.name, proc.ports)
-            pid = table.start(proc)
-            log(f"[testbed] {comp.name}: started pid {pid}")
+        if table.pid(comp.name) and _safe_ready(comp, cfg):
+            log(f"[testbed] {comp.name}: already running (pid {table.pid(comp.name)})")
+            continue
         try:
+            if not table.pid(comp.name):
+                proc = comp.make_proc(cfg)
+                check_ports(comp.name, proc.ports)
+                if comp.before:
+                    comp.before(cfg)
+                pid = table.start(proc)
+                log(f"[testbed] {comp.name}: started pid {pid}")
             wait_until(lambda: comp.ready(cfg), timeout=comp.timeout_s, what=comp.name,
                        died=lambda: table.exited_early(comp.name))
-        except TestbedError:
-            log(f"[testbed] {comp.name} failed to start; stopping the test bed")
+            if comp.after:
+                comp.after(cfg)
+        except BaseException:
+            log(f"[testbed] {comp.name} failed to start; stopping what this test bed started")
             down(cfg, log=lambda *_: None)
             raise
-        if comp.after:
-            comp.after(cfg)
         timings[comp.name] = round(time.monotonic() - t0, 2)
         log(f"[testbed] {comp.name}: ready in {timings[comp.name]:.1f}s")
     timings["total"] = round(time.monotonic() - started, 2)

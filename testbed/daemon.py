@@ -67,7 +67,7 @@ class Daemon:
         self.cfg = cfg
         self.kube = Kube.connect(kubeconfig=cfg.kubeconfig)
         self.pool = ReplicaPool(cfg.emulator, base_port=cfg.ports.replica_base)
-        self.gateway = Gateway()
+        self.gateway = Gateway(port=cfg.ports.gateway)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.queue: asyncio.Queue | None = None
         self.stop = threading.Event()
@@ -388,7 +388,7 @@ class Daemon:
         ctx.load_cert_chain(str(self.cfg.pki_dir / "metrics-adapter.crt"), str(self.cfg.pki_dir / "metrics-adapter.key"))
         await web.TCPSite(hook_runner, "127.0.0.1", self.cfg.ports.webhook, ssl_context=ctx).start()
         runners.append(hook_runner)
-        await self.gateway.start("127.0.0.1", self.cfg.ports.gateway)
+        await self.gateway.start()
         asyncio.create_task(self.readiness_loop())
         log.info("daemon up: api :%s webhook :%s gateway :%s", self.cfg.ports.daemon, self.cfg.ports.webhook,
                  self.cfg.ports.gateway)

@@ -1,0 +1,425 @@
+"""Kubernetes objects of one run, rendered from the RolloutSpec.
+
+The skeletons are YAML files under ``manifests/`` (one per kind, commented with where each
+value comes from); this module loads them with ``yaml.safe_load`` and fills values in Python —
+it never builds YAML text by hand. The InferenceService and HPA reproduce what
+``arena serve kserve`` renders for the same flags (``../shared/reference/ack-kserve-arena.md``
+§2.2), so the test bed exercises exactly what users deploy.
+
+Invariants:
+
+- :func:`render_manifests` returns objects in apply order: Namespace (if the run creates it),
+  RBAC, PV, PVC, ResourcePolicy (placement ``resourcepolicy`` only), InferenceService, HPA
+  (custom scale metric only). Teardown deletes in reverse.
+- Every object carries ``tidegate.dev/run-id: <run_id>`` and
+  ``app.kubernetes.io/managed-by: tidegate``.
+- No secret value is ever rendered by these two functions; the OSS CSI Secret is built by
+  :func:`render_oss_secret` only at apply time, from resolved credentials.
+
+Example::
+
+    objs = render_manifests(spec, run_id="r-20250101-0200")
+    print(render_plan(spec, run_id="plan"))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import SecretStr
+
+from tasks.errors import SpecError
+from tasks.kube import RUN_LABEL
+from tasks.spec import RolloutSpec, _label_value
+
+MANIFESTS_DIR = Path(__file__).resolve().parent.parent / "manifests"
+MANAGED_BY = "app.kubernetes.io/managed-by"
+WAIT_FOR_SCALING = "k8s.aliyun.com/resource-policy-wait-for-ecs-scaling"
+AUTOSCALER_STATUS = "cluster-autoscaler-status"
+CUSTOM_METRICS_APISERVICE = "v1beta1.custom.metrics.k8s.io"
+KSERVE_CRD = "inferenceservices.serving.kserve.io"
+RESOURCEPOLICY_CRD = "resourcepolicies.scheduling.alibabacloud.com"
+# KServe probes this port and targets it from the Service when no containerPort is declared
+KSERVE_DEFAULT_PORT = 8080
+
+Obj = dict[str, Any]
+
+
+@lru_cache(maxsize=None)
+def _skeleton_text(name: str) -> str:
+    return (MANIFESTS_DIR / name).read_text(encoding="utf-8")
+
+
+def _skeletons(name: str) -> list[Obj]:
+    """Fresh copies of the objects in ``manifests/<name>``."""
+    return [doc for doc in yaml.safe_load_all(_skeleton_text(name)) if doc]
+
+
+def _skeleton(name: str) -> Obj:
+    (doc,) = _skeletons(name)
+    return doc
+
+
+def run_labels(run_id: str) -> dict[str, str]:
+    """The labels every object of the run carries (teardown and cleanup select on them)."""
+    try:
+        _label_value(run_id)
+    except ValueError as exc:
+        raise SpecError(f"run id {run_id!r}: {exc}") from None
+    if not run_id:
+        raise SpecError("run id must not be empty")
+    return {RUN_LABEL: run_id, MANAGED_BY: "tidegate"}
+
+
+def _meta(obj: Obj, name: str, namespace: str | None, run_id: str) -> Obj:
+    meta = obj.setdefault("metadata", {})
+    meta["name"] = name
+    if namespace is not None:
+        meta["namespace"] = namespace
+    meta["labels"] = {**(meta.get("labels") or {}), **run_labels(run_id)}
+    return obj
+
+
+def _helm_scalar(value: str) -> Any:
+    """A quantity as Helm writes an unquoted value: ``4`` is a YAML int, ``12Gi`` a string."""
+    parsed = yaml.safe_load(value)
+    return parsed if isinstance(parsed, (int, float)) and not isinstance(parsed, bool) else value
+
+
+# -- the objects -----------------------------------------------------------------------------
+def render_namespace(spec: RolloutSpec, run_id: str) -> Obj:
+    return _meta(_skeleton("namespace.yaml"), spec.cluster.namespace, None, run_id)
+
+
+def _role_names(spec: RolloutSpec) -> tuple[str, str]:
+    sa, ns = spec.cluster.service_account, spec.cluster.namespace
+    return f"{sa}-{ns}", f"{sa}-{ns}-autoscaler-status"
+
+
+def _keep_rule(rule: Obj, spec: RolloutSpec) -> bool:
+    group, resource, verbs = rule["apiGroups"][0], rule["resources"][0], set(rule["verbs"])
+    if resource == "resourcepolicies":
+        return spec.cluster.placement == "resourcepolicy"
+    if resource == "pods" and verbs == {"patch"}:
+        return spec.cluster.placement == "affinity"
+    if resource == "secrets":
+        oss = spec.storage.kind == "oss"
+        return oss and (spec.storage.oss.credentials.create_secret or verbs != {"create"})
+    if group == "custom.metrics.k8s.io":
+        return spec.service.custom_metric
+    if group == "metrics.k8s.io":
+        return not spec.service.custom_metric
+    return True
+
+
+def render_rbac(spec: RolloutSpec, run_id: str) -> list[Obj]:
+    """ServiceAccount, Role/RoleBinding (namespace and kube-system), ClusterRole/Binding."""
+    c = spec.cluster
+    sa, ns = c.service_account, c.namespace
+    cluster_role, status_role = _role_names(spec)
+    subject = {"kind": "ServiceAccount", "name": sa, "namespace": ns}
+    out: list[Obj] = []
+    for obj in _skeletons("rbac.yaml"):
+        kind, meta_ns = obj["kind"], obj["metadata"].get("namespace")
+        if kind == "ServiceAccount":
+            _meta(obj, sa, ns, run_id)
+        elif kind in ("Role", "RoleBinding") and meta_ns == "kube-system":
+            _meta(obj, status_role, "kube-system", run_id)
+        elif kind in ("Role", "RoleBinding"):
+            _meta(obj, sa, ns, run_id)
+        else:
+            _meta(obj, cluster_role, None, run_id)
+        if kind.endswith("Binding"):
+            obj["roleRef"]["name"] = obj["metadata"]["name"]
+            obj["subjects"] = [dict(subject)]
+        if "rules" in obj:
+            rules = [r for r in obj["rules"] if _keep_rule(r, spec)]
+            for rule in rules:
+                resource = rule["resources"][0]
+                if resource == "secrets" and "resourceNames" in rule:
+                    rule["resourceNames"] = [spec.storage.oss.credentials.secret_name]
+                    if not spec.storage.oss.credentials.create_secret:
+                        rule["verbs"] = ["get"]
+                elif rule["apiGroups"][0] == "custom.metrics.k8s.io":
+                    rule["resources"] = [f"pods/{spec.service.scale_metric}"]
+                elif resource == "namespaces":
+                    rule["resourceNames"] = [ns]
+                elif resource == "customresourcedefinitions" and c.placement != "resourcepolicy":
+                    rule["resourceNames"] = [KSERVE_CRD]
+            obj["rules"] = rules
+        out.append(obj)
+    return out
+
+
+def render_pv(spec: RolloutSpec, run_id: str) -> Obj:
+    st = spec.storage
+    pv_name = st.pv_name or st.pvc_name
+    if st.kind == "oss":
+        obj = _skeleton("pv-oss.yaml")
+        csi = obj["spec"]["csi"]
+        csi["nodePublishSecretRef"] = {"name": st.oss.credentials.secret_name,
+                                       "namespace": spec.cluster.namespace}
+        csi["volumeAttributes"] = {"bucket": st.oss.bucket, "url": st.oss.endpoint,
+                                   "path": "/" + st.oss.prefix, "otherOpts": st.oss.other_opts}
+    else:
+        obj = _skeleton("pv-nas.yaml")
+        obj["spec"]["mountOptions"] = list(st.nas.mount_options)
+        obj["spec"]["csi"]["volumeAttributes"] = {"server": st.nas.server, "path": st.nas.path,
+                                                  "vers": st.nas.vers}
+    _meta(obj, pv_name, None, run_id)
+    obj["metadata"]["labels"]["alicloud-pvname"] = pv_name
+    obj["spec"]["capacity"] = {"storage": st.capacity}
+    obj["spec"]["csi"]["volumeHandle"] = pv_name
+    return obj
+
+
+def render_pvc(spec: RolloutSpec, run_id: str) -> Obj:
+    st = spec.storage
+    obj = _meta(_skeleton("pvc.yaml"), st.pvc_name, spec.cluster.namespace, run_id)
+    obj["spec"]["accessModes"] = ["ReadOnlyMany"] if st.kind == "oss" else ["ReadWriteMany"]
+    obj["spec"]["volumeName"] = st.pv_name or st.pvc_name
+    obj["spec"]["resources"]["requests"]["storage"] = st.capacity
+    return obj
+
+
+def render_resourcepolicy(spec: RolloutSpec, run_id: str) -> Obj:
+    c, rp = spec.cluster, spec.cluster.resource_policy
+    obj = _meta(_skeleton("resourcepolicy.yaml"), spec.service.name, c.namespace, run_id)
+    body = obj["spec"]
+    body["selector"] = dict(spec.service.pod_selector)
+    idc, elastic = body["units"]
+    idc["nodeSelector"] = {c.nodepool_label: c.idc_pool_id}
+    if rp.idc_max_pods is not None:
+        idc["max"] = rp.idc_max_pods
+    elastic["nodeSelector"] = {c.nodepool_label: c.elastic_pool_id}
+    if rp.elastic_unit == "elastic":
+        elastic["resource"] = "elastic"
+        elastic.pop("podLabels", None)
+    body["whenTryNextUnits"] = {"policy": rp.when_try_next_units}
+    if rp.try_next_timeout_s is not None:
+        body["whenTryNextUnits"]["timeout"] = f"{rp.try_next_timeout_s}s"
+    return obj
+
+
+def _node_affinity(spec: RolloutSpec) -> Obj:
+    c = spec.cluster
+
+    def term(weight: int, pool: str) -> Obj:
+        return {"weight": weight, "preference": {"matchExpressions": [
+            {"key": c.nodepool_label, "operator": "In", "values": [pool]}]}}
+
+    return {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        term(100, c.idc_pool_id), term(10, c.elastic_pool_id)]}}
+
+
+def render_inferenceservice(spec: RolloutSpec, run_id: str) -> Obj:
+    """The InferenceService as `arena serve kserve` renders it (see manifests/inferenceservice.yaml)."""
+    svc, st = spec.service, spec.storage
+    obj = _skeleton("inferenceservice.yaml")
+    meta = obj["metadata"]
+    annotations = {**svc.annotations, **meta["annotations"]}
+    if not svc.custom_metric:
+        annotations.pop("serving.kserve.io/autoscalerClass")
+    meta["annotations"] = annotations
+    meta["labels"].update(release=svc.name, servingName=svc.name)
+    meta["labels"].update(svc.labels)
+    _meta(obj, svc.name, spec.cluster.namespace, run_id)
+
+    predictor = obj["spec"]["predictor"]
+    (container,) = predictor["containers"]
+    container["image"] = svc.image
+    container["imagePullPolicy"] = svc.image_pull_policy
+    container["command"][2] = svc.command
+    if svc.port != KSERVE_DEFAULT_PORT:
+        container["ports"] = [{"containerPort": svc.port, "protocol": "TCP"}]
+    for kind in ("requests", "limits"):
+        res = container["resources"][kind]
+        res["cpu"] = _helm_scalar(svc.cpu)
+        res["memory"] = _helm_scalar(svc.memory)
+        if svc.gpus > 0:
+            res["nvidia.com/gpu"] = svc.gpus
+        else:
+            del res["nvidia.com/gpu"]
+    if svc.gpus == 0:
+        # arena hides the node's GPUs from a container that requested none
+        container["env"] = [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}]
+    container["volumeMounts"] = [{"name": st.pvc_name, "mountPath": st.mount_path}]
+    predictor["volumes"] = [{"name": st.pvc_name, "persistentVolumeClaim": {"claimName": st.pvc_name}}]
+    if not svc.custom_metric:
+        # KServe-native metric: arena hands scaling to KServe instead of rendering an HPA
+        predictor.update(minReplicas=svc.min_replicas, maxReplicas=svc.max_replicas,
+                         scaleTarget=svc.scale_target, scaleMetric=svc.scale_metric)
+    if spec.cluster.placement == "affinity":
+        predictor["affinity"] = _node_affinity(spec)
+    return obj
+
+
+def render_hpa(spec: RolloutSpec, run_id: str) -> Obj:
+    """The HPA as `arena serve kserve` renders it for a custom metric (see manifests/hpa.yaml)."""
+    svc = spec.service
+    obj = _meta(_skeleton("hpa.yaml"), svc.hpa_name, spec.cluster.namespace, run_id)
+    body = obj["spec"]
+    body["scaleTargetRef"]["name"] = svc.predictor_name
+    body["minReplicas"] = svc.min_replicas
+    body["maxReplicas"] = svc.max_replicas
+    (metric,) = body["metrics"]
+    metric["pods"]["metric"]["name"] = svc.scale_metric
+    metric["pods"]["target"]["averageValue"] = svc.scale_target
+    if svc.hpa_scale_down_stabilization_s is not None:
+        body["behavior"] = {"scaleDown": {"stabilizationWindowSeconds": svc.hpa_scale_down_stabilization_s}}
+    return obj
+
+
+def render_manifests(spec: RolloutSpec, run_id: str) -> list[Obj]:
+    """Every object the run applies, in apply order, each labelled with the run id."""
+    run_labels(run_id)
+    objs: list[Obj] = []
+    if spec.cluster.create_namespace:
+        objs.append(render_namespace(spec, run_id))
+    objs += render_rbac(spec, run_id)
+    objs.append(render_pv(spec, run_id))
+    objs.append(render_pvc(spec, run_id))
+    if spec.cluster.placement == "resourcepolicy":
+        objs.append(render_resourcepolicy(spec, run_id))
+    objs.append(render_inferenceservice(spec, run_id))
+    if spec.service.custom_metric:
+        objs.append(render_hpa(spec, run_id))
+    return objs
+
+
+def render_oss_secret(spec: RolloutSpec, run_id: str, access_key_id: SecretStr,
+                      access_key_secret: SecretStr) -> Obj:
+    """The OSS CSI driver's Secret, built at apply time from resolved credentials.
+
+    Never part of :func:`render_manifests` or :func:`render_plan`. The returned dict holds the
+    key in clear text: apply it and drop it; never log or report it.
+    """
+    if spec.storage.kind != "oss":
+        raise SpecError("render_oss_secret: storage.kind is not 'oss'")
+    obj: Obj = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "stringData": {"akId": access_key_id.get_secret_value(),
+                               "akSecret": access_key_secret.get_secret_value()}}
+    return _meta(obj, spec.storage.oss.credentials.secret_name, spec.cluster.namespace, run_id)
+
+
+# -- the plan ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PreflightCheck:
+    """One read-only check prepare_cluster makes before it applies anything."""
+
+    name: str
+    what: str
+    request: str
+    expect: str
+
+
+def preflight_checks(spec: RolloutSpec) -> list[PreflightCheck]:
+    """The read-only checks of a run, in order (prepare_cluster stops at the first failure)."""
+    c, svc = spec.cluster, spec.service
+    where = ("in-cluster ServiceAccount" if c.in_cluster else
+             f"kubeconfig {c.kubeconfig or '$KUBECONFIG or ~/.kube/config'}, "
+             f"context {c.context or '(current)'}")
+    checks = [
+        PreflightCheck("api-reachable", f"the API server answers ({where})", "GET /version",
+                       "200 with a Kubernetes version"),
+        PreflightCheck("namespace", f"namespace {c.namespace} exists",
+                       f"GET /api/v1/namespaces/{c.namespace}",
+                       "200" + (" (or 404: the run creates it)" if c.create_namespace else "")),
+        PreflightCheck("kserve-crd", "KServe is installed",
+                       f"GET /apis/apiextensions.k8s.io/v1/customresourcedefinitions/{KSERVE_CRD}",
+                       "200, version v1beta1 served"),
+    ]
+    if c.placement == "resourcepolicy":
+        checks.append(PreflightCheck(
+            "resourcepolicy-crd", "ACK's ResourcePolicy is available",
+            f"GET /apis/apiextensions.k8s.io/v1/customresourcedefinitions/{RESOURCEPOLICY_CRD}",
+            "200, version v1alpha1 served"))
+    if svc.custom_metric:
+        checks += [
+            PreflightCheck("custom-metrics-api", "the custom metrics API is registered",
+                           f"GET /apis/apiregistration.k8s.io/v1/apiservices/{CUSTOM_METRICS_APISERVICE}",
+                           "condition Available=True"),
+            PreflightCheck("scale-metric", f"the custom metrics API serves {svc.scale_metric}",
+                           f"GET /apis/custom.metrics.k8s.io/v1beta1/namespaces/{c.namespace}"
+                           f"/pods/*/{svc.scale_metric}",
+                           "200 (an empty list is fine before the pods exist)"),
+        ]
+    else:
+        checks.append(PreflightCheck("resource-metrics-api", f"metrics.k8s.io serves {svc.scale_metric}",
+                                     f"GET /apis/metrics.k8s.io/v1beta1/namespaces/{c.namespace}/pods",
+                                     "200"))
+    checks += [
+        PreflightCheck("idc-pool", f"IDC pool {c.idc_pool_id} has Ready GPU nodes",
+                       f"GET /api/v1/nodes?labelSelector={c.nodepool_label}={c.idc_pool_id}",
+                       ">= 1 Ready node with nvidia.com/gpu allocatable"),
+        PreflightCheck("elastic-pool", f"elastic pool {c.elastic_pool_id} can add nodes",
+                       f"GET /api/v1/nodes?labelSelector={c.nodepool_label}={c.elastic_pool_id}; "
+                       f"GET /api/v1/namespaces/kube-system/configmaps/{AUTOSCALER_STATUS}",
+                       "nodes of the pool exist, or the autoscaler status names its node group"),
+        PreflightCheck("gpu-capacity", "GPUs for the replicas",
+                       "sum of nvidia.com/gpu allocatable per pool (from the node lists above)",
+                       f"IDC >= min_replicas x gpus = {svc.min_replicas * svc.gpus}; spill-over to "
+                       f"the elastic pool is expected beyond that, up to max_replicas x gpus = "
+                       f"{svc.max_replicas * svc.gpus}"),
+    ]
+    st = spec.storage
+    if st.kind == "oss":
+        cred = st.oss.credentials
+        source = (f"Prefect Secret block {cred.secret_block}" if cred.secret_block else
+                  f"${cred.access_key_id_env} and ${cred.access_key_secret_env}")
+        checks.append(PreflightCheck(
+            "oss-credentials", f"OSS credentials for the CSI Secret {cred.secret_name}",
+            f"read {source}" if cred.create_secret else
+            f"GET /api/v1/namespaces/{spec.cluster.namespace}/secrets/{cred.secret_name}",
+            "present (the value is never printed)"))
+    checks.append(PreflightCheck(
+        "model-pv", f"PV {st.pv_name} is free or this spec's",
+        f"GET /api/v1/persistentvolumes/{st.pv_name}",
+        f"404, or labelled {MANAGED_BY}=tidegate"))
+    return checks
+
+
+def _describe(obj: Obj) -> str:
+    meta = obj["metadata"]
+    where = f"{meta['namespace']}/" if meta.get("namespace") else ""
+    return f"{obj['kind']} {where}{meta['name']}"
+
+
+def render_plan(spec: RolloutSpec, run_id: str) -> str:
+    """Everything a run would do, touching nothing: the preflight checks as a commented header,
+    then every object as multi-document YAML in apply order (valid for ``kubectl apply
+    --dry-run``)."""
+    objs = render_manifests(spec, run_id)
+    lines = [
+        f"# tidegate plan: spec {spec.name} (profile {spec.profile}), run id {run_id}",
+        "# Nothing has been applied. First the read-only preflight checks, then every object the",
+        "# run would apply, in apply order (teardown deletes them in reverse).",
+        "#",
+        "# preflight (read-only; a failed check stops the run with exit 2 before anything is applied):",
+    ]
+    for i, check in enumerate(preflight_checks(spec), 1):
+        lines += [f"#  {i:2d}. {check.name}: {check.what}",
+                  f"#      request: {check.request}",
+                  f"#      expect:  {check.expect}"]
+    lines += ["#", f"# objects ({len(objs)}):"]
+    lines += [f"#  {i:2d}. {_describe(o)}" for i, o in enumerate(objs, 1)]
+    if spec.storage.kind == "oss" and spec.storage.oss.credentials.create_secret:
+        cred = spec.storage.oss.credentials
+        lines.append(f"#  + Secret {spec.cluster.namespace}/{cred.secret_name} (akId, akSecret), "
+                     f"created at apply time from the credentials; values never shown")
+    text = "\n".join(lines) + "\n"
+    for i, obj in enumerate(objs, 1):
+        text += f"---\n# {i}/{len(objs)} {_describe(obj)}\n"
+        text += yaml.safe_dump(obj, sort_keys=False, width=100)
+    return text
+
+
+__all__ = [
+    "PreflightCheck", "preflight_checks", "render_hpa", "render_inferenceservice",
+    "render_manifests", "render_namespace", "render_oss_secret", "render_plan", "render_pv",
+    "render_pvc", "render_rbac", "render_resourcepolicy", "run_labels",
+]
