@@ -85,18 +85,15 @@ def _autoscaler_knows(kube: Kube, group_hint: str) -> bool:
 
 
 def custom_metric_served(kube: Kube, namespace: str, metric: str) -> bool:
-    """True when custom.metrics.k8s.io answers for ``metric`` on pods (even with no pods yet)."""
-    from kubernetes import client as k8s
-
-    api = k8s.ApiClient.call_api
+    """True when the custom.metrics.k8s.io API advertises ``pods/<metric>`` in its discovery,
+    as metrics adapters do for every metric they can serve."""
     for version in ("v1beta2", "v1beta1"):
-        path = f"/apis/custom.metrics.k8s.io/{version}/namespaces/{namespace}/pods/*/{metric}"
         try:
-            api(kube.api_client, path, "GET", auth_settings=["BearerToken"], response_type="object",
-                _return_http_data_only=True, _request_timeout=5)
-            return True
-        except Exception:  # noqa: BLE001 - any failure means not served
+            doc = kube.raw_get(f"/apis/custom.metrics.k8s.io/{version}", timeout_s=5)
+        except ClusterError:
             continue
+        if any(r.get("name") == f"pods/{metric}" for r in doc.get("resources") or []):
+            return True
     return False
 
 

@@ -240,6 +240,22 @@ class Kube:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise ClusterError(f"delete {_describe(api_version, kind, name, ns)}: API server unreachable") from exc
 
+    def raw_get(self, path: str, *, timeout_s: float = 10.0) -> Obj:
+        """GET an API path that has no typed client (aggregated APIs, /version, ...)."""
+        what = f"GET {path}"
+
+        def call() -> Obj:
+            method, url, headers, body, _ = self.api_client.param_serialize(
+                "GET", path, header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
+            resp = self.api_client.call_api(method, url, header_params=headers, body=body,
+                                            _request_timeout=timeout_s)
+            resp.read()
+            if resp.status >= 400:
+                raise ApiException(status=resp.status, reason=resp.reason, http_resp=resp)
+            return json.loads(resp.data or b"{}")
+
+        return self._call(what, call)
+
     def can_i(self, verb: str, resource: str, *, group: str = "", namespace: str | None = None) -> bool:
         review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
                   "spec": {"resourceAttributes": {"verb": verb, "resource": resource, "group": group,

@@ -9,12 +9,15 @@ import json
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
 
 from tasks.render import render_manifests
-from tasks.spec import spec_from_dict
+from tasks.spec import load_spec
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "qwen-chat.local.yaml"
 
 pytestmark = pytest.mark.integration
 
@@ -37,21 +40,21 @@ def ns(kube):
     _wait(lambda: kube.get("v1", "ServiceAccount", "default", name), 30, "default ServiceAccount", 0.2)
     yield name
     kube.delete("v1", "Namespace", name)
+    kube.delete("v1", "PersistentVolume", f"llm-model-{name}")
     _wait(lambda: kube.get("v1", "Namespace", name) is None, 120, f"namespace {name} gone", 1)
 
 
 def _spec(ns: str, testbed, **service) -> object:
-    svc = {"name": "qwen-chat", "min_replicas": 1, "max_replicas": 3, "hpa_scale_down_stabilization_s": 10}
-    svc.update(service)
-    return spec_from_dict({
-        "name": "dataplane-test", "profile": "local",
-        "cluster": {"namespace": ns, "kubeconfig": str(testbed.kubeconfig)},
-        "service": svc,
-        "ingress": {"url": f"http://127.0.0.1:{testbed.ports.gateway}", "host": f"qwen-chat-{ns}.example.com"},
-    })
+    """The local example, moved into the test's namespace and pointed at this test bed."""
+    sets = [f"cluster.namespace={ns}", f"cluster.kubeconfig={testbed.kubeconfig}",
+            f"ingress.url=http://127.0.0.1:{testbed.ports.gateway}", f"ingress.host=qwen-chat-{ns}.example.com",
+            "service.hpa_scale_down_stabilization_s=10"]
+    sets += [f"service.{k}={v}" for k, v in service.items()]
+    return load_spec(EXAMPLE, sets)
 
 
 def _apply(kube, spec, kinds: set[str]) -> list[dict]:
+    kinds = kinds | {"PersistentVolume", "PersistentVolumeClaim"}  # the model volume the predictor mounts
     objs = [o for o in render_manifests(spec, "it-" + uuid.uuid4().hex[:6]) if o["kind"] in kinds]
     for o in objs:
         kube.apply(o)
@@ -146,9 +149,7 @@ def test_dataplane_gpu_metric_drives_hpa_up_and_down(kube, testbed, ns):
     try:
         def metric_above_50():
             pods = _pods(kube, ns)
-            raw = kube.api_client.call_api(
-                f"/apis/custom.metrics.k8s.io/v1beta2/namespaces/{ns}/pods/*/DCGM_CUSTOM_PROCESS_SM_UTIL",
-                "GET", response_type="object", _return_http_data_only=True, auth_settings=["BearerToken"])
+            raw = kube.raw_get(f"/apis/custom.metrics.k8s.io/v1beta2/namespaces/{ns}/pods/*/DCGM_CUSTOM_PROCESS_SM_UTIL")
             vals = [float(i["value"].rstrip("m")) / (1000 if i["value"].endswith("m") else 1) for i in raw["items"]]
             return pods and vals and max(vals) > 50 and vals
         assert _wait(metric_above_50, 60, "DCGM_CUSTOM_PROCESS_SM_UTIL > 50 through custom.metrics.k8s.io")
