@@ -27,7 +27,7 @@ from testbed import pki
 from testbed.build import COMPONENTS, require_binary
 from testbed.config import TestbedConfig, load_config, save_config
 from testbed.errors import TestbedError
-from testbed.procs import Proc, ProcessTable, check_ports, port_free, wait_until
+from testbed.procs import Proc, ProcessTable, check_ports, port_free, reap_strays, wait_until
 
 NODEPOOL_LABEL = "alibabacloud.com/nodepool-id"
 EDGE_LABEL = "alibabacloud.com/is-edge-worker"
@@ -429,6 +429,9 @@ def down(cfg: TestbedConfig | None = None, *, log=print) -> list[str]:
     for name in stray:
         if table.stop(name):
             stopped.append(name)
+    strays = reap_strays(str(cfg.state_dir))
+    if strays:
+        log(f"[testbed] stopped {len(strays)} stray process(es) of this test bed: {strays}")
     busy = []
     for comp in all_components():
         try:

@@ -144,6 +144,11 @@ class ProcessTable:
         finally:
             log.close()
         self.pid_file(proc.name).write_text(f"{popen.pid}\n{proc.argv[0]}\n")
+        # between fork and exec /proc/<pid>/cmdline still shows the parent; wait for the exec so
+        # that pid() recognises the process (else it would call the pid file stale)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and popen.poll() is None and proc.argv[0] not in _cmdline(popen.pid):
+            time.sleep(0.01)
         return popen.pid
 
     def exited_early(self, name: str) -> str | None:
@@ -180,6 +185,34 @@ class ProcessTable:
             time.sleep(0.2)
         self.pid_file(name).unlink(missing_ok=True)
         return True
+
+
+def reap_strays(marker: str, *, timeout: float = 10.0) -> list[int]:
+    """Stop processes whose command line contains ``marker`` (the test bed's state dir) but
+    that no pid file knows any more, e.g. after a crash of the CLI that started them."""
+    me = os.getpid()
+    found = []
+    for proc_dir in Path("/proc").iterdir():
+        if not proc_dir.name.isdigit() or int(proc_dir.name) == me:
+            continue
+        cmd = _cmdline(int(proc_dir.name))
+        if marker in cmd and "pytest" not in cmd and "tidegate testbed" not in cmd:
+            found.append(int(proc_dir.name))
+    for pid in found:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(p) for p in found):
+        time.sleep(0.1)
+    for pid in found:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    return found
 
 
 def wait_until(check, *, timeout: float, what: str, interval: float = 0.25, died=None) -> None:
