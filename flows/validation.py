@@ -79,6 +79,7 @@ class RunContext:
     tables: dict[str, Any] = field(default_factory=dict)
     secrets: list[str] = field(default_factory=list)
     created_namespaces: list[str] = field(default_factory=list)
+    failure: BaseException | None = None
 
     def connect(self) -> Kube:
         if self.kube is None:
@@ -97,14 +98,29 @@ class RunOutcome:
 
 
 def resolve_profile(spec: RolloutSpec) -> str | None:
-    """The kubeconfig to use: the spec's, else the test bed's for profile local."""
-    if spec.cluster.kubeconfig or spec.cluster.in_cluster:
-        return spec.cluster.kubeconfig
+    """The kubeconfig to use: the spec's, else the test bed's for profile local.
+
+    For profile local, OSS credentials that the environment does not set are taken from the
+    test bed's key file (they are the test bed's own keys, never a user's).
+    """
     if spec.profile == "local":
         from testbed.config import load_config
 
-        return str(load_config(saved=True).kubeconfig)
-    return None
+        cfg = load_config(saved=True)
+        creds = spec.storage.oss.credentials
+        if spec.storage.kind == "oss" and not (os.environ.get(creds.access_key_id_env)
+                                               and os.environ.get(creds.access_key_secret_env)):
+            try:
+                from testbed.objectstore import load_keys
+
+                key_id, key_secret = load_keys(cfg.state_dir)
+                os.environ.setdefault(creds.access_key_id_env, key_id)
+                os.environ.setdefault(creds.access_key_secret_env, key_secret)
+            except (OSError, TidegateError):
+                pass  # the credentials check of the stage that needs them names what is missing
+        if not (spec.cluster.kubeconfig or spec.cluster.in_cluster):
+            return str(cfg.kubeconfig)
+    return spec.cluster.kubeconfig
 
 
 # -- stage functions (plain, typed; the Prefect tasks below wrap them) -------------------------
@@ -222,8 +238,8 @@ TASK_NAMES = {"stage": "stage_model", "prepare": "prepare_cluster", "deploy": "d
 
 
 def _run_stage(ctx: RunContext, name: str) -> None:
-    rec = reporting.StageRecord(status="not_run")
-    ctx.report.stages[name] = rec
+    rec = ctx.report.stages.setdefault(name, reporting.StageRecord(status="not_run"))
+    rec.status = "running"
     t0 = time.monotonic()
     try:
         rec.detail = STAGE_FUNCS[name](ctx) or ""
@@ -247,8 +263,30 @@ def _run_stage(ctx: RunContext, name: str) -> None:
 
 
 @task(name="stage", cache_policy=NO_CACHE, retries=0)
-def _stage_task(ctx: RunContext, name: str) -> None:
-    _run_stage(ctx, name)
+def _stage_task(ctx: RunContext, name: str):
+    """Expected failures end the task run Failed with their one-line message (no traceback in
+    the run's logs); the exception itself is kept on the context for the flow to re-raise."""
+    from prefect.states import Failed
+
+    try:
+        _run_stage(ctx, name)
+    except TidegateError as exc:
+        ctx.failure = exc
+        return Failed(message=exc.one_line())
+    return None
+
+
+def _call_stage(ctx: RunContext, name: str, use_prefect: bool) -> None:
+    if not use_prefect:
+        _run_stage(ctx, name)
+        return
+    ctx.failure = None
+    state = _stage_task.with_options(name=TASK_NAMES[name])(ctx, name, return_state=True)
+    if ctx.failure is not None:
+        raise ctx.failure
+    if state.is_failed() or state.is_crashed() or state.is_cancelled():
+        state.result()  # re-raises the unexpected exception (a bug) with its traceback
+        raise StageFailed(f"stage {name}: {state.message}")
 
 
 def execute(spec: RolloutSpec, stages: list[str], run_id: str, *, use_prefect: bool = True) -> RunOutcome:
@@ -257,21 +295,18 @@ def execute(spec: RolloutSpec, stages: list[str], run_id: str, *, use_prefect: b
                                  started_at=reporting.now_iso())
     ctx = RunContext(spec=spec, run_id=run_id, report=report, kubeconfig=resolve_profile(spec))
     for s in STAGES:
-        if s not in stages:
-            report.stages[s] = reporting.StageRecord(status="skipped", detail="not selected")
+        report.stages[s] = reporting.StageRecord(status="skipped" if s not in stages else "not_run",
+                                                 detail="not selected" if s not in stages else "")
     failure: BaseException | None = None
     body = [s for s in stages if s != "teardown"]
     try:
         for name in body:
-            if use_prefect:
-                _stage_task.with_options(name=TASK_NAMES[name])(ctx, name)
-            else:
-                _run_stage(ctx, name)
+            _call_stage(ctx, name, use_prefect)
     except BaseException as exc:  # noqa: BLE001 - recorded, teardown still runs, then re-raised
         failure = exc
         for name in body:
-            if report.stages.get(name) is None:
-                report.stages[name] = reporting.StageRecord(status="not_run", detail="an earlier stage failed")
+            if report.stages[name].status == "not_run":
+                report.stages[name].detail = "an earlier stage failed"
     policy = spec.teardown.policy
     created_anything = any(report.stages.get(s) and report.stages[s].status != "skipped"
                            for s in ("prepare", "deploy"))
@@ -279,10 +314,7 @@ def execute(spec: RolloutSpec, stages: list[str], run_id: str, *, use_prefect: b
         policy == "always" or (policy == "on_success" and failure is None))
     if want_teardown and created_anything:
         try:
-            if use_prefect:
-                _stage_task.with_options(name=TASK_NAMES["teardown"])(ctx, "teardown")
-            else:
-                _run_stage(ctx, "teardown")
+            _call_stage(ctx, "teardown", use_prefect)
         except BaseException as exc:  # noqa: BLE001
             failure = failure or exc
     elif "teardown" in stages:
