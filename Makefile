@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export GOTOOLCHAIN ?= local
 
-.PHONY: setup testbed-build testbed-up testbed-down testbed-status demo test test-unit bench clean
+.PHONY: setup testbed-build testbed-up testbed-down testbed-status demo test test-unit bench bench-staging clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -41,8 +41,12 @@ test: setup testbed-build
 demo: testbed-up
 	$(TG) validate --spec examples/qwen-chat.local.yaml
 
-bench: testbed-build
+# benchmarks print figures as ratios against a peer tool measured in the same run
+bench: testbed-up
 	$(PY) -m tests.bench.run
+
+bench-staging: testbed-up
+	$(PY) -m tests.bench.staging
 
 clean:
 	rm -rf $(VENV) .prefect .pytest_cache
