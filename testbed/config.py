@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from testbed.errors import TestbedError
 
@@ -44,11 +44,29 @@ class Ports(_Strict):
     webhook: int = Field(18443, ge=1024, le=65535, description="test-bed daemon's admission webhook (HTTPS)")
     gateway: int = Field(18000, ge=1024, le=65535, description="HTTP gateway routing by Host to replicas")
     oss: int = Field(18333, ge=1024, le=65535, description="OSS-dialect adapter in front of SeaweedFS")
-    seaweed_s3: int = Field(18334, ge=1024, le=65535, description="SeaweedFS S3 port")
-    seaweed_master: int = Field(19333, ge=1024, le=65535, description="SeaweedFS master port")
-    seaweed_volume: int = Field(18081, ge=1024, le=65535, description="SeaweedFS volume port")
-    seaweed_filer: int = Field(18888, ge=1024, le=65535, description="SeaweedFS filer port")
+    seaweed_s3: int = Field(17334, ge=1024, le=65535, description="SeaweedFS S3 port")
+    seaweed_master: int = Field(17333, ge=1024, le=65535, description="SeaweedFS master port")
+    seaweed_volume: int = Field(17081, ge=1024, le=65535, description="SeaweedFS volume port")
+    seaweed_filer: int = Field(17888, ge=1024, le=65535, description="SeaweedFS filer port")
     replica_base: int = Field(20000, ge=1024, le=60000, description="first port handed to model-server emulators")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "Ports":
+        return _check_ports(self)
+
+
+def _check_ports(ports: "Ports") -> "Ports":
+    """SeaweedFS also listens on each of its HTTP ports + 10000 (gRPC): no port may be taken twice."""
+    taken: dict[int, str] = {}
+    for name, port in ports.model_dump().items():
+        extra = [port + 10000] if name.startswith("seaweed_") else []
+        for p in [port, *extra]:
+            if p in taken:
+                raise ValueError(f"ports.{name}: port {p} is also used by ports.{taken[p]}")
+            if p > 65535:
+                raise ValueError(f"ports.{name}: {port} + 10000 (SeaweedFS gRPC) exceeds 65535")
+            taken[p] = name
+    return ports
 
 
 class Pool(_Strict):

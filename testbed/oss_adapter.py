@@ -1406,7 +1406,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m testbed.oss_adapter", description=__doc__.split("\n\n")[0])
     ap.add_argument("--host", default="127.0.0.1", help="listen address (loopback only by design)")
     ap.add_argument("--port", type=int, required=True, help="listen port")
-    ap.add_argument("--upstream", required=True, help="SeaweedFS S3 endpoint, e.g. http://127.0.0.1:18334")
+    ap.add_argument("--upstream", required=True, help="SeaweedFS S3 endpoint, e.g. http://127.0.0.1:17334")
     ap.add_argument("--keys", required=True, help="KEY=value file with TIDEGATE_OSS_ACCESS_KEY_ID/_SECRET")
     ap.add_argument("--db", default=None, help="CRC side table (default: oss-adapter.sqlite beside --keys)")
     ap.add_argument("--pool", type=int, default=64, help="upstream connection pool size")
