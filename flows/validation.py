@@ -228,8 +228,8 @@ STAGE_FUNCS: dict[str, Callable[[RunContext], str]] = {
     "prepare": stage_prepare,
     "deploy": stage_deploy,
     "smoke": stage_smoke,
-    "spike": _module_stage("tasks.load", "run_spike_stage", "spike"),
-    "verify": _module_stage("tasks.verify", "run_verify_stage", "verify"),
+    "spike": _module_stage("tasks.elastic", "run_spike_stage", "spike"),
+    "verify": _module_stage("tasks.elastic", "run_verify_stage", "verify"),
     "gate": _module_stage("tasks.gate", "run_gate_stage", "gate"),
     "teardown": stage_teardown,
 }
@@ -327,8 +327,9 @@ def execute(spec: RolloutSpec, stages: list[str], run_id: str, *, use_prefect: b
         report.verdict = "warn" if gate_warned else "pass"
     else:
         report.verdict = "fail"
-    out_dir = reporting.write(report, secrets=ctx.secrets, tables=ctx.tables,
-                              html_doc=ctx.results.get("html"))
+    html_doc = reporting.render_html(report, load=ctx.results.get("spike"), timeline=ctx.results.get("timeline"),
+                                     spec=spec)
+    out_dir = reporting.write(report, secrets=ctx.secrets, tables=ctx.tables, html_doc=html_doc)
     _publish_artifacts(report, out_dir, use_prefect)
     if failure is not None:
         raise failure

@@ -113,5 +113,7 @@ def run_gate_stage(ctx) -> str:
     summary = ", ".join(f"{r.rule}={r.value} {r.status}" for r in results)
     if v == "fail":
         bad = [f"{r.rule}={r.value} (want {r.op} {r.threshold})" for r in results if r.status == "fail"]
-        raise GateFailed(f"gate failed: {'; '.join(bad)}")
+        missing = [f["detail"] for f in ctx.report.extra.get("findings") or [] if not f.get("ok")]
+        why = f"; findings: {' | '.join(missing)}" if missing else ""
+        raise GateFailed(f"gate failed: {'; '.join(bad)}{why}")
     return f"{v}: {summary}"

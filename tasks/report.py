@@ -184,3 +184,107 @@ def write(report: RunReport, *, secrets: list[str] | None = None, tables: dict[s
     tmp.symlink_to(report.run_id)
     os.replace(tmp, latest)
     return out
+
+
+# -- the HTML report with plots ----------------------------------------------------------------
+MARKERS = {"SuccessfulRescale": ("HPA rescale", "tab:purple"), "TriggeredScaleUp": ("scale-up", "tab:red"),
+           "ScaledUpGroup": ("scale-up", "tab:red"), "ScaleDown": ("scale-down", "tab:green"),
+           "ScaleDownEmpty": ("scale-down", "tab:green")}
+
+
+def _png(fig) -> str:
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def plots(load=None, timeline=None, spec=None) -> list[str]:
+    """PNG data URIs: load over time, latency over time, pods and nodes per pool with events."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    figs: list[str] = []
+    start = None
+    if load is not None and len(load.per_second):
+        ps = load.per_second
+        start = pd.Timestamp(load.started_at)
+        x = ps["t_s"]
+        fig, ax = plt.subplots(figsize=(10, 3.2))
+        ax.plot(x, ps["users"], label="users", color="tab:blue")
+        ax.set_ylabel("users")
+        ax2 = ax.twinx()
+        ax2.plot(x, ps["completed"], label="requests/s", color="tab:orange")
+        ax2.plot(x, ps["failures"], label="failures/s", color="tab:red")
+        ax2.set_ylabel("per second")
+        for p in load.phases:
+            ax.axvspan((pd.Timestamp(p.start) - start).total_seconds(), (pd.Timestamp(p.end) - start).total_seconds(),
+                       alpha=0.06 if p.name != "spike" else 0.15, color="grey")
+            ax.text((pd.Timestamp(p.start) - start).total_seconds(), ax.get_ylim()[1] * 0.92, p.name, fontsize=8)
+        ax.set_xlabel("seconds since load start")
+        fig.legend(loc="upper right", fontsize=8)
+        ax.set_title("Load shape: users, throughput, failures")
+        figs.append(_png(fig))
+        plt.close(fig)
+        fig, ax = plt.subplots(figsize=(10, 3.0))
+        for col in ("ttft_p50_ms", "ttft_p95_ms", "e2e_p95_ms", "itl_p95_ms"):
+            if col in ps:
+                ax.plot(x, ps[col], label=col)
+        ax.set_ylabel("ms")
+        ax.set_xlabel("seconds since load start")
+        ax.legend(fontsize=8)
+        ax.set_title("Latency per second")
+        figs.append(_png(fig))
+        plt.close(fig)
+    if timeline is not None and len(timeline.frame):
+        frame = timeline.frame
+        t0 = start if start is not None else frame["time"].min()
+        fig, axes = plt.subplots(2, 1, figsize=(10, 5), sharex=True)
+        for ax, series, col, title in ((axes[0], timeline.pods_per_pool(), "pods", "Ready pods per pool"),
+                                       (axes[1], timeline.nodes_per_pool(), "nodes", "Nodes per pool")):
+            for pool, part in series.groupby("pool"):
+                xs = (part["time"] - t0).dt.total_seconds()
+                ax.step(xs, part[col], where="post", label=str(pool))
+            ax.set_ylabel(col)
+            ax.set_title(title)
+            ax.legend(fontsize=8)
+        seen = set()
+        for _, ev in frame[frame["reason"].isin(list(MARKERS))].iterrows():
+            label, color = MARKERS[ev["reason"]]
+            xs = (ev["time"] - t0).total_seconds()
+            for ax in axes:
+                ax.axvline(xs, color=color, alpha=0.5, linestyle="--",
+                           label=label if label not in seen and ax is axes[0] else None)
+            seen.add(label)
+        axes[0].legend(fontsize=8)
+        axes[1].set_xlabel("seconds since load start")
+        figs.append(_png(fig))
+        plt.close(fig)
+    return figs
+
+
+def render_html(report: RunReport, *, load=None, timeline=None, spec=None) -> str:
+    try:
+        figures = plots(load, timeline, spec)
+    except Exception as exc:  # noqa: BLE001 - a plot must never cost the report
+        report.extra.setdefault("warnings", []).append(f"plots failed: {type(exc).__name__}: {exc}")
+        figures = []
+    doc = basic_html(report, figures)
+    findings = report.extra.get("findings") or []
+    if findings:
+        rows = "".join(
+            f"<tr><td>{html.escape(f['name'])}</td><td class='{'pass' if f['ok'] else 'fail'}'>"
+            f"{'ok' if f['ok'] else 'missing'}</td><td>{html.escape(f['detail'])}"
+            f"<ul>{''.join('<li>' + html.escape(e) + '</li>' for e in f.get('evidence', [])[:6])}</ul></td></tr>"
+            for f in findings)
+        doc = doc.replace("<h2>stages</h2>", f"<h2>findings</h2><table>{rows}</table><h2>stages</h2>", 1)
+    definitions = report.extra.get("definitions") or {}
+    if definitions:
+        dl = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in definitions.items())
+        doc = doc.replace("</body>", f"<h2>definitions</h2><dl>{dl}</dl></body>", 1)
+    return doc
