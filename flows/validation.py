@@ -291,6 +291,11 @@ def _call_stage(ctx: RunContext, name: str, use_prefect: bool) -> None:
 
 def execute(spec: RolloutSpec, stages: list[str], run_id: str, *, use_prefect: bool = True) -> RunOutcome:
     """Run the selected stages; always write the report; decide the outcome."""
+    if "spike" in stages:
+        # a load shape this machine cannot drive (or a bad traffic CSV) is refused before anything runs
+        from tasks.load import check_capacity, shape_for
+
+        check_capacity(shape_for(spec.load), spec.load.workers)
     report = reporting.RunReport(run_id=run_id, spec=spec.name, profile=spec.profile,
                                  started_at=reporting.now_iso())
     ctx = RunContext(spec=spec, run_id=run_id, report=report, kubeconfig=resolve_profile(spec))
@@ -328,7 +333,7 @@ def execute(spec: RolloutSpec, stages: list[str], run_id: str, *, use_prefect: b
     else:
         report.verdict = "fail"
     html_doc = reporting.render_html(report, load=ctx.results.get("spike"), timeline=ctx.results.get("timeline"),
-                                     spec=spec)
+                                     spec=spec, cost=ctx.results.get("cost"))
     out_dir = reporting.write(report, secrets=ctx.secrets, tables=ctx.tables, html_doc=html_doc)
     _publish_artifacts(report, out_dir, use_prefect)
     if failure is not None:

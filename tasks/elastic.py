@@ -53,7 +53,7 @@ def run_spike_stage(ctx: Any) -> str:
     finally:
         timeline = observer.stop()
         ctx.results["timeline"] = timeline
-        ctx.tables["timeline"] = timeline.frame
+        ctx.tables["timeline"] = timeline.df
     ctx.report.load = result.report_block()
     ctx.report.extra.setdefault("definitions", {}).update(result.definitions)
     ctx.report.extra["phases"] = [{"name": p.name, "start": p.start.isoformat(), "end": p.end.isoformat()}
@@ -63,7 +63,7 @@ def run_spike_stage(ctx: Any) -> str:
     ctx.results["ended_at"] = pd.Timestamp.now(tz="UTC")
     if result.summary.get("requests", 0) == 0:
         raise StageFailed(f"spike: no request completed against {spec.ingress.url} (Host {spec.ingress.host})")
-    return f"{result.describe()}; {len(timeline.frame)} timeline entries; spill-back wait {settle_s}s"
+    return f"{result.describe()}; {len(timeline.df)} timeline entries; spill-back wait {settle_s}s"
 
 
 def run_verify_stage(ctx: Any) -> str:
@@ -81,12 +81,16 @@ def run_verify_stage(ctx: Any) -> str:
     ctx.report.elasticity = elasticity.block()
     ctx.report.extra["findings"] = [
         {"name": f.name, "ok": f.ok, "detail": f.detail, "evidence": list(f.evidence)} for f in elasticity.findings]
+    from tasks.cost import run_cost_stage
+
+    cost_line = run_cost_stage(ctx)
     failed = [f for f in elasticity.findings if not f.ok]
     e = ctx.report.elasticity
     head = (f"HPA max {e.get('hpa_max_replicas')}, cloud pods max {e.get('cloud_pods_max')}, "
             f"scale-ups {e.get('scale_up_events')}, scale-downs {e.get('scale_down_events')}, "
             f"first cloud pod Ready at +{e.get('time_to_first_cloud_pod_ready_s')}s, "
             f"back to IDC: {e.get('scale_in_back_to_idc')}")
+    head = f"{head}; cost: {cost_line}"
     if failed:
         return head + "; missing: " + "; ".join(f.detail for f in failed)
     return head

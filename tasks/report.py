@@ -241,8 +241,8 @@ def plots(load=None, timeline=None, spec=None) -> list[str]:
         ax.set_title("Latency per second")
         figs.append(_png(fig))
         plt.close(fig)
-    if timeline is not None and len(timeline.frame):
-        frame = timeline.frame
+    if timeline is not None and len(timeline.df):
+        frame = timeline.df
         t0 = start if start is not None else frame["time"].min()
         fig, axes = plt.subplots(2, 1, figsize=(10, 5), sharex=True)
         for ax, series, col, title in ((axes[0], timeline.pods_per_pool(), "pods", "Ready pods per pool"),
@@ -268,9 +268,13 @@ def plots(load=None, timeline=None, spec=None) -> list[str]:
     return figs
 
 
-def render_html(report: RunReport, *, load=None, timeline=None, spec=None) -> str:
+def render_html(report: RunReport, *, load=None, timeline=None, spec=None, cost=None) -> str:
     try:
         figures = plots(load, timeline, spec)
+        if cost is not None:
+            from tasks.cost import cost_plot
+
+            figures.append(_png(cost_plot(cost)))
     except Exception as exc:  # noqa: BLE001 - a plot must never cost the report
         report.extra.setdefault("warnings", []).append(f"plots failed: {type(exc).__name__}: {exc}")
         figures = []

@@ -45,6 +45,7 @@ from pydantic import (
     model_validator,
 )
 
+from tasks.cost import CostSpec
 from tasks.errors import CredentialsError, SpecError
 
 MAX_FILE_BYTES = 1024 * 1024
@@ -753,6 +754,7 @@ class RolloutSpec(_Strict):
     load: LoadSpec = Field(default_factory=LoadSpec, title="Load", description=LoadSpec.__doc__)
     slo: list[SloRule] = Field(default_factory=_default_slo, max_length=100, title="SLO gate rules",
                                description="Rules the gate judges the run by.")
+    cost: CostSpec = Field(default_factory=CostSpec, title="Cost", description=CostSpec.__doc__)
     teardown: TeardownSpec = Field(default_factory=TeardownSpec, title="Teardown",
                                    description=TeardownSpec.__doc__)
     stages: list[StageName] | None = Field(
