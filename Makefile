@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export GOTOOLCHAIN ?= local
 
-.PHONY: setup testbed-build testbed-up testbed-down testbed-status demo test test-unit bench bench-staging clean
+.PHONY: setup testbed-build testbed-up testbed-down testbed-status demo test test-unit bench bench-load bench-staging clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -44,6 +44,9 @@ demo: testbed-up
 # benchmarks print figures as ratios against a peer tool measured in the same run
 bench: testbed-up
 	$(PY) -m tests.bench.run
+
+bench-load: setup
+	$(PY) -m tests.bench.load
 
 bench-staging: testbed-up
 	$(PY) -m tests.bench.staging

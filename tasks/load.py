@@ -1,0 +1,811 @@
+"""spike: drive the service with Locust along a load shape and measure what users felt.
+
+The Locust generator runs in its own process (``python -m tasks._locust_runner``), because
+importing ``locust`` monkey-patches the whole process with gevent; this module never imports
+``locust`` or ``gevent``. ``run_load`` writes the runner's config, starts one process (or a
+master and ``load.workers`` worker processes on 127.0.0.1), waits for it with a hard time
+bound, and turns the per-request records it wrote into DataFrames and the report's ``load``
+block.
+
+Load shape
+    A ``LoadShape`` is a table of steps ``(t_end_s, users, spawn_rate, phase)``: from the end of
+    the previous step until ``t_end_s`` seconds into the run, hold ``users`` concurrent users
+    (reached at ``spawn_rate`` users/s). ``spike_shape`` builds ``baseline -> spike -> hold ->
+    cooldown`` from ``LoadSpec``; a tidal shape (issue 9) is another table of the same kind,
+    registered with ``register_shape("tidal", builder)``. Locust's shape worker ticks once a
+    second, so a step boundary takes effect within one second. Cool-down runs at
+    *baseline users*, not zero: spill-back (HPA scale-in, cloud pods removed, the elastic pool
+    shrinking) is then observed under the light traffic a real service still has after a
+    peak, and the TTFT of the requests in flight while cloud pods are removed is measured.
+
+Request
+    The seed's chat request (``chat_request``) ``POST <ingress url>/v1/chat/completions`` with
+    ``Host: <ingress host>``; every user sends it in a closed loop (no think time). A failed
+    request is followed by a 0.2 s pause, so an unreachable target cannot spin the generator.
+    Users leaving at a ramp-down or at the end of the shape finish their request first (up to
+    ``request_timeout_s``); requests cut by an abort (``stop_event``, the time bound) are
+    recorded with ``cancelled`` and left out of every figure but ``summary.cancelled``.
+
+``LoadResult.requests`` (one row per request, CSV ``requests.csv``)
+    id, start, end (UTC datetimes), t_s (start, seconds since the shape started), phase (shape
+    phase at start), users (concurrent users the generator ran at start), worker (process
+    index), status (HTTP status, 0 when no answer), ok, cancelled, error (text, "" when ok),
+    ttft_ms, e2e_ms, output_tokens, tokens_source (``usage`` | ``chunks``), chunks (content
+    chunks received), done ([DONE] seen), itl_count, itl_mean_ms, itl_p95_ms, itl_max_ms,
+    tpot_ms. Latency columns are NaN where they do not apply (no token received, not streamed).
+
+``LoadResult.itl`` (one row per inter-token gap, every request, first token excluded)
+    request (id), t_s (arrival of the token closing the gap, seconds since the shape started),
+    itl_ms. Summary percentiles use the gaps of ok requests only.
+
+``LoadResult.per_second`` (one row per second of the run, CSV ``per_second.csv``)
+    second (UTC), t_s, phase, users (at the end of the second), started (requests sent),
+    completed (requests finished, = rps), failures (failed requests finished), ttft_p50_ms,
+    ttft_p95_ms, e2e_p95_ms (ok requests *sent* in that second), itl_p95_ms and
+    output_tokens_per_s (tokens of ok requests *arriving* in that second).
+
+``LoadResult.summary``
+    exactly the report contract's ``load`` keys (``CONTRACT_KEYS``) plus extras: cancelled,
+    duration_s, output_tokens, ttft_p99_ms, itl_p50_ms, itl_p99_ms, e2e_p50_ms, tpot_p50_ms,
+    tpot_p95_ms, users_max, tokens_source counts, errors (top error texts), by_phase (the
+    contract keys per phase, by the phase a request was *sent* in), generator (processes,
+    CPU seconds and peak %, event-loop lag p99 = the generator's own share of the latencies it
+    reports, records dropped, stopped early, deadline hit). Values are None when there is no
+    data (a gate's ``no-data``). Definitions of every figure: ``DEFINITIONS``. Latency
+    percentiles are over successful requests; failures count in requests and error_rate only.
+
+Failure modes: an unreachable target makes every request an error and the run still ends on
+time; a generator process that crashes raises ``StageFailed`` with the tail of its log; one
+that outlives its time bound (shape + stop timeout + startup grace) is killed and raises
+``StageFailed``. ``stop_event`` ends a run early (the result covers what ran,
+``summary.generator.stopped_early`` is true).
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import datetime as dt
+import importlib
+import itertools
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import pandas as pd
+
+from tasks.errors import SpecError, StageFailed, StageNotImplemented
+from tasks.spec import LoadSpec, ModelSpec, RolloutSpec
+
+CONTRACT_KEYS = ("requests", "failures", "error_rate", "rps", "ttft_p50_ms", "ttft_p95_ms",
+                 "itl_p95_ms", "e2e_p95_ms", "output_tokens_per_s")
+
+DEFINITIONS: dict[str, str] = {
+    "ttft_ms": "Time to first token: from sending the request to receiving the first streamed "
+               "chunk with non-empty content, in ms.",
+    "itl_ms": "Inter-token latency: every gap between two consecutive streamed content chunks of a "
+              "request (the first token excluded), pooled over all successful requests, in ms.",
+    "tpot_ms": "Time per output token: (e2e - ttft) / (output_tokens - 1) of one request, the mean "
+               "decode time per token after the first, in ms.",
+    "e2e_ms": "End-to-end latency: from sending the request to the end of its response ([DONE] for "
+              "a stream), in ms.",
+    "output_tokens_per_s": "Output tokens per second: completion tokens of successful requests "
+                           "(server-reported usage, else counted content chunks) divided by the "
+                           "duration of the load shape.",
+    "rps": "Requests per second: finished requests, successful or failed, divided by the duration "
+           "of the load shape.",
+    "error_rate": "Error rate: failed requests / finished requests; a failure is a non-200 status, a "
+                  "connection error, a timeout, an error event, a stream without [DONE] or a response "
+                  "without content; requests the generator itself cancelled at ramp-down are excluded.",
+}
+
+REQUEST_COLUMNS = ("id", "start", "end", "t_s", "phase", "users", "worker", "status", "ok", "cancelled",
+                   "error", "ttft_ms", "e2e_ms", "output_tokens", "tokens_source", "chunks", "done",
+                   "itl_count", "itl_mean_ms", "itl_p95_ms", "itl_max_ms", "tpot_ms")
+PER_SECOND_COLUMNS = ("second", "t_s", "phase", "users", "started", "completed", "failures",
+                      "ttft_p50_ms", "ttft_p95_ms", "e2e_p95_ms", "itl_p95_ms", "output_tokens_per_s")
+
+CHAT_PATH = "/v1/chat/completions"
+FAILURE_PAUSE_S = 0.2
+CONNECT_TIMEOUT_S = 10.0
+STARTUP_GRACE_S = 30.0
+WORKER_CONNECT_TIMEOUT_S = 30.0
+KILL_GRACE_S = 15.0
+STOP_GRACE_S = 5.0
+MAX_STEPS = 100_000
+MAX_RECORDS_PER_PROCESS = 5_000_000
+# Concurrent users one generator process is trusted with. tests/bench/load.py measured about
+# 25 us of generator CPU per streamed token (200 streams, 8.9k tokens/s: 23 % of a core), so
+# 400 users at ~50 tokens/s each keep a process near half a core, where its own timestamp lag
+# stays small; shapes above it need load.workers.
+MAX_USERS_PER_PROCESS = 400
+
+_RUNNER_FILES = ("records-", "runner", "users.jsonl", "started.json", "locust-config.json")
+
+
+# -- load shapes -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Step:
+    """Hold ``users`` concurrent users (reached at ``spawn_rate`` users/s) until ``t_end_s``."""
+
+    t_end_s: float
+    users: int
+    spawn_rate: float
+    phase: str
+
+
+@dataclass(frozen=True)
+class LoadShape:
+    """A load profile as a table of steps; the spike and tidal shapes are both one.
+
+    >>> s = LoadShape("spike", (Step(3, 2, 10, "baseline"), Step(9, 10, 10, "spike")))
+    >>> s.users_at(0.0), s.users_at(3.0), s.users_at(9.0)
+    ((2, 10.0), (10, 10.0), None)
+    >>> s.phases()
+    [('baseline', 0.0, 3.0), ('spike', 3.0, 9.0)]
+    """
+
+    kind: str
+    steps: tuple[Step, ...]
+    _t_ends: tuple[float, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        steps = tuple(self.steps)
+        if not steps:
+            raise SpecError(f"load shape {self.kind!r}: has no steps")
+        if len(steps) > MAX_STEPS:
+            raise SpecError(f"load shape {self.kind!r}: {len(steps)} steps (at most {MAX_STEPS})")
+        prev = 0.0
+        for i, st in enumerate(steps):
+            if not (math.isfinite(st.t_end_s) and st.t_end_s > prev):
+                raise SpecError(f"load shape {self.kind!r}: step {i}: t_end_s must be finite and after "
+                                f"the previous step's end ({st.t_end_s!r} <= {prev!r})")
+            if not isinstance(st.users, int) or st.users < 0:
+                raise SpecError(f"load shape {self.kind!r}: step {i}: users must be an integer >= 0 "
+                                f"(got {st.users!r})")
+            if not (math.isfinite(st.spawn_rate) and st.spawn_rate > 0):
+                raise SpecError(f"load shape {self.kind!r}: step {i}: spawn_rate must be > 0 "
+                                f"(got {st.spawn_rate!r})")
+            if not st.phase:
+                raise SpecError(f"load shape {self.kind!r}: step {i}: phase must be a name")
+            prev = st.t_end_s
+        object.__setattr__(self, "steps", steps)
+        object.__setattr__(self, "_t_ends", tuple(float(s.t_end_s) for s in steps))
+
+    @property
+    def duration_s(self) -> float:
+        return self._t_ends[-1]
+
+    @property
+    def max_users(self) -> int:
+        return max(s.users for s in self.steps)
+
+    def step_index(self, t: float) -> int | None:
+        """The step covering ``t`` s into the run: ``[previous t_end, t_end)``; None after the end."""
+        if t < 0:
+            return 0
+        i = bisect.bisect_right(self._t_ends, t)
+        return i if i < len(self._t_ends) else None
+
+    def users_at(self, t: float) -> tuple[int, float] | None:
+        """(users, spawn_rate) at ``t`` s into the run, None once the shape is over."""
+        i = self.step_index(t)
+        if i is None:
+            return None
+        return self.steps[i].users, float(self.steps[i].spawn_rate)
+
+    def phase_at(self, t: float) -> str:
+        """The phase at ``t`` (before the start: the first; after the end: the last)."""
+        i = self.step_index(t)
+        return self.steps[-1 if i is None else i].phase
+
+    def phases(self) -> list[tuple[str, float, float]]:
+        """(name, start_s, end_s) of every phase; consecutive steps of one phase are merged."""
+        out: list[tuple[str, float, float]] = []
+        start = 0.0
+        for st in self.steps:
+            if out and out[-1][0] == st.phase:
+                out[-1] = (st.phase, out[-1][1], float(st.t_end_s))
+            else:
+                out.append((st.phase, start, float(st.t_end_s)))
+            start = float(st.t_end_s)
+        return out
+
+    def table(self) -> list[list[Any]]:
+        """The steps as JSON-ready rows ``[t_end_s, users, spawn_rate, phase]``."""
+        return [[float(s.t_end_s), int(s.users), float(s.spawn_rate), s.phase] for s in self.steps]
+
+
+def spike_shape(load: LoadSpec) -> LoadShape:
+    """``baseline -> spike -> hold -> cooldown`` from the spec; zero-length phases are left out.
+
+    Cool-down holds ``baseline_users`` (see the module docstring for why not zero).
+    """
+    rate = float(load.spawn_rate)
+    steps: list[Step] = []
+    t = 0.0
+    for phase, seconds, users in (("baseline", load.baseline_s, load.baseline_users),
+                                  ("spike", load.spike_s, load.spike_users),
+                                  ("hold", load.hold_s, load.spike_users),
+                                  ("cooldown", load.cooldown_s, load.baseline_users)):
+        if seconds > 0:
+            t += float(seconds)
+            steps.append(Step(t, int(users), rate, phase))
+    return LoadShape("spike", tuple(steps))
+
+
+ShapeBuilder = Callable[[LoadSpec], LoadShape]
+_SHAPES: dict[str, ShapeBuilder] = {"spike": spike_shape}
+# shapes whose module registers itself on import (issue 9's tidal shape lives in tasks/tidal.py)
+_SHAPE_MODULES = {"tidal": "tasks.tidal"}
+
+
+def register_shape(kind: str, builder: ShapeBuilder) -> None:
+    """Make ``load.shape: <kind>`` build its table with ``builder(load_spec)``."""
+    _SHAPES[kind] = builder
+
+
+def shape_for(load: LoadSpec) -> LoadShape:
+    """The LoadShape the spec asks for; StageNotImplemented naming the known kinds otherwise."""
+    kind = load.shape
+    if kind not in _SHAPES and kind in _SHAPE_MODULES:
+        try:
+            importlib.import_module(_SHAPE_MODULES[kind])
+        except ModuleNotFoundError as exc:
+            if exc.name != _SHAPE_MODULES[kind]:
+                raise
+    builder = _SHAPES.get(kind)
+    if builder is None:
+        raise StageNotImplemented(f"load.shape {kind!r} has no shape builder yet "
+                                  f"(available: {', '.join(sorted(_SHAPES))})")
+    return builder(load)
+
+
+def check_capacity(shape: LoadShape, workers: int) -> None:
+    """Refuse a shape that needs more users than the generator processes hold (before the run)."""
+    processes = max(1, workers)
+    cap = MAX_USERS_PER_PROCESS * processes
+    if shape.max_users > cap:
+        need = math.ceil(shape.max_users / MAX_USERS_PER_PROCESS)
+        raise SpecError(f"load: the {shape.kind} shape needs {shape.max_users} concurrent users, more "
+                        f"than {processes} generator process(es) hold ({MAX_USERS_PER_PROCESS} each); "
+                        f"set load.workers to at least {need}")
+
+
+# -- the request -------------------------------------------------------------------------------
+def chat_request(served_name: str, load: LoadSpec) -> dict[str, Any]:
+    """The seed's chat request body (streamed with usage when ``load.stream``)."""
+    body: dict[str, Any] = {"model": served_name, "messages": [{"role": "user", "content": load.prompt}],
+                            "max_tokens": load.max_tokens, "temperature": 0.7, "top_p": 0.9, "seed": 10,
+                            "stream": bool(load.stream)}
+    if load.stream:
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+# -- results -----------------------------------------------------------------------------------
+@dataclass
+class Phase:
+    name: str
+    start: dt.datetime
+    end: dt.datetime
+
+
+@dataclass
+class LoadResult:
+    """What the spike stage measured; the columns are in the module docstring."""
+
+    requests: pd.DataFrame
+    itl: pd.DataFrame
+    per_second: pd.DataFrame
+    phases: list[Phase]
+    summary: dict[str, Any]
+    definitions: dict[str, str]
+    shape: LoadShape
+    started_at: dt.datetime
+    ended_at: dt.datetime
+    out_dir: Path | None = None
+
+    def report_block(self) -> dict[str, Any]:
+        """The report.json ``load`` block: the contract keys, then the extras."""
+        return dict(self.summary)
+
+    def describe(self) -> str:
+        s = self.summary
+
+        def ms(key: str) -> str:
+            return "n/a" if s.get(key) is None else f"{s[key]:.0f} ms"
+
+        rps = "n/a" if s.get("rps") is None else f"{s['rps']:.1f}"
+        return (f"{s['requests']} requests ({s['failures']} failed) in {s['duration_s']:.0f}s of the "
+                f"{self.shape.kind} shape, up to {s['users_max']} users: {rps} rps, TTFT p95 "
+                f"{ms('ttft_p95_ms')}, ITL p95 {ms('itl_p95_ms')}, e2e p95 {ms('e2e_p95_ms')}")
+
+
+def _utc(epoch: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(epoch, tz=dt.timezone.utc)
+
+
+def _pct(values: np.ndarray, q: float) -> float | None:
+    values = values[~np.isnan(values)] if values.dtype.kind == "f" else values
+    if values.size == 0:
+        return None
+    return round(float(np.percentile(values, q)), 3)
+
+
+def _rate(count: float, seconds: float) -> float | None:
+    return round(count / seconds, 3) if seconds > 0 else None
+
+
+def compute_result(records: Sequence[dict[str, Any]], users: Sequence[Sequence[float]], shape: LoadShape,
+                   started_at: float, ended_at: float, *, generator: dict[str, Any] | None = None,
+                   out_dir: Path | None = None) -> LoadResult:
+    """Turn runner records into the DataFrames and the summary (pure; no I/O).
+
+    ``records`` are the runner's per-request dicts (``tasks._locust_runner`` docstring),
+    ``users`` its samples ``[epoch, user_count, ...]``, ``started_at``/``ended_at`` the epochs
+    at which the shape started and ended.
+    """
+    recs = sorted(records, key=lambda r: r["start"])
+    n = len(recs)
+    start = np.array([r["start"] for r in recs], dtype=float)
+    end = np.array([r["end"] for r in recs], dtype=float)
+    t_s = start - started_at
+    cancelled = np.array([bool(r.get("cancelled")) for r in recs], dtype=bool)
+    error = np.array([r.get("error") or "" for r in recs], dtype=object)
+    ok = (~cancelled) & (error == "") if n else np.zeros(0, dtype=bool)
+    ttft = np.array([np.nan if r.get("ttft_ms") is None else r["ttft_ms"] for r in recs], dtype=float)
+    e2e = np.array([r["e2e_ms"] for r in recs], dtype=float)
+    out_tokens = np.array([int(r.get("output_tokens") or 0) for r in recs], dtype=np.int64)
+
+    # users at request start: the last sample at or before it
+    u_t = np.array([float(u[0]) for u in users], dtype=float)
+    u_n = np.array([int(u[1]) for u in users], dtype=np.int64)
+    order = np.argsort(u_t, kind="stable")
+    u_t, u_n = u_t[order], u_n[order]
+
+    def users_at(epochs: np.ndarray) -> np.ndarray:
+        if u_t.size == 0:
+            return np.zeros(epochs.shape, dtype=np.int64)
+        idx = np.searchsorted(u_t, epochs, side="right") - 1
+        return np.where(idx >= 0, u_n[np.clip(idx, 0, None)], 0)
+
+    t_ends = np.array([s.t_end_s for s in shape.steps], dtype=float)
+    step_names = np.array([s.phase for s in shape.steps], dtype=object)
+
+    def phase_of(offsets: np.ndarray) -> np.ndarray:
+        idx = np.clip(np.searchsorted(t_ends, offsets, side="right"), 0, len(t_ends) - 1)
+        return step_names[idx]
+
+    # every gap of every request, flat, with its request index; arrivals from the first token on
+    lengths = np.fromiter((len(r.get("itl_ms") or ()) for r in recs), dtype=np.int64, count=n)
+    flat = np.fromiter(itertools.chain.from_iterable(r.get("itl_ms") or () for r in recs), dtype=float,
+                       count=int(lengths.sum()))
+    gap_req = np.repeat(np.arange(n, dtype=np.int64), lengths)
+    first = t_s + ttft / 1000.0  # NaN where no token arrived
+    has = lengths > 0
+    offsets = np.cumsum(lengths) - lengths
+    itl_count = lengths
+    itl_mean = np.full(n, np.nan)
+    itl_max = np.full(n, np.nan)
+    itl_p95 = np.full(n, np.nan)
+    if flat.size:
+        itl_mean[has] = np.add.reduceat(flat, offsets[has]) / lengths[has]
+        itl_max[has] = np.maximum.reduceat(flat, offsets[has])
+        itl_p95[has] = pd.Series(flat).groupby(gap_req).quantile(0.95).to_numpy()
+    csum = np.cumsum(flat)
+    before = np.where(offsets > 0, csum[np.clip(offsets - 1, 0, None)] if csum.size else 0.0, 0.0)
+    arrivals = first[gap_req] + (csum - np.repeat(before, lengths)) / 1000.0
+    keep = ~np.isnan(arrivals)
+    ok_first = first[ok & ~np.isnan(first)]
+    tokens_at = np.concatenate((ok_first, arrivals[keep & ok[gap_req]]))  # content chunks of ok requests
+    tpot = np.full(n, np.nan)
+    mask = ok & ~np.isnan(ttft) & (out_tokens > 1)
+    tpot[mask] = (e2e[mask] - ttft[mask]) / (out_tokens[mask] - 1)
+
+    requests = pd.DataFrame({
+        "id": np.arange(n, dtype=np.int64),
+        "start": pd.to_datetime(start, unit="s", utc=True),
+        "end": pd.to_datetime(end, unit="s", utc=True),
+        "t_s": np.round(t_s, 6),
+        "phase": phase_of(t_s) if n else np.array([], dtype=object),
+        "users": _request_users(recs, users_at(start)),
+        "worker": np.array([int(r.get("worker") or 0) for r in recs], dtype=np.int64),
+        "status": np.array([int(r.get("status") or 0) for r in recs], dtype=np.int64),
+        "ok": ok,
+        "cancelled": cancelled,
+        "error": error,
+        "ttft_ms": ttft,
+        "e2e_ms": e2e,
+        "output_tokens": out_tokens,
+        "tokens_source": np.array([r.get("tokens_source") or "chunks" for r in recs], dtype=object),
+        "chunks": np.array([int(r.get("chunks") or 0) for r in recs], dtype=np.int64),
+        "done": np.array([bool(r.get("done")) for r in recs], dtype=bool),
+        "itl_count": itl_count,
+        "itl_mean_ms": itl_mean,
+        "itl_p95_ms": itl_p95,
+        "itl_max_ms": itl_max,
+        "tpot_ms": tpot,
+    }, columns=list(REQUEST_COLUMNS))
+
+    itl = pd.DataFrame({"request": gap_req[keep], "t_s": arrivals[keep], "itl_ms": flat[keep].astype(np.float32)})
+    itl_ok = flat[keep & ok[gap_req]]
+
+    duration = max(0.0, ended_at - started_at)
+    per_second = _per_second(requests, itl, tokens_at, u_t, u_n, shape, started_at, ended_at)
+    finished = ~cancelled
+    n_finished = int(finished.sum())
+    n_failed = int((finished & ~ok).sum())
+    streamed_tokens = bool(np.any(~np.isnan(ttft)))
+    summary: dict[str, Any] = {
+        "requests": n_finished,
+        "failures": n_failed,
+        "error_rate": round(n_failed / n_finished, 6) if n_finished else None,
+        "rps": _rate(n_finished, duration),
+        "ttft_p50_ms": _pct(ttft[ok], 50),
+        "ttft_p95_ms": _pct(ttft[ok], 95),
+        "itl_p95_ms": _pct(itl_ok, 95),
+        "e2e_p95_ms": _pct(e2e[ok], 95),
+        "output_tokens_per_s": _rate(int(out_tokens[ok].sum()), duration) if n_finished else None,
+        # extras
+        "cancelled": int(cancelled.sum()),
+        "duration_s": round(duration, 3),
+        "output_tokens": int(out_tokens[ok].sum()),
+        "ttft_p99_ms": _pct(ttft[ok], 99),
+        "itl_p50_ms": _pct(itl_ok, 50),
+        "itl_p99_ms": _pct(itl_ok, 99),
+        "e2e_p50_ms": _pct(e2e[ok], 50),
+        "tpot_p50_ms": _pct(tpot[ok], 50),
+        "tpot_p95_ms": _pct(tpot[ok], 95),
+        "users_max": int(u_n.max()) if u_n.size else 0,
+        "streamed": streamed_tokens,
+        "tokens_source": dict(Counter(requests.loc[ok, "tokens_source"])) if n else {},
+        "errors": dict(Counter(e[:120] for e in error[finished & ~ok]).most_common(10)),
+        "by_phase": _by_phase(requests, itl, u_t, u_n, shape, started_at, ended_at),
+        "generator": dict(generator or {}),
+    }
+    phases = [Phase(name, _utc(started_at + a), _utc(started_at + min(b, max(duration, a))))
+              for name, a, b in shape.phases() if a < max(duration, 1e-9)]
+    return LoadResult(requests=requests, itl=itl, per_second=per_second, phases=phases, summary=summary,
+                      definitions=dict(DEFINITIONS), shape=shape, started_at=_utc(started_at),
+                      ended_at=_utc(ended_at), out_dir=out_dir)
+
+
+def _request_users(recs: Sequence[dict[str, Any]], sampled: np.ndarray) -> np.ndarray:
+    """The count a record carries (exact, local runner) or else the sampled one (distributed)."""
+    own = np.array([-1 if r.get("users") is None else int(r["users"]) for r in recs], dtype=np.int64)
+    return np.where(own >= 0, own, sampled) if own.size else sampled
+
+
+def _per_second(requests: pd.DataFrame, itl: pd.DataFrame, tokens_at: np.ndarray, u_t: np.ndarray,
+                u_n: np.ndarray, shape: LoadShape, started_at: float, ended_at: float) -> pd.DataFrame:
+    last_end = float((requests["end"].astype("int64").max() / 1e9) - started_at) if len(requests) else 0.0
+    seconds = int(math.ceil(max(ended_at - started_at, last_end, 0.0)))
+    idx = np.arange(seconds, dtype=np.int64)
+    frame = pd.DataFrame({"t_s": idx})
+    frame.insert(0, "second", pd.to_datetime(started_at + idx, unit="s", utc=True))
+    frame["phase"] = [shape.phase_at(float(t)) for t in idx]
+    if u_t.size:
+        pos = np.searchsorted(u_t, started_at + idx + 1, side="right") - 1
+        frame["users"] = np.where(pos >= 0, u_n[np.clip(pos, 0, None)], 0)
+    else:
+        frame["users"] = 0
+
+    def by_second(offsets: pd.Series | np.ndarray) -> np.ndarray:
+        return np.floor(np.asarray(offsets, dtype=float)).astype(np.int64)
+
+    done = requests[~requests["cancelled"]]
+    end_s = by_second((done["end"].astype("int64") / 1e9 - started_at).to_numpy()) if len(done) else np.zeros(0)
+    frame["started"] = np.bincount(np.clip(by_second(requests["t_s"]), 0, None),
+                                   minlength=seconds)[:seconds] if len(requests) else 0
+    frame["completed"] = np.bincount(np.clip(end_s, 0, None), minlength=seconds)[:seconds] if len(done) else 0
+    failed_end = end_s[~done["ok"].to_numpy()] if len(done) else np.zeros(0, dtype=np.int64)
+    frame["failures"] = (np.bincount(np.clip(failed_end, 0, None), minlength=seconds)[:seconds]
+                         if failed_end.size else 0)
+    good = requests[requests["ok"]].assign(sec=lambda d: by_second(d["t_s"]))
+    grouped = good.groupby("sec")
+    for col, src, q in (("ttft_p50_ms", "ttft_ms", 0.5), ("ttft_p95_ms", "ttft_ms", 0.95),
+                        ("e2e_p95_ms", "e2e_ms", 0.95)):
+        vals = grouped[src].quantile(q) if len(good) else pd.Series(dtype=float)
+        frame[col] = frame["t_s"].map(vals).astype(float).round(3)
+    ok_ids = requests["ok"].to_numpy()
+    gaps = itl[ok_ids[itl["request"].to_numpy()]] if len(itl) else itl
+    if len(gaps):
+        vals = gaps["itl_ms"].astype(float).groupby(by_second(gaps["t_s"])).quantile(0.95)
+        frame["itl_p95_ms"] = frame["t_s"].map(vals).astype(float).round(3)
+    else:
+        frame["itl_p95_ms"] = np.nan
+    if tokens_at.size:
+        frame["output_tokens_per_s"] = np.bincount(np.clip(by_second(tokens_at), 0, None),
+                                                   minlength=seconds)[:seconds]
+    elif len(good):
+        # not streamed: all of a request's tokens count in the second it ended
+        tok = np.zeros(seconds)
+        ends = by_second((good["end"].astype("int64") / 1e9 - started_at).to_numpy())
+        np.add.at(tok, np.clip(ends, 0, seconds - 1), good["output_tokens"].to_numpy())
+        frame["output_tokens_per_s"] = tok
+    else:
+        frame["output_tokens_per_s"] = 0
+    frame["output_tokens_per_s"] = frame["output_tokens_per_s"].astype(float)
+    return frame[list(PER_SECOND_COLUMNS)]
+
+
+def _by_phase(requests: pd.DataFrame, itl: pd.DataFrame, u_t: np.ndarray, u_n: np.ndarray, shape: LoadShape,
+              started_at: float, ended_at: float) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    ok_ids = requests["ok"].to_numpy()
+    req_phase = requests["phase"].to_numpy()
+    itl_req = itl["request"].to_numpy()
+    itl_vals = itl["itl_ms"].to_numpy(dtype=float)
+    run_s = ended_at - started_at
+    for name, a, b in shape.phases():
+        length = max(0.0, min(b, run_s) - a)
+        sel = (req_phase == name) if len(requests) else np.zeros(0, dtype=bool)
+        part = requests[sel]
+        done = part[~part["cancelled"]]
+        good = done[done["ok"]]
+        gaps = itl_vals[(req_phase[itl_req] == name) & ok_ids[itl_req]] if itl_req.size else np.zeros(0)
+        in_phase = (u_t >= started_at + a) & (u_t < started_at + b)
+        out[name] = {
+            "start_s": a, "end_s": b,
+            "requests": int(len(done)),
+            "failures": int((~done["ok"]).sum()),
+            "error_rate": round(float((~done["ok"]).sum()) / len(done), 6) if len(done) else None,
+            "rps": _rate(len(done), length),
+            "ttft_p50_ms": _pct(good["ttft_ms"].to_numpy(dtype=float), 50),
+            "ttft_p95_ms": _pct(good["ttft_ms"].to_numpy(dtype=float), 95),
+            "itl_p95_ms": _pct(gaps, 95),
+            "e2e_p95_ms": _pct(good["e2e_ms"].to_numpy(dtype=float), 95),
+            "output_tokens_per_s": _rate(int(good["output_tokens"].sum()), length) if len(done) else None,
+            "users_max": int(u_n[in_phase].max()) if in_phase.any() else 0,
+        }
+    return out
+
+
+# -- reading what the runner wrote ------------------------------------------------------------
+def read_runner_output(run_dir: Path) -> tuple[list[dict[str, Any]], list[list[float]], dict[str, Any]]:
+    """(records, user samples, runner info) from a runner directory; a torn last line is skipped."""
+    records: list[dict[str, Any]] = []
+    torn = 0
+    for path in sorted(run_dir.glob("records-*.jsonl")):
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    torn += 1
+    samples: list[list[float]] = []
+    users_path = run_dir / "users.jsonl"
+    if users_path.exists():
+        with open(users_path, encoding="utf-8") as fh:
+            for line in fh:
+                with contextlib.suppress(ValueError):
+                    samples.append(json.loads(line))
+    info: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        info = json.loads((run_dir / "runner.json").read_text())
+    workers = []
+    for path in sorted(run_dir.glob("runner-worker*.json")):
+        with contextlib.suppress(OSError, ValueError):
+            workers.append(json.loads(path.read_text()))
+    info["worker_info"] = workers
+    info["torn_lines"] = torn
+    return records, samples, info
+
+
+# -- running the generator --------------------------------------------------------------------
+def _target(spec: RolloutSpec | LoadSpec, base_url: str | None, host: str | None,
+            served_name: str | None) -> tuple[LoadSpec, str, str, str, bool]:
+    if isinstance(spec, RolloutSpec):
+        load, url = spec.load, base_url or spec.ingress.url
+        host = host or spec.ingress.host
+        served, verify = served_name or spec.model.served_name, spec.ingress.verify_tls
+    elif isinstance(spec, LoadSpec):
+        if not base_url:
+            raise SpecError("run_load: base_url is required when the spec is a LoadSpec")
+        load, url, served, verify = spec, base_url, served_name or ModelSpec().served_name, True
+    else:
+        raise SpecError(f"run_load: spec must be a RolloutSpec or LoadSpec (got {type(spec).__name__})")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SpecError(f"run_load: base_url must be an http(s)://host[:port] URL (got {url!r})")
+    return load, url.rstrip("/"), host or parts.netloc, served, verify
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _runner_command(config: Path, role: str, index: int) -> list[str]:
+    return [sys.executable, "-m", "tasks._locust_runner", "--config", str(config), "--role", role,
+            "--index", str(index)]
+
+
+def _tail(path: Path, lines: int = 12) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 16_384))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return "(no log)"
+    kept = [ln for ln in text.splitlines() if ln.strip()][-lines:]
+    return "\n".join(kept) or "(empty log)"
+
+
+@dataclass
+class _Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+
+def _start(run_dir: Path, config: Path, workers: int) -> list[_Proc]:
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONUNBUFFERED"] = "1"
+    roles = [("local", 0)] if workers <= 0 else [("master", 0)] + [("worker", i + 1) for i in range(workers)]
+    procs: list[_Proc] = []
+    try:
+        for role, index in roles:
+            name = role if role != "worker" else f"worker{index}"
+            log = run_dir / f"{name}.log"
+            with open(log, "wb") as fh:
+                popen = subprocess.Popen(_runner_command(config, role, index), stdin=subprocess.DEVNULL,
+                                         stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=str(run_dir),
+                                         start_new_session=True)
+            procs.append(_Proc(name, popen, log))
+    except OSError as exc:
+        _kill(procs)
+        raise StageFailed(f"load generator: cannot start {sys.executable}: {exc}") from exc
+    return procs
+
+
+def _kill(procs: Sequence[_Proc]) -> None:
+    for p in procs:
+        if p.popen.poll() is None:
+            with contextlib.suppress(OSError):
+                p.popen.kill()
+    for p in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.popen.wait(timeout=5)
+
+
+def _wait(procs: list[_Proc], kill_at: float, stop_event: threading.Event | None) -> tuple[bool, bool]:
+    """Wait for every process; (stopped early, killed at the time bound)."""
+    lead = procs[0]
+    stopped = False
+    term_sent_at: float | None = None
+    while any(p.popen.poll() is None for p in procs):
+        now = time.time()
+        if now > kill_at:
+            _kill(procs)
+            return stopped, True
+        if stop_event is not None and stop_event.is_set() and not stopped:
+            stopped = True
+            term_sent_at = now
+            for p in procs:  # each process cancels its requests in flight and writes its records
+                if p.popen.poll() is None:
+                    with contextlib.suppress(OSError):
+                        p.popen.send_signal(signal.SIGTERM)
+        if term_sent_at is not None and now > term_sent_at + KILL_GRACE_S:
+            _kill(procs)
+            return stopped, True
+        if lead.popen.poll() is not None and len(procs) > 1:
+            # the master is gone: its workers get a bounded while to write their records
+            kill_at = min(kill_at, now + KILL_GRACE_S)
+        time.sleep(0.1)
+    return stopped, False
+
+
+def _max_of(docs: Sequence[dict[str, Any]], key: str) -> float | None:
+    values = [float(d[key]) for d in docs if d.get(key) is not None]
+    return max(values) if values else None
+
+
+def run_load(spec: RolloutSpec | LoadSpec, out_dir: Path | str, *, base_url: str | None = None,
+             host: str | None = None, shape: LoadShape | None = None,
+             stop_event: threading.Event | None = None, served_name: str | None = None) -> LoadResult:
+    """Run the load shape against the service and return what was measured (blocking).
+
+    ``spec`` is the RolloutSpec (target: ``ingress.url`` + ``ingress.host``, ``model.served_name``)
+    or a bare LoadSpec with ``base_url`` (and ``host``, default the URL's host). ``shape``
+    overrides ``shape_for(spec.load)``. Writes ``requests.csv`` and ``per_second.csv`` to
+    ``out_dir`` and the runner's raw files (config, records, logs) to ``out_dir/locust``.
+
+    Bounded: the generator is killed after the shape's duration + the stop timeout
+    (``request_timeout_s``) + startup grace. Raises ``StageFailed`` when a generator process
+    crashes or has to be killed, ``SpecError`` for a bad target or a shape beyond capacity.
+    """
+    load, url, host_header, served, verify = _target(spec, base_url, host, served_name)
+    shape = shape or shape_for(load)
+    check_capacity(shape, load.workers)
+    out = Path(out_dir)
+    run_dir = out / "locust"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for old in run_dir.iterdir():
+        if old.is_file() and (old.name.startswith(_RUNNER_FILES) or old.suffix == ".log"):
+            old.unlink()
+    stop_timeout = float(load.request_timeout_s)
+    began = time.time()
+    deadline = began + STARTUP_GRACE_S + (WORKER_CONNECT_TIMEOUT_S if load.workers else 0) \
+        + shape.duration_s + stop_timeout + STOP_GRACE_S
+    cfg = {
+        "version": 1, "base_url": url, "host": host_header, "path": CHAT_PATH,
+        "body": chat_request(served, load), "stream": bool(load.stream), "verify_tls": verify,
+        "request_timeout_s": float(load.request_timeout_s),
+        "connect_timeout_s": min(CONNECT_TIMEOUT_S, float(load.request_timeout_s)),
+        "failure_pause_s": FAILURE_PAUSE_S, "stop_timeout_s": stop_timeout,
+        "steps": shape.table(), "out_dir": str(run_dir.resolve()), "workers": int(load.workers),
+        "master_port": _free_loopback_port() if load.workers else 0,
+        "worker_connect_timeout_s": WORKER_CONNECT_TIMEOUT_S,
+        "deadline_epoch": deadline, "max_records": MAX_RECORDS_PER_PROCESS,
+    }
+    config = run_dir / "locust-config.json"
+    config.write_text(json.dumps(cfg, indent=1))
+    procs = _start(run_dir, config, int(load.workers))
+    try:
+        stopped, killed = _wait(procs, deadline + KILL_GRACE_S, stop_event)
+    finally:
+        _kill(procs)
+    if killed:
+        late = [p for p in procs if p.popen.returncode is not None and p.popen.returncode < 0] or procs[:1]
+        raise StageFailed(f"load generator process {late[0].name} did not finish in time and was killed "
+                          f"after {time.time() - began:.0f}s (time bound {deadline + KILL_GRACE_S - began:.0f}s); "
+                          f"last lines of {late[0].log}:\n{_tail(late[0].log)}")
+    for p in procs:
+        rc = p.popen.returncode
+        if rc != 0:
+            raise StageFailed(f"load generator process {p.name} exited with code {rc}; last lines of "
+                              f"{p.log}:\n{_tail(p.log)}")
+    records, samples, info = read_runner_output(run_dir)
+    if not info.get("started_at"):
+        raise StageFailed(f"load generator wrote no runner.json in {run_dir}; last lines of "
+                          f"{procs[0].log}:\n{_tail(procs[0].log)}")
+    generator = {
+        "processes": len(procs), "workers": int(load.workers),
+        "workers_connected": info.get("workers_connected"),
+        # CPU seconds the generator processes spent while the shape ran (start-up excluded)
+        "cpu_seconds": round(sum(float(d.get("cpu_seconds") or 0)
+                                 for d in [info] + info.get("worker_info", [])), 3),
+        "cpu_max_percent": info.get("cpu_max_percent"),
+        "cpu_mean_percent": info.get("cpu_mean_percent"),
+        "worker_cpu_max_percent": [w.get("cpu_max_percent") for w in info.get("worker_info", [])],
+        # the generator's own share of the latencies it reports (see _locust_runner.LoopLag)
+        "loop_lag_p99_ms": _max_of([info] + info.get("worker_info", []), "loop_lag_p99_ms"),
+        "loop_lag_max_ms": _max_of([info] + info.get("worker_info", []), "loop_lag_max_ms"),
+        "records_dropped": int(info.get("records_dropped") or 0)
+        + sum(int(w.get("records_dropped") or 0) for w in info.get("worker_info", [])),
+        "stopped_early": bool(stopped or info.get("stopped_early")),
+        "deadline_hit": bool(info.get("deadline_hit")),
+        "seconds_total": round(time.time() - began, 3),
+    }
+    result = compute_result(records, samples, shape, float(info["started_at"]),
+                            float(info.get("shape_ended_at") or info.get("stopped_at") or info["started_at"]),
+                            generator=generator, out_dir=out)
+    result.requests.to_csv(out / "requests.csv", index=False)
+    result.per_second.to_csv(out / "per_second.csv", index=False)
+    return result
+
+
+__all__ = [
+    "CONTRACT_KEYS", "DEFINITIONS", "LoadResult", "LoadShape", "MAX_USERS_PER_PROCESS", "Phase",
+    "PER_SECOND_COLUMNS", "REQUEST_COLUMNS", "Step", "chat_request", "check_capacity",
+    "compute_result", "read_runner_output", "register_shape", "run_load", "shape_for", "spike_shape",
+]
