@@ -62,6 +62,12 @@ def normalize_stages(stages: list[str] | str | None) -> list[str]:
     return [s for s in STAGES if s in out]
 
 
+def run_id_for_flow_run(spec_name: str, flow_run_id: object) -> str:
+    """The run id of a flow run started without one (nightly/manual deployments); the failure
+    hooks derive the same id, so they can tear down what the run created."""
+    return f"{spec_name[:40].rstrip('-')}-{str(flow_run_id).replace('-', '')[:8]}"
+
+
 def new_run_id(spec: RolloutSpec) -> str:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     base = spec.name[:40].rstrip("-")
@@ -146,6 +152,13 @@ def stage_prepare(ctx: RunContext) -> str:
     report = preflight(kube, ctx.spec)
     objs = [o for o in render_manifests(ctx.spec, ctx.run_id)
             if o["kind"] not in ("InferenceService", "HorizontalPodAutoscaler")]
+    rbac_kinds = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
+    if ctx.spec.cluster.in_cluster or not kube.can_i("create", "roles", group="rbac.authorization.k8s.io",
+                                                     namespace=ctx.spec.cluster.namespace):
+        # running as the pipeline's own ServiceAccount: an admin applied the RBAC once; the run
+        # neither needs nor may write it (and must never delete the identity it runs as)
+        objs = [o for o in objs if o["kind"] not in rbac_kinds]
+        report.warnings.append("RBAC not applied: this identity may not write RBAC (applied by an admin)")
     if any(o["kind"] == "Namespace" for o in objs):
         ctx.created_namespaces.append(ctx.spec.cluster.namespace)
     secret = _credentials_secret(ctx)
@@ -357,12 +370,36 @@ def _publish_artifacts(report: reporting.RunReport, out_dir: Path, use_prefect: 
         log.warning("could not publish Prefect artifacts: %s", exc)
 
 
-@flow(name="elastic-rollout-validation", log_prints=True, validate_parameters=True)
+def _hook(name: str):
+    def hook(flow, flow_run, state) -> None:
+        from flows import operations
+
+        getattr(operations, name)(flow, flow_run, state)
+
+    hook.__name__ = f"tidegate_{name}"
+    return hook
+
+
+@flow(name="elastic-rollout-validation", log_prints=True, validate_parameters=True,
+      on_failure=[_hook("on_failure")], on_crashed=[_hook("on_crashed")],
+      on_cancellation=[_hook("on_failure")])
 def elastic_rollout_validation(spec: RolloutSpec, stages: list[str] | None = None,
                                run_id: str | None = None) -> dict:
-    """Validate that the model service absorbs a spike by spilling to the elastic pool and back."""
-    selected = normalize_stages(stages)
-    rid = run_id or new_run_id(spec)
+    """Validate that the model service absorbs a spike by spilling to the elastic pool and back.
+
+    Args:
+        spec: The rollout to validate: model, storage, cluster, service, ingress, load, SLOs.
+        stages: Subset of stages to run (stage, prepare, deploy, smoke, spike, verify, gate,
+            teardown); empty means the spec's own list, else all.
+        run_id: Label of everything this run creates; derived from the flow run when empty.
+    """
+    selected = normalize_stages(stages or list(getattr(spec, "stages", None) or []) or None)
+    if run_id:
+        rid = run_id
+    else:
+        from prefect.runtime import flow_run
+
+        rid = run_id_for_flow_run(spec.name, flow_run.id) if flow_run.id else new_run_id(spec)
     outcome = execute(spec, selected, rid, use_prefect=True)
     return {"run_id": outcome.run_id, "verdict": outcome.verdict, "report_dir": outcome.report_dir}
 
