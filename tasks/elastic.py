@@ -79,8 +79,7 @@ def run_verify_stage(ctx: Any) -> str:
                         ended_at=ctx.results.get("ended_at") or result.ended_at, load=result)
     ctx.results["elasticity"] = elasticity
     ctx.report.elasticity = elasticity.block()
-    ctx.report.extra["findings"] = [
-        {"name": f.name, "ok": f.ok, "detail": f.detail, "evidence": list(f.evidence)} for f in elasticity.findings]
+    ctx.report.extra["findings"] = elasticity.findings_block()
     from tasks.cost import run_cost_stage
 
     cost_line = run_cost_stage(ctx)

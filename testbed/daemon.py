@@ -81,6 +81,7 @@ class Daemon:
         self.reservations: list[tuple[float, str, int]] = []  # (time, policy key, unit)
         self.lock = threading.Lock()
         self.synced: set[str] = set()
+        self.pod_ips: dict[str, str] = {}
 
     # -- watch threads -------------------------------------------------------------------
     def _emit(self, kind: str, etype: str, obj: Obj) -> None:
@@ -199,7 +200,9 @@ class Daemon:
         status = {
             "phase": "Running" if running else "Pending",
             "hostIP": "10.0.0.1",
-            "podIP": "127.0.0.1" if replica else None,
+            # a pod-network address (the replica itself listens on loopback): endpoint
+            # controllers refuse loopback pod IPs
+            "podIP": self._pod_ip(pod) if replica else None,
             "startTime": started,
             "conditions": [cond("PodScheduled", True), cond("Initialized", True),
                            cond("ContainersReady", ready), cond("Ready", ready)],
@@ -217,6 +220,13 @@ class Daemon:
                                                       "status": status}, field_manager="kubelet-testbed")
         except ClusterError as exc:
             log.info("pod status %s: %s", _key(pod), exc)
+
+    def _pod_ip(self, pod: Obj) -> str:
+        key = _key(pod)
+        if key not in self.pod_ips:
+            n = len(self.pod_ips) + 2
+            self.pod_ips[key] = f"10.245.{(n >> 8) & 255}.{n & 255}"
+        return self.pod_ips[key]
 
     async def readiness_loop(self) -> None:
         """Report a pod Ready once its replica is healthy (the model finished loading)."""
