@@ -33,18 +33,10 @@ from tasks.verify import verify
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "qwen-chat.local.yaml"
 KINDS = {"PersistentVolume", "PersistentVolumeClaim", "ResourcePolicy", "InferenceService", "HorizontalPodAutoscaler"}
 
+from tests.helpers import wait_for as _wait
+
 pytestmark = pytest.mark.integration
 
-
-def _wait(pred, timeout: float, what: str, interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 @dataclass

@@ -14,6 +14,8 @@ import pytest
 
 from testbed.cluster import CA_GROUP_LABEL, NODEPOOL_LABEL, reconfigure_autoscaler
 
+from tests.helpers import wait_for as _wait
+
 pytestmark = pytest.mark.integration
 
 
@@ -50,15 +52,6 @@ def _events(kube, ns: str, reason: str, kind: str | None = None) -> list[dict]:
     return [e for e in evs if e.get("reason") == reason
             and (kind is None or e.get("involvedObject", {}).get("kind") == kind)]
 
-
-def _wait(pred, timeout: float, what: str, interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = pred()
-        if out:
-            return out
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def _elastic_nodes(kube, cfg) -> list[dict]:
