@@ -147,7 +147,8 @@ def basic_html(report: RunReport, figures: list[str] | None = None) -> str:
     blocks = "".join(f"<h2>{b}</h2><table>" + "".join(
         f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in getattr(report, b).items())
         + "</table>" for b in ("elasticity", "load", "staging") if getattr(report, b))
-    figs = "".join(f"<figure><img src='{html.escape(f)}' alt='{html.escape(f)}'></figure>" for f in figures or [])
+    figs = "".join(f"<figure><img src='{html.escape(f)}' alt='figure {i + 1}'></figure>"
+                   for i, f in enumerate(figures or []))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>tidegate {html.escape(report.run_id)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:70em}} table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:4px 8px}} .passed,.pass{{background:#d4f7d4}} .failed,.fail,.error{{background:#f7d4d4}}
@@ -243,13 +244,23 @@ def plots(load=None, timeline=None, spec=None) -> list[str]:
         plt.close(fig)
     if timeline is not None and len(timeline.df):
         frame = timeline.df
-        t0 = start if start is not None else frame["time"].min()
+        observed_from = getattr(timeline, "started_at", None)
+        t0 = start if start is not None else (observed_from if observed_from is not None else frame["time"].min())
         fig, axes = plt.subplots(2, 1, figsize=(10, 5), sharex=True)
+        t_end = timeline.stopped_at if getattr(timeline, "stopped_at", None) is not None else frame["time"].max()
+        span_start = t0 - pd.Timedelta(seconds=15)
         for ax, series, col, title in ((axes[0], timeline.pods_per_pool(), "pods", "Ready pods per pool"),
                                        (axes[1], timeline.nodes_per_pool(), "nodes", "Nodes per pool")):
             for pool, part in series.groupby("pool"):
-                xs = (part["time"] - t0).dt.total_seconds()
-                ax.step(xs, part[col], where="post", label=str(pool))
+                part = part.sort_values("time")
+                before = part[part["time"] <= span_start]
+                value0 = int(before[col].iloc[-1]) if len(before) else 0
+                inside = part[(part["time"] > span_start) & (part["time"] <= t_end)]
+                times = [span_start, *inside["time"].tolist(), t_end]
+                values = [value0, *inside[col].tolist()]
+                values.append(values[-1])
+                xs = [(t - t0).total_seconds() for t in times]
+                ax.step(xs, values, where="post", label=str(pool))
             ax.set_ylabel(col)
             ax.set_title(title)
             ax.legend(fontsize=8)
