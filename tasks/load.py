@@ -736,7 +736,7 @@ def run_load(spec: RolloutSpec | LoadSpec, out_dir: Path | str, *, base_url: str
     load, url, host_header, served, verify = _target(spec, base_url, host, served_name)
     shape = shape or shape_for(load)
     check_capacity(shape, load.workers)
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()  # the generator runs with its own working directory
     run_dir = out / "locust"
     run_dir.mkdir(parents=True, exist_ok=True)
     for old in run_dir.iterdir():
