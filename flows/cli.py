@@ -12,6 +12,7 @@ import argparse
 import importlib
 import json
 import os
+import signal
 import sys
 
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
@@ -88,7 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a cancelled CI job, an evicted pod): unwound like Ctrl-C, so that the run tears
+    down, writes its report and exits through the exit handlers (Prefect's temporary server)."""
+
+
+def _terminate(signum: int, _frame) -> None:
+    raise Terminated(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "testbed" and args.action == "logs":
@@ -100,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     except TidegateError as exc:
         print(f"tidegate: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("tidegate: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"tidegate: {'terminated (SIGTERM)' if isinstance(exc, Terminated) else 'interrupted'}",
+              file=sys.stderr)
         return 2
 
 

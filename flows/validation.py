@@ -17,6 +17,7 @@ import datetime as dt
 import logging
 import os
 import secrets as _secrets
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -228,11 +229,12 @@ def _module_stage(module: str, func: str, name: str) -> Callable[[RunContext], s
 
 
 def stage_teardown(ctx: RunContext) -> str:
-    from tasks.cluster import teardown
+    from tasks.cluster import run_object_names, teardown
 
     kube = ctx.connect()
     namespaces = sorted({ctx.spec.cluster.namespace, *ctx.created_namespaces})
-    deleted = teardown(kube, ctx.run_id, namespaces, timeout_s=ctx.spec.teardown.timeout_s)
+    deleted = teardown(kube, ctx.run_id, namespaces, timeout_s=ctx.spec.teardown.timeout_s,
+                       known=run_object_names(ctx.spec, ctx.run_id))
     return f"deleted {len(deleted)} objects labelled with run {ctx.run_id}"
 
 
@@ -269,6 +271,10 @@ def _run_stage(ctx: RunContext, name: str) -> None:
         rec.status = "error"
         rec.detail = f"{type(exc).__name__}: {exc}"
         log.error("stage %s crashed:\n%s", name, traceback.format_exc())
+        raise
+    except BaseException as exc:  # SIGTERM / Ctrl-C: the report says where the run was stopped
+        rec.status = "error"
+        rec.detail = f"interrupted ({type(exc).__name__} {exc})".replace(" )", ")")
         raise
     finally:
         rec.seconds = round(time.monotonic() - t0, 2)
@@ -410,6 +416,8 @@ def run_local(spec: RolloutSpec, stages: list[str] | None, *, use_prefect: bool 
         use_prefect = os.environ.get("TIDEGATE_NO_PREFECT") != "1"
     selected = normalize_stages(stages)
     rid = new_run_id(spec)
+    # known before anything is created, so that a run killed mid-way can be cleaned up by id
+    print(f"tidegate: run {rid} started", file=sys.stderr, flush=True)
     if not use_prefect:
         return execute(spec, selected, rid, use_prefect=False)
     result = elastic_rollout_validation(spec=spec, stages=selected, run_id=rid)

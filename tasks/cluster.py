@@ -11,6 +11,7 @@ and waits until it is gone.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tasks.errors import ClusterError
@@ -140,28 +141,104 @@ def apply_all(kube: Kube, objects: list[dict]) -> list[str]:
     return applied
 
 
-def leftovers(kube: Kube, run_id: str, namespaces: list[str]) -> list[str]:
-    """Everything still labelled with ``run_id`` (names as Kind/ns/name)."""
-    sel = f"{RUN_LABEL}={run_id}"
+def _controlled(obj: dict) -> bool:
+    return any(ref.get("controller") for ref in obj["metadata"].get("ownerReferences") or [])
+
+
+def _parse_known(known: Iterable[str]) -> list[tuple[str, str | None, str]]:
+    out = []
+    for item in known:
+        parts = item.split("/")
+        out.append((parts[0], parts[1], parts[2]) if len(parts) == 3 else (parts[0], None, parts[-1]))
+    return out
+
+
+class _Access:
+    """What this identity may do, asked once per question with a SelfSubjectAccessReview, so that a
+    least-privilege identity skips what it may not do instead of collecting 403s."""
+
+    def __init__(self, kube: Kube):
+        self.kube = kube
+        self._answers: dict[tuple, bool] = {}
+
+    def may(self, verb: str, api_version: str, kind: str, namespace: str | None = None,
+            name: str | None = None) -> bool:
+        group = api_version.rpartition("/")[0]
+        key = (verb, group, kind, namespace, name)
+        if key not in self._answers:
+            try:
+                plural = self.kube.resource(api_version, kind).name
+                self._answers[key] = self.kube.can_i(verb, plural, group=group, namespace=namespace, name=name)
+            except ClusterError:
+                self._answers[key] = True  # cannot tell: try, and let the request itself answer
+        return self._answers[key]
+
+
+def _run_objects(kube: Kube, access: _Access, api_version: str, kind: str, namespace: str | None, run_id: str,
+                 known: list[tuple[str, str | None, str]]) -> list[dict]:
+    """The objects of ``kind`` labelled with ``run_id``; for an identity that may not list the
+    kind (the pipeline's ServiceAccount may not list Secrets), those named in ``known`` that it
+    may read and that carry the label."""
+    if access.may("list", api_version, kind, namespace):
+        return kube.list(api_version, kind, namespace, label_selector=f"{RUN_LABEL}={run_id}")
+    out = []
+    for k_kind, k_ns, k_name in known:
+        if k_kind != kind or k_ns != namespace or not access.may("get", api_version, kind, namespace, k_name):
+            continue
+        obj = kube.get(api_version, kind, k_name, namespace)
+        if obj and (obj["metadata"].get("labels") or {}).get(RUN_LABEL) == run_id:
+            out.append(obj)
+    return out
+
+
+def leftovers(kube: Kube, run_id: str, namespaces: list[str], *, known: Iterable[str] = (),
+              access: _Access | None = None) -> list[str]:
+    """Everything still labelled with ``run_id`` (names as Kind/ns/name) that this identity can
+    see (see ``teardown`` for ``known``)."""
+    named = _parse_known(known)
+    access = access or _Access(kube)
     found = []
     for ns in namespaces:
         for api_version, kind in RUN_KINDS_NAMESPACED:
             if not kube.has_api(api_version, kind):
                 continue
-            for o in kube.list(api_version, kind, ns, label_selector=sel):
-                if not o["metadata"].get("deletionTimestamp") or kind != "Namespace":
-                    found.append(f"{kind}/{ns}/{o['metadata']['name']}")
+            for o in _run_objects(kube, access, api_version, kind, ns, run_id, named):
+                found.append(f"{kind}/{ns}/{o['metadata']['name']}")
     for api_version, kind in RUN_KINDS_CLUSTER:
-        for o in kube.list(api_version, kind, label_selector=sel):
+        for o in _run_objects(kube, access, api_version, kind, None, run_id, named):
             if kind == "Namespace" and o.get("status", {}).get("phase") == "Terminating":
                 continue
             found.append(f"{kind}/{o['metadata']['name']}")
     return found
 
 
-def teardown(kube: Kube, run_id: str, namespaces: list[str], *, timeout_s: float = 120) -> list[str]:
-    """Delete what the run labelled; wait until it is gone (or raise, naming what is left)."""
-    sel = f"{RUN_LABEL}={run_id}"
+def run_object_names(spec, run_id: str) -> list[str]:
+    """What a run of ``spec`` applies, named as ``apply_all`` names them (``Kind/ns/name`` or
+    ``Kind/name``), the OSS Secret included: ``teardown``'s ``known``."""
+    from tasks.render import render_manifests
+
+    objs = render_manifests(spec, run_id)
+    names = [f"{o['kind']}/{o['metadata']['namespace']}/{o['metadata']['name']}" if o["metadata"].get("namespace")
+             else f"{o['kind']}/{o['metadata']['name']}" for o in objs]
+    st = spec.storage
+    if st.kind == "oss" and st.oss.credentials.create_secret:
+        names.append(f"Secret/{spec.cluster.namespace}/{st.oss.credentials.secret_name}")
+    return names
+
+
+def teardown(kube: Kube, run_id: str, namespaces: list[str], *, timeout_s: float = 120,
+             known: Iterable[str] = ()) -> list[str]:
+    """Delete what the run labelled; wait until it is gone (or raise, naming what is left).
+
+    Least privilege: an identity that may not list a kind looks up the objects named in
+    ``known`` (``run_object_names``) instead and deletes them only if they carry the run's label;
+    an object it may not delete but that a controller owns (KServe's predictor Deployment and
+    its pods) is left to the garbage collector, which removes it with its owner; the wait below
+    covers both. What it may do is asked first (SelfSubjectAccessReview), not tried.
+    """
+    known = list(known)
+    named = _parse_known(known)
+    access = _Access(kube)
     deleted = []
     for ns in namespaces:
         if kube.get("v1", "Namespace", ns) is None:
@@ -169,18 +246,21 @@ def teardown(kube: Kube, run_id: str, namespaces: list[str], *, timeout_s: float
         for api_version, kind in RUN_KINDS_NAMESPACED:
             if not kube.has_api(api_version, kind):
                 continue
-            for o in kube.list(api_version, kind, ns, label_selector=sel):
-                if kube.delete(api_version, kind, o["metadata"]["name"], ns, propagation="Foreground"):
-                    deleted.append(f"{kind}/{ns}/{o['metadata']['name']}")
+            for o in _run_objects(kube, access, api_version, kind, ns, run_id, named):
+                name = o["metadata"]["name"]
+                if _controlled(o) and not access.may("delete", api_version, kind, ns, name):
+                    continue
+                if kube.delete(api_version, kind, name, ns, propagation="Foreground"):
+                    deleted.append(f"{kind}/{ns}/{name}")
     for api_version, kind in RUN_KINDS_CLUSTER:
-        for o in kube.list(api_version, kind, label_selector=sel):
+        for o in _run_objects(kube, access, api_version, kind, None, run_id, named):
             if kube.delete(api_version, kind, o["metadata"]["name"]):
                 deleted.append(f"{kind}/{o['metadata']['name']}")
     deadline = time.monotonic() + timeout_s
-    left = leftovers(kube, run_id, namespaces)
+    left = leftovers(kube, run_id, namespaces, known=known, access=access)
     while left and time.monotonic() < deadline:
         time.sleep(0.5)
-        left = leftovers(kube, run_id, namespaces)
+        left = leftovers(kube, run_id, namespaces, known=known, access=access)
     if left:
         raise ClusterError(f"teardown of run {run_id}: still present after {timeout_s:.0f}s: {', '.join(left[:5])}")
     return deleted

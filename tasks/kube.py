@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -58,6 +59,15 @@ def _status_message(exc: Exception) -> tuple[int | None, str]:
     if isinstance(parsed, dict) and parsed.get("message"):
         return status, parsed["message"]
     return status, (str(getattr(exc, "reason", "")) or str(exc)).strip()[:300]
+
+
+def _tls_failure(exc: BaseException) -> str | None:
+    """The certificate problem behind a failed request, if that is what it was."""
+    for cause in (exc, getattr(exc, "reason", None)):
+        if isinstance(cause, (urllib3.exceptions.SSLError, ssl.SSLError)):
+            text = str(getattr(cause, "reason", None) or cause)
+            return (text.split("] ", 1)[-1].split(" (_ssl")[0])[:160]
+    return None
 
 
 class Kube:
@@ -102,6 +112,11 @@ class Kube:
             status, msg = _status_message(exc)
             raise ClusterError(f"API server {self.server} answered {status}: {msg}") from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
+            tls = _tls_failure(exc)
+            if tls:
+                raise ClusterError(f"API server {self.server}: TLS verification failed ({tls})",
+                                   hint="the kubeconfig's certificate-authority must be the CA that signed the API "
+                                        "server's certificate (verification is never skipped)") from exc
             raise ClusterError(f"API server {self.server} is unreachable: {type(exc).__name__}",
                                hint="check cluster.kubeconfig/context, or start the test bed with `make testbed-up`") from exc
         return info.git_version
@@ -188,8 +203,9 @@ class Kube:
 
     def create(self, obj: Obj) -> Obj:
         res = self.resource(obj["apiVersion"], obj["kind"])
-        ns = obj["metadata"].get("namespace", "default") if res.namespaced else None
-        what = f"create {_describe(obj['apiVersion'], obj['kind'], obj['metadata'].get('name'), ns)}"
+        meta = obj.get("metadata") or {}  # reviews (SelfSubjectAccessReview, TokenReview) have none
+        ns = meta.get("namespace", "default") if res.namespaced else None
+        what = f"create {_describe(obj['apiVersion'], obj['kind'], meta.get('name'), ns)}"
         return self._call(what, lambda: res.create(body=obj, namespace=ns)).to_dict()
 
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> Obj | None:
@@ -256,10 +272,13 @@ class Kube:
 
         return self._call(what, call)
 
-    def can_i(self, verb: str, resource: str, *, group: str = "", namespace: str | None = None) -> bool:
+    def can_i(self, verb: str, resource: str, *, group: str = "", namespace: str | None = None,
+              name: str | None = None) -> bool:
+        attributes = {"verb": verb, "resource": resource, "group": group, "namespace": namespace}
+        if name:
+            attributes["name"] = name
         review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-                  "spec": {"resourceAttributes": {"verb": verb, "resource": resource, "group": group,
-                                                  "namespace": namespace}}}
+                  "spec": {"resourceAttributes": attributes}}
         out = self.create(review)
         return bool(out.get("status", {}).get("allowed"))
 

@@ -179,6 +179,14 @@ def _show(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*://)?)[^/@]*@")
+
+
+def _show_url(value: str) -> str:
+    """``_show`` for a URL with its ``user:password@`` masked: a refused value is echoed to logs."""
+    return _show(_USERINFO.sub(r"\1***@", value))
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_max_length=MAX_STRING_CHARS)
 
@@ -308,7 +316,7 @@ class OssSpec(_Strict):
         host = host.rstrip("/")
         hostname, _, port = host.partition(":")
         if not _HOSTNAME.match(hostname) or (port and not port.isdigit()) or "/" in host:
-            raise ValueError(f"must be a host[:port] or http(s)://host[:port] (got {_show(value)})")
+            raise ValueError(f"must be a host[:port] or http(s)://host[:port] (got {_show_url(value)})")
         return value.rstrip("/")
 
     @field_validator("bucket")
@@ -597,7 +605,7 @@ class IngressSpec(_Strict):
         hostname = hostport.rsplit(":", 1)[0] if ":" in hostport else hostport
         port_ok = ":" not in hostport or hostport.rsplit(":", 1)[1].isdigit()
         if scheme not in ("http", "https") or not sep or not _HOSTNAME.match(hostname) or not port_ok:
-            raise ValueError(f"must be an http(s)://host[:port] URL (got {_show(value)})")
+            raise ValueError(f"must be an http(s)://host[:port] URL (got {_show_url(value)})")
         return value.rstrip("/")
 
     @field_validator("host")

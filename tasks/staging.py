@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import contextvars
 import enum
 import errno
 import fcntl
@@ -63,14 +64,16 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anycrc
 import oss2
 import oss2.exceptions as oss_errors
-from pydantic import SecretStr
 
 from tasks.errors import CredentialsError, StagingError, TidegateError
+
+if TYPE_CHECKING:  # staging needs only .get_secret_value(); pydantic stays out of its import time
+    from pydantic import SecretStr
 
 log = logging.getLogger("tidegate.staging")
 # oss2 logs request headers (Authorization) at DEBUG and error details (which name the access key
@@ -84,6 +87,7 @@ MANIFEST_FORMAT = "tidegate-manifest/1"
 EXCLUDED_DIRS = frozenset({".git", ".cache", ".tidegate"})
 MIN_PART_SIZE = 5 * MiB  # S3-compatible stores (the test bed's SeaweedFS) reject smaller parts
 MAX_PARTS = 10_000
+READ_AHEAD = 1  # parts read ahead of the upload slots
 PROBE_WORKERS = 16  # HEADs (OSS) or stats (NAS) of the destination in flight while planning
 DEFAULT_CHECKPOINT_DIR = Path.home() / ".cache" / "tidegate" / "staging"
 _READ_CHUNK = 8 * MiB
@@ -158,7 +162,8 @@ class TransferOptions:
     ``TIDEGATE_STAGING_PART_MIB``, ``TIDEGATE_STAGING_THRESHOLD_MIB``."""
 
     workers: int = 8
-    """Parts (or small files) in flight at once, across all files; also the HTTP pool size."""
+    """Uploads (parts or small files) in flight at once, across all files; one more part is read
+    ahead. Memory is about (workers + 2) x part_size."""
     part_size: int = 16 * MiB
     """Multipart part size; raised for files that would need more than 10,000 parts."""
     multipart_threshold: int = 16 * MiB
@@ -594,7 +599,8 @@ def _target_lock(checkpoint_dir: Path, target_id: str) -> Iterator[None]:
 # -- destinations -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class OssTarget:
-    """A bucket prefix on OSS (or the test bed's OSS-dialect store)."""
+    """A bucket prefix on OSS (or the test bed's OSS-dialect store). The keys are pydantic
+    ``SecretStr`` (or anything with ``get_secret_value()``), so that no repr shows them."""
 
     endpoint: str
     bucket: str
@@ -680,6 +686,8 @@ class _Run:
         self.withdrawn = False
         self.progress: _Progress | None = None
         self.hasher = hasher
+        self.buffers = _Buffers(keep=opts.workers + READ_AHEAD + 2)
+        self.upload_slots = threading.BoundedSemaphore(opts.workers)
 
     def count(self, *, uploaded: int = 0, resumed: int = 0, hashed: int = 0, retries: int = 0) -> None:
         with self._lock:
@@ -704,6 +712,9 @@ class _Run:
         if self.stop.is_set():
             raise _Cancelled()
 
+    def submit(self, fn: Callable[..., Any], *args: Any) -> cf.Future:
+        return self.pool.submit(_carry_context(fn), *args)
+
     def retry(self, what: str, fn: Callable[[], Any], classify: Callable[[BaseException, str], BaseException]) -> Any:
         """Run ``fn`` with bounded retries and backoff on ``_Transient`` failures."""
         attempts = self.opts.part_attempts
@@ -721,10 +732,17 @@ class _Run:
                     raise StagingError(f"{what} failed after {attempts} attempts: {err}") from None
                 self.count(retries=1)
                 delay = self.opts.backoff(attempt)
-                log.warning("staging: %s: %s; retry %d/%d in %.1fs", what, err, attempt, attempts - 1, delay)
+                log.warning("%s: %s; retry %d/%d in %.1fs", what, err, attempt, attempts - 1, delay)
                 if self.stop.wait(delay):
                     raise _Cancelled() from None
         raise AssertionError("unreachable")
+
+
+def _carry_context(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` to run on a worker thread in (a copy of) the submitting thread's context, so that
+    a Prefect flow run's context reaches the workers and their log lines reach the run."""
+    ctx = contextvars.copy_context()
+    return lambda *args: ctx.copy().run(fn, *args)
 
 
 def _run_files(run: _Run, files: Sequence[LocalFile], start: Callable[[LocalFile, cf.Future, int], None]) -> None:
@@ -733,7 +751,7 @@ def _run_files(run: _Run, files: Sequence[LocalFile], start: Callable[[LocalFile
     for f in files:
         fut: cf.Future = cf.Future()
         futures[fut] = f
-        run.pool.submit(_guard, run, start, f, fut, 1)
+        run.submit(_guard, run, start, f, fut, 1)
     first: BaseException | None = None
     pending = set(futures)
     while pending:
@@ -770,7 +788,7 @@ class _OrderedSha:
         self.sha = hashlib.sha256()
         self.next = first
         self.last = last
-        self.pending: dict[int, bytes] = {}
+        self.pending: dict[int, _Lease] = {}
         self.aborted = False
         self.done = threading.Event()
 
@@ -781,11 +799,56 @@ class _OrderedSha:
         return self.sha.hexdigest()
 
 
+class _Buffers:
+    """Part buffers reused from part to part: filling a fresh 16 MiB ``bytes`` costs ~10 ms of
+    page faults, refilling a reused buffer ~2 ms, per part and worker. At most ``keep`` free
+    buffers are kept; a lease never waits (a new buffer is allocated when none is free), so
+    that no part can starve behind parts that wait to be hashed after it."""
+
+    def __init__(self, keep: int):
+        self._free: list[bytearray] = []
+        self._keep = keep
+        self._lock = threading.Lock()
+
+    def lease(self, size: int, users: int) -> _Lease:
+        buf = None
+        with self._lock:
+            for i, candidate in enumerate(self._free):
+                if len(candidate) >= size:
+                    buf = self._free.pop(i)
+                    break
+        return _Lease(self, buf if buf is not None else bytearray(size), size, users)
+
+    def _give_back(self, buf: bytearray) -> None:
+        with self._lock:
+            if len(self._free) < self._keep:
+                self._free.append(buf)
+
+
+class _Lease:
+    """One part's buffer, shared by its uploader and the hasher; it goes back to the pool when
+    every user has released it."""
+
+    __slots__ = ("_pool", "_buf", "view", "_users", "_lock")
+
+    def __init__(self, pool: _Buffers, buf: bytearray, size: int, users: int):
+        self._pool, self._buf, self._users = pool, buf, users
+        self.view = memoryview(buf)[:size]
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            last = self._users == 0
+        if last:
+            self._pool._give_back(self._buf)
+
+
 class _Hasher:
     """One thread that hashes every multipart file of a run in part order, so that workers read
     their parts in parallel and start uploading at once: a file is read once and hashed once,
     and SHA-256 (which releases the GIL) runs beside the uploads. ``slots`` bounds the parts
-    waiting to be hashed (memory), by blocking the workers that hand them in."""
+    queued for it; a part waiting for an earlier one is held (with its buffer) until then."""
 
     def __init__(self, slots: int):
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -793,9 +856,9 @@ class _Hasher:
         self._thread = threading.Thread(target=self._loop, name="tidegate-staging-sha256", daemon=True)
         self._thread.start()
 
-    def add(self, osha: _OrderedSha, n: int, data: bytes) -> None:
+    def add(self, osha: _OrderedSha, n: int, lease: _Lease) -> None:
         self._slots.acquire()
-        self._queue.put((osha, n, data))
+        self._queue.put((osha, n, lease))
 
     def abort(self, osha: _OrderedSha) -> None:
         self._queue.put((osha, 0, None))
@@ -806,18 +869,23 @@ class _Hasher:
 
     def _loop(self) -> None:
         while (item := self._queue.get()) is not None:
-            osha, n, data = item
-            if data is None:
+            osha, n, lease = item
+            if lease is None:
                 osha.aborted = True
+                for held in osha.pending.values():
+                    held.release()
                 osha.pending.clear()
                 osha.done.set()
                 continue
             self._slots.release()
             if osha.aborted:
+                lease.release()
                 continue
-            osha.pending[n] = data
+            osha.pending[n] = lease
             while osha.next in osha.pending:
-                osha.sha.update(osha.pending.pop(osha.next))
+                held = osha.pending.pop(osha.next)
+                osha.sha.update(held.view)
+                held.release()
                 osha.next += 1
             if osha.next > osha.last:
                 osha.done.set()
@@ -866,7 +934,7 @@ class _Multipart:
         self.remaining = self.nparts
         self.osha = _OrderedSha(self.nparts)
         for n in range(1, self.nparts + 1):
-            run.pool.submit(self.part, n)
+            run.submit(self.part, n)
 
     # tasks 2..n+1
     def part(self, n: int) -> None:
@@ -874,37 +942,51 @@ class _Multipart:
         assert rec is not None and self.osha is not None
         offset = (n - 1) * rec.part_size
         length = min(rec.part_size, f.size - offset)
-        what = f"staging {f.rel}: part {n}/{self.nparts}"
         try:
             run.check()
             if self.failed:
                 raise _Cancelled()
-            data = _read_range(f, offset, length)
-            if len(data) != length:
-                raise StagingError(f"staging {f.rel}: the file changed while it was staged (part {n} is short)")
-            crc = crc64(data)
-            run.hasher.add(self.osha, n, data)
-            if n in self.resumed:
-                etag, want, size = self.resumed[n]
-                if want != crc or size != length:
-                    raise _RestartFile(f"part {n} differs from the stored one (the file changed)")
-                run.count(resumed=length)
-                self._part_done(n, (etag, crc, length))
-                return
-
-            def put() -> str:
-                result = self.be.bucket.upload_part(self.key, rec.upload_id, n, data)
-                if result.crc is not None and result.crc != crc:
-                    raise _Transient(f"CRC64 mismatch: sent {crc}, the store computed {result.crc} "
-                                     f"(request id {result.request_id})")
-                return result.etag
-
-            etag = run.retry(what, put, self.be.classify)
-            self.be.journal.add_part(self.key, n, etag, crc, length)
-            run.count(uploaded=length)
-            self._part_done(n, (etag, crc, length))
+            lease = run.buffers.lease(length, users=2)  # this worker and the hasher
+            try:
+                data = lease.view
+                _read_into(f, offset, data)
+                crc = crc64(data)
+            except BaseException:
+                lease.release()
+                lease.release()
+                raise
+            run.hasher.add(self.osha, n, lease)
+            try:
+                self._send(n, data, crc, length)
+            finally:
+                lease.release()
         except BaseException as exc:  # noqa: BLE001 - one place decides what a failure means
             self._fail(exc)
+
+    def _send(self, n: int, data: memoryview, crc: int, length: int) -> None:
+        """Upload part ``n`` (or, when it was stored before a restart, only count it)."""
+        run, rec = self.run, self.rec
+        assert rec is not None
+        if n in self.resumed:
+            etag, want, size = self.resumed[n]
+            if want != crc or size != length:
+                raise _RestartFile(f"part {n} differs from the stored one (the file changed)")
+            run.count(resumed=length)
+            self._part_done(n, (etag, crc, length))
+            return
+
+        def put() -> str:
+            with run.upload_slots:
+                result = self.be.bucket.upload_part(self.key, rec.upload_id, n, data)
+            if result.crc is not None and result.crc != crc:
+                raise _Transient(f"CRC64 mismatch: sent {crc}, the store computed {result.crc} "
+                                 f"(request id {result.request_id})")
+            return result.etag
+
+        etag = run.retry(f"staging {self.f.rel}: part {n}/{self.nparts}", put, self.be.classify)
+        self.be.journal.add_part(self.key, n, etag, crc, length)
+        run.count(uploaded=length)
+        self._part_done(n, (etag, crc, length))
 
     def _part_done(self, n: int, part: tuple[str, int, int]) -> None:
         with self.lock:
@@ -953,6 +1035,25 @@ class _Multipart:
         be.verify_object(f, crc, result.crc)
         run.done(f, Digest(crc, sha))
         self.fut.set_result(None)
+
+
+def _read_into(f: LocalFile, offset: int, view: memoryview) -> None:
+    """Fill ``view`` from ``f`` at ``offset`` (a descriptor per call, as :func:`_read_range`)."""
+    try:
+        fd = os.open(f.path, os.O_RDONLY)
+        try:
+            got = 0
+            while got < len(view):
+                n = os.preadv(fd, [view[got:]], offset + got)
+                if n == 0:
+                    break
+                got += n
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise StagingError(f"staging {f.rel}: cannot read {f.path}: {exc.strerror or exc}") from None
+    if got != len(view):
+        raise StagingError(f"staging {f.rel}: the file changed while it was staged (it is shorter)")
 
 
 def _read_range(f: LocalFile, offset: int, length: int) -> bytes:
@@ -1153,7 +1254,7 @@ class _OssBackend:
         run.count(retries=1)
         log.warning("staging %s: %s; uploading the file again (attempt %d/%d)", f.rel, why, attempt + 1,
                     run.opts.file_attempts)
-        run.pool.submit(_guard, run, self._start_file, f, fut, attempt + 1)
+        run.submit(_guard, run, self._start_file, f, fut, attempt + 1)
 
     def _put_small(self, f: LocalFile) -> None:
         run = self._run
@@ -1168,7 +1269,8 @@ class _OssBackend:
 
         def put() -> int | None:
             nonlocal corrupt
-            result = self.bucket.put_object(self.key(f.rel), data)
+            with run.upload_slots:
+                result = self.bucket.put_object(self.key(f.rel), data)
             corrupt = result.crc is not None and result.crc != crc
             if corrupt:
                 raise _Transient(f"CRC64 mismatch: sent {crc}, the store computed {result.crc} "
@@ -1209,7 +1311,7 @@ def _retry_plain(opts: TransferOptions, fn: Callable[[], Any], classify: Callabl
             if attempt == opts.part_attempts:
                 raise StagingError(f"{what} failed after {attempt} attempts: {err}") from None
             delay = opts.backoff(attempt)
-            log.warning("staging: %s: %s; retry %d/%d in %.1fs", what, err, attempt, opts.part_attempts - 1, delay)
+            log.warning("%s: %s; retry %d/%d in %.1fs", what, err, attempt, opts.part_attempts - 1, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
 
@@ -1310,7 +1412,8 @@ class _NasBackend:
         _run_files(run, files, self._copy_task)
 
     def _copy_task(self, f: LocalFile, fut: cf.Future, attempt: int) -> None:
-        self._copy(f)
+        with self._run.upload_slots:
+            self._copy(f)
         fut.set_result(None)
 
     def _copy(self, f: LocalFile) -> None:
@@ -1438,7 +1541,9 @@ def stage_model(source: str | Path, target: OssTarget | NasTarget, *, options: T
         stack.callback(backend.close)
         hasher = _Hasher(slots=opts.workers + 1)
         stack.callback(hasher.close)  # after the pool below has drained (exit runs in reverse)
-        pool = stack.enter_context(cf.ThreadPoolExecutor(max_workers=opts.workers,
+        # one thread more than upload slots: it reads (and CRCs) the next part while `workers`
+        # uploads are in flight, so that a freed slot starts sending at once
+        pool = stack.enter_context(cf.ThreadPoolExecutor(max_workers=opts.workers + READ_AHEAD,
                                                          thread_name_prefix="tidegate-staging"))
         old = backend.read_manifest()
         entries = old.by_path() if old else {}
@@ -1446,12 +1551,13 @@ def stage_model(source: str | Path, target: OssTarget | NasTarget, *, options: T
         with cf.ThreadPoolExecutor(max_workers=min(PROBE_WORKERS, len(files)),
                                    thread_name_prefix="tidegate-staging-probe") as probes:
             remote = dict(zip((f.rel for f in files),
-                              probes.map(lambda f: backend.probe(f, entries.get(f.rel)), files), strict=True))
+                              probes.map(_carry_context(lambda f: backend.probe(f, entries.get(f.rel))), files),
+                              strict=True))
         plan = plan_transfer(files, cached, remote, old)
         run = _Run(opts, cache, pool, hasher, old, backend.withdraw_manifest)
         skipped = list(plan.skip)
         if plan.hash_first:
-            digests = pool.map(lambda f: hash_file(f.path, expect_size=f.size), plan.hash_first)
+            digests = pool.map(_carry_context(lambda f: hash_file(f.path, expect_size=f.size)), plan.hash_first)
             for f, digest in zip(plan.hash_first, digests, strict=True):
                 cache.put(f, digest)
                 run.count(hashed=f.size)

@@ -367,6 +367,43 @@ def _table(cfg: TestbedConfig) -> ProcessTable:
     return ProcessTable(cfg.run_dir, cfg.log_dir)
 
 
+def _component(name: str) -> Component:
+    for comp in all_components():
+        if comp.name == name:
+            return comp
+    raise TestbedError(f"no test bed component {name!r}; components: {', '.join(c.name for c in all_components())}")
+
+
+def stop_component(cfg: TestbedConfig, name: str) -> bool:
+    """Stop one running component (fault injection); True if it was running."""
+    comp = _component(name)
+    return _table(cfg).stop(comp.name, timeout=comp.stop_timeout_s)
+
+
+def start_component(cfg: TestbedConfig, name: str) -> float:
+    """Start one stopped component again and wait until it is ready; the seconds that took.
+
+    Its ``before`` hook is not run (etcd's would wipe the cluster's data), nor its ``after``.
+    """
+    comp = _component(name)
+    table = _table(cfg)
+    t0 = time.monotonic()
+    if not table.pid(comp.name):
+        table.start(comp.make_proc(cfg))
+    wait_until(lambda: comp.ready(cfg), timeout=comp.timeout_s, what=comp.name,
+               died=lambda: table.exited_early(comp.name))
+    return round(time.monotonic() - t0, 2)
+
+
+def restart_component(cfg: TestbedConfig, name: str) -> float:
+    """Stop one component and start it again (e.g. the kube-apiserver under a running flow);
+    the seconds from the stop to ready again."""
+    t0 = time.monotonic()
+    stop_component(cfg, name)
+    start_component(cfg, name)
+    return round(time.monotonic() - t0, 2)
+
+
 def _safe_ready(comp: Component, cfg: TestbedConfig) -> bool:
     try:
         return bool(comp.ready(cfg))

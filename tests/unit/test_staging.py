@@ -21,7 +21,9 @@ from pydantic import SecretStr
 from tasks import staging as st
 from tasks.errors import CredentialsError, StagingError
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit,
+              # another module may route tidegate loggers to Prefect's API handler, which warns outside a run
+              pytest.mark.filterwarnings("ignore:Logger .tidegate.staging. attempted to send logs")]
 
 MiB = 1 << 20
 KEY_ID, SECRET = "TGTBUNITKEYID0000", "unit-secret-value-0000"
@@ -449,13 +451,14 @@ def test_resume_after_a_crash_uploads_only_the_missing_parts(fake, model, tmp_pa
     with pytest.raises(KeyboardInterrupt):
         _stage(model, tmp_path, options=one)
     assert "models/tiny/.tidegate-manifest.json" not in fake.objects
-    journal = st.UploadJournal(tmp_path / "ck", _target().target_id).load("models/tiny/model-00001.safetensors")
-    assert journal is not None and list(journal.parts) == [1]
+    journal = st.UploadJournal(tmp_path / "ck", _target().target_id)
+    records = [journal.load(f"models/tiny/model-0000{i}.safetensors") for i in (1, 2)]
+    stored = sum(size for rec in records if rec for _, _, size in rec.parts.values())
+    assert stored in (5 * MiB, MiB)  # exactly the one part that made it (which one: thread timing)
+    made_it = sum(len(data) for data in fake.objects.values())  # small files PUT before the crash
     fake.dead = False
     r = _stage(model, tmp_path, options=one)
-    shards = [(model / f"model-0000{i}.safetensors").stat().st_size for i in (1, 2)]
-    assert r.resumed_bytes == 5 * MiB and r.uploaded_bytes == sum(shards) - 5 * MiB and r.verified
-    assert r.skipped_files == 2  # the small files made it before the crash
+    assert r.resumed_bytes == stored and r.uploaded_bytes == r.bytes - stored - made_it and r.verified
     assert fake.objects["models/tiny/model-00001.safetensors"] == (model / "model-00001.safetensors").read_bytes()
     assert not list((tmp_path / "ck" / "uploads").glob("*.jsonl"))
 
