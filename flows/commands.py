@@ -51,6 +51,9 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
         raise StageNotImplemented("`tidegate stage` is not implemented yet") from None
     _setup_logging(args.verbose)
+    from flows.validation import resolve_profile
+
+    resolve_profile(spec)  # profile local: the test bed's own OSS keys when the environment has none
     staged = staging.stage_model_for_spec(spec, source=args.source)
     print(staged.summary())
     return 0

@@ -247,8 +247,14 @@ def run_tidegate(argv: list[str]) -> int:
                        SecretStr(env["TIDEGATE_BENCH_KEY_ID"]), SecretStr(env["TIDEGATE_BENCH_KEY_SECRET"]))
     opts = TransferOptions(workers=args.workers, part_size=args.part_mib * MiB,
                            multipart_threshold=args.part_mib * MiB)
-    ckpt = args.checkpoint_dir or tempfile.mkdtemp(prefix="tidegate-bench-ckpt-")
-    staged = stage_model(src, target, options=opts, checkpoint_dir=ckpt, progress=False)
+    ckpt = args.checkpoint_dir or tempfile.mkdtemp(prefix="tidegate-bench-ckpt-")  # cold: an empty hash cache
+    try:
+        staged = stage_model(src, target, options=opts, checkpoint_dir=ckpt, progress=False)
+    finally:
+        if not args.checkpoint_dir:
+            import shutil
+
+            shutil.rmtree(ckpt, ignore_errors=True)
     print(json.dumps(staged.report_block()))
     return 0
 
