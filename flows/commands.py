@@ -60,16 +60,19 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    from tasks.cluster import teardown
+    from tasks.cluster import run_object_names, teardown
     from tasks.kube import Kube
 
     kubeconfig = args.kubeconfig
+    known: list[str] = []
     if not kubeconfig and args.spec:
         from flows.validation import resolve_profile
 
         spec = _load(args)
         kubeconfig = resolve_profile(spec)
         namespaces = [spec.cluster.namespace]
+        # what the run applied, by name: an identity that may not list Secrets still finds its own
+        known = run_object_names(spec, args.run_id)
     else:
         namespaces = args.namespace or ["default"]
     if not kubeconfig:
@@ -80,7 +83,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     kube.ping()
     if args.all_namespaces:
         namespaces = [n["metadata"]["name"] for n in kube.list("v1", "Namespace")]
-    deleted = teardown(kube, args.run_id, namespaces)
+    deleted = teardown(kube, args.run_id, namespaces, known=known)
     print(f"tidegate: removed {len(deleted)} objects of run {args.run_id}")
     for d in deleted:
         print(f"  {d}")

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import yaml
 
-from tests.reliability.helpers import LOCAL_SPEC, SHORT_LOAD, Cli, stderr_lines, validate_args
+from tests.reliability.helpers import LOCAL_SPEC, SHORT_LOAD, Cli, run_cli, stderr_lines, validate_args
 
 pytestmark = pytest.mark.reliability
 ALL_STAGES = "stage,prepare,deploy,smoke,spike,verify,gate,teardown"
@@ -237,6 +237,27 @@ def test_unneeded_verbs_are_forbidden(bed, sa_run, case):
     assert all(v == 403 for v in statuses.values()), statuses
     assert admin.get("v1", "Node", "idc-gpu-0") is not None
     assert admin.get("rbac.authorization.k8s.io/v1", "ClusterRole", "tidegate-escalate") is None
+
+
+def test_cleanup_as_the_service_account(bed, sa_run, tmp_path, case):
+    case.describe("`tidegate cleanup --run-id --spec` as the ServiceAccount, after a run that stopped after prepare",
+                  "exit 0; nothing labelled with the run id remains (checked as admin), the OSS Secret included, "
+                  "although the account may not list Secrets")
+    keys = {"TIDEGATE_OSS_ACCESS_KEY_ID": bed.oss_key_id, "TIDEGATE_OSS_ACCESS_KEY_SECRET": bed.oss_key_secret}
+    cli = run_cli(bed, validate_args(bed, stages="prepare", kubeconfig=sa_run["kubeconfig"]), tmp_path / "run",
+                  env=keys, timeout_s=300)
+    rid = cli.run_id()
+    before = bed.leftovers(rid)
+    clean = run_cli(bed, ["cleanup", "--run-id", rid, "--spec", str(LOCAL_SPEC), *bed.sets(sa_run["kubeconfig"])],
+                    tmp_path / "cleanup", env=keys, timeout_s=300)
+    left = bed.leftovers(rid)
+    case.seconds = cli.seconds + clean.seconds
+    case.observe(f"run exit {cli.rc} left {len(before)} objects ({', '.join(before)}); cleanup as the account exit "
+                 f"{clean.rc}; left: {left or 'nothing'}")
+    assert cli.rc == 0, cli.stderr[-1500:]
+    assert "Secret/default/tidegate-oss-credentials" in before
+    assert clean.rc == 0, clean.stderr[-1500:]
+    assert left == []
 
 
 def test_tls_verification_stays_on(bed, sa_run, tmp_path, case):
