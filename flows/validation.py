@@ -178,13 +178,9 @@ def _credentials_secret(ctx: RunContext) -> dict | None:
     st = ctx.spec.storage
     if st.kind != "oss" or not st.oss.credentials.create_secret:
         return None
-    from tasks.errors import CredentialsError
     from tasks.kube import RUN_LABEL
 
-    try:
-        key_id, key_secret = st.oss.credentials.resolve()
-    except CredentialsError:
-        raise
+    key_id, key_secret = st.oss.credentials.resolve()  # CredentialsError names where it looked
     ctx.secrets += [key_id.get_secret_value(), key_secret.get_secret_value()]
     return {"apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": st.oss.credentials.secret_name, "namespace": ctx.spec.cluster.namespace,

@@ -11,8 +11,6 @@ known upstream behaviour), and then checks that none of the test bed's ports is 
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import ssl
 import time
@@ -534,13 +532,3 @@ def logs(cfg: TestbedConfig | None = None, name: str | None = None, lines: int =
         chunks.append(f"==> {path} <==\n" + "\n".join(tail))
     return "\n\n".join(chunks)
 
-
-def dump_status_json(cfg: TestbedConfig | None = None) -> str:
-    return json.dumps(status(cfg), indent=2, default=str)
-
-
-def env_for_clients(cfg: TestbedConfig) -> dict[str, str]:
-    return {"KUBECONFIG": str(cfg.kubeconfig)}
-
-
-os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
