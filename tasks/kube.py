@@ -291,34 +291,35 @@ class Kube:
 
         Starts with a list (each item yielded as ``ADDED`` when ``send_initial``), then
         watches from that resourceVersion. A dropped connection resumes from the last seen
-        resourceVersion; ``410 Gone`` re-lists and yields only objects whose
-        resourceVersion changed, so that a consumer sees no duplicates and loses nothing
-        but intermediate states the server compacted away.
+        resourceVersion; ``410 Gone`` re-lists and yields what changed meanwhile: ``ADDED``
+        for objects new to this watch, ``MODIFIED`` for those whose resourceVersion changed,
+        ``DELETED`` (with the last state seen) for those gone, so that a consumer sees no
+        duplicates and loses nothing but intermediate states the server compacted away.
         """
         res = self.resource(api_version, kind)
         ns = namespace if res.namespaced else None
         deadline = time.monotonic() + timeout_s
-        seen: dict[str, str] = {}
+        seen: dict[str, tuple[str, Obj]] = {}   # key -> (resourceVersion, last object seen)
 
         def key(o: Obj) -> str:
             m = o.get("metadata", {})
             return f"{m.get('namespace', '')}/{m.get('name')}"
 
-        def relist(emit: bool) -> Iterator[tuple[str, Obj]] | str:
+        def relist(emit: bool) -> tuple[list[tuple[str, Obj]], str]:
             items, rv = self.list_with_version(api_version, kind, ns, label_selector=label_selector,
                                                field_selector=field_selector)
             current = {key(i): i for i in items}
-            events = []
+            events: list[tuple[str, Obj]] = []
             for k, item in current.items():
                 item_rv = item.get("metadata", {}).get("resourceVersion", "")
-                if seen.get(k) != item_rv:
-                    seen[k] = item_rv
-                    if emit:
-                        events.append(("ADDED" if k not in seen or not seen.get(k) else "MODIFIED", item))
-            for k in list(seen):
-                if k not in current:
-                    del seen[k]
-            return events, rv
+                before = seen.get(k)
+                if before is None or before[0] != item_rv:
+                    events.append(("ADDED" if before is None else "MODIFIED", item))
+                seen[k] = (item_rv, item)
+            for k in [k for k in seen if k not in current]:
+                # deleted while the watch was down: the last state we saw, as the server would send it
+                events.append(("DELETED", seen.pop(k)[1]))
+            return (events if emit else []), rv
 
         if resource_version is None:
             events, rv = relist(True)
@@ -348,7 +349,7 @@ class Kube:
                     if etype == "DELETED":
                         seen.pop(k, None)
                     else:
-                        seen[k] = new_rv or ""
+                        seen[k] = (new_rv or "", obj)
                     yield etype, copy.deepcopy(obj)
                     if time.monotonic() >= deadline or (stop and stop.is_set()):
                         return
