@@ -7,7 +7,9 @@ cool-down) in its own process, waits after the cool-down until the elastic pool 
 its minimum (bounded by ``load.cooldown_s``), then stops the observer. ``run_verify_stage``
 turns the timeline and the load data into the report's ``elasticity`` block; its findings
 cite the events they rest on, and a missing step (no scale-up, no spill-back) is named in the
-stage's detail so that the gate's failure says why.
+stage's detail so that the gate's failure says why. For ``load.shape: tidal`` the whole replay
+counts as the spike (times from the load's start) and the elasticity block also says when, on
+the replayed traffic day, the service spilled over and back (``tasks.tidal``).
 """
 
 from __future__ import annotations
@@ -73,10 +75,17 @@ def run_verify_stage(ctx: Any) -> str:
     timeline = ctx.results.get("timeline")
     if result is None or timeline is None:
         raise StageFailed("verify needs the spike stage's load data and timeline: select spike with verify")
-    spike = _phase(result, "spike") or result.phases[0]
+    clock = None
+    if ctx.spec.load.shape == "tidal":
+        # the whole replayed day is the spike: a spill-over in the morning ramp counts too
+        from tasks.tidal import plan_tidal
+
+        spike, clock = result.phases[0], plan_tidal(ctx.spec.load).traffic_time
+    else:
+        spike = _phase(result, "spike") or result.phases[0]
     cooldown = _phase(result, "cooldown") or result.phases[-1]
     elasticity = verify(timeline, ctx.spec, spike_started_at=spike.start, cooldown_started_at=cooldown.start,
-                        ended_at=ctx.results.get("ended_at") or result.ended_at, load=result)
+                        ended_at=ctx.results.get("ended_at") or result.ended_at, load=result, traffic_clock=clock)
     ctx.results["elasticity"] = elasticity
     ctx.report.elasticity = elasticity.block()
     ctx.report.extra["findings"] = elasticity.findings_block()
@@ -89,6 +98,9 @@ def run_verify_stage(ctx: Any) -> str:
             f"scale-ups {e.get('scale_up_events')}, scale-downs {e.get('scale_down_events')}, "
             f"first cloud pod Ready at +{e.get('time_to_first_cloud_pod_ready_s')}s, "
             f"back to IDC: {e.get('scale_in_back_to_idc')}")
+    if e.get("spill_over_traffic_time"):
+        head += (f"; on the traffic day: spilled over at {e['spill_over_traffic_time']} "
+                 f"({e.get('first_cloud_pod_ready_phase')}), back at {e.get('spill_back_traffic_time') or 'never'}")
     head = f"{head}; cost: {cost_line}"
     if failed:
         return head + "; missing: " + "; ".join(f.detail for f in failed)

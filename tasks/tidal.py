@@ -133,6 +133,24 @@ class TidalPlan:
     e2e_latency_s: float
     real_peak_users: float          # the concurrency the real peak stands for (Little's law for rps)
 
+    def traffic_time(self, run_offset_s: float) -> str:
+        """The time on the replayed curve ``run_offset_s`` run seconds after the load started,
+        written as the CSV writes its timestamps (``19:40``, ``2025-03-10T19:40:00+08:00``, or
+        seconds); a time of day past midnight gets ``+1d``."""
+        real = max(0.0, float(run_offset_s)) * self.compression_factor
+        kind, first = _parse_time(self.curve.labels[0])
+        at = first + real
+        if kind == "time of day":
+            days, rest = divmod(int(at), 86_400)
+            text = f"{rest // 3600:02d}:{rest % 3600 // 60:02d}"
+            return text + (f" +{days}d" if days else "")
+        if kind == "seconds":
+            return f"{at:.0f}"
+        if kind == "date-time with offset":
+            zone = dt.datetime.fromisoformat(self.curve.labels[0]).tzinfo
+            return dt.datetime.fromtimestamp(at, zone).isoformat(timespec="minutes")
+        return (dt.datetime(1970, 1, 1) + dt.timedelta(seconds=at)).isoformat(timespec="minutes")
+
     def describe(self) -> str:
         span_h = self.curve.span_s / 3600.0
         phases = ", ".join(f"{name} {a:.0f}-{b:.0f}s" for name, a, b in self.shape.phases())

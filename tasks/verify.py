@@ -45,11 +45,22 @@ Definitions (all times are seconds from ``spike_started_at``; ``None`` = never o
 - ``scale_in_back_to_idc``: cloud pods removed before IDC pods, the pods left at the end all
   on IDC, and the elastic pool back to its minimum by ``ended_at``. ``None`` when there was no
   spill-over (no cloud pod): there was nothing to spill back, and no spill-back is invented.
+- ``first_cloud_pod_ready_phase``: the load phase (``load.phases``: baseline, ramp, spike,
+  hold, cooldown; "after" once the load ended) in which the first cloud pod became Ready.
+- ``time_to_cloud_pods_gone_s``: when the last Ready cloud pod went away (no cloud pod Ready
+  from then to ``ended_at``), after having had one.
+- ``spill_over_traffic_time`` / ``spill_back_traffic_time``: with a ``traffic_clock`` (the
+  tidal shape's, mapping seconds from ``spike_started_at`` to the replayed curve's time, e.g.
+  ``19:40``), the first cloud pod Ready and the cloud pods gone on the user's traffic day.
+
+For the tidal shape the flow passes the load's start as ``spike_started_at``: the whole replay
+is the spike, so a spill-over during the day's ramp is counted, not cut off.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -65,7 +76,8 @@ CONTRACT_KEYS = ("hpa_max_replicas", "idc_pods_max", "cloud_pods_max", "scale_up
 EXTRA_KEYS = ("successful_rescale_count", "failed_scheduling_idc", "triggered_scale_up", "scaled_up_group",
               "scale_up_events_source", "scale_down_events_source", "elastic_nodes_max",
               "elastic_pool_back_to_min", "elastic_pool_min_nodes", "cloud_pods_removed_before_idc",
-              "time_to_elastic_pool_min_s")
+              "time_to_elastic_pool_min_s", "first_cloud_pod_ready_phase", "time_to_cloud_pods_gone_s",
+              "spill_over_traffic_time", "spill_back_traffic_time")
 EVIDENCE_LINES = 6
 
 
@@ -107,6 +119,10 @@ class Elasticity:
     elastic_pool_min_nodes: int | None = None
     cloud_pods_removed_before_idc: bool | None = None
     time_to_elastic_pool_min_s: float | None = None
+    first_cloud_pod_ready_phase: str | None = None
+    time_to_cloud_pods_gone_s: float | None = None
+    spill_over_traffic_time: str | None = None
+    spill_back_traffic_time: str | None = None
     findings: list[Finding] = field(default_factory=list)
 
     def block(self, *, extras: bool = True) -> dict[str, Any]:
@@ -196,11 +212,11 @@ class _View:
 # -- the verification ---------------------------------------------------------------------------
 def verify(timeline: Timeline, spec: RolloutSpec, *, spike_started_at: datetime | pd.Timestamp | str,
            cooldown_started_at: datetime | pd.Timestamp | str, ended_at: datetime | pd.Timestamp | str,
-           load: Any = None) -> Elasticity:
+           load: Any = None, traffic_clock: Callable[[float], str] | None = None) -> Elasticity:
     """Judge the timeline of one run (see the module docstring for every definition).
 
-    ``load`` (the spike's LoadResult) is accepted for the flow's sake; the figures here come
-    from the cluster's own record only.
+    The figures come from the cluster's own record; ``load`` (the LoadResult) only names the
+    phase a step fell in, ``traffic_clock`` the time on the replayed traffic curve.
     """
     start, cooldown, end = _stamp(spike_started_at), _stamp(cooldown_started_at), _stamp(ended_at)
     v = _View(timeline, spec, start, cooldown, end)
@@ -219,8 +235,30 @@ def verify(timeline: Timeline, spec: RolloutSpec, *, spike_started_at: datetime 
     el.elastic_nodes_max = _max_in_window(nodes_per_pool, v.elastic, v.start, end, "nodes")
     _spill_over(v, el, findings)
     _spill_back(v, el, findings, nodes_per_pool)
+    _when(v, el, pods_per_pool, load, traffic_clock)
     el.findings = findings
     return el
+
+
+def _when(v: _View, el: Elasticity, pods_per_pool: pd.DataFrame, load: Any,
+          traffic_clock: Callable[[float], str] | None) -> None:
+    """Where in the load (phase) and in the traffic day (clock) the spill-over and -back fell."""
+    steps = pods_per_pool[(pods_per_pool["pool"] == v.elastic) & (pods_per_pool["time"] <= v.end)]
+    had = steps[steps["pods"] > 0]
+    if len(had) and Timeline.value_at(pods_per_pool, v.elastic, v.end, "pods") == 0:
+        gone = steps[(steps["time"] > had["time"].iloc[-1]) & (steps["pods"] == 0)]
+        el.time_to_cloud_pods_gone_s = _secs(gone["time"].iloc[0], v.origin) if len(gone) else None
+    ready_s = el.time_to_first_cloud_pod_ready_s
+    if ready_s is not None and load is not None and getattr(load, "phases", None):
+        at = v.origin + pd.Timedelta(seconds=ready_s)
+        el.first_cloud_pod_ready_phase = next(
+            (p.name for p in load.phases if _stamp(p.start) <= at < _stamp(p.end)),
+            "after" if at >= _stamp(load.phases[-1].end) else "before")
+    if traffic_clock is not None:
+        if ready_s is not None:
+            el.spill_over_traffic_time = traffic_clock(ready_s)
+        if el.time_to_cloud_pods_gone_s is not None:
+            el.spill_back_traffic_time = traffic_clock(el.time_to_cloud_pods_gone_s)
 
 
 def _hpa(v: _View, el: Elasticity, findings: list[Finding]) -> None:

@@ -244,3 +244,18 @@ def test_ramp_faster_than_spawn_rate_is_refused_with_the_figure_needed():
 def test_spike_not_above_baseline_is_refused():
     with pytest.raises(SpecError, match=r"load.spike_users: must be > load.baseline_users for the tidal shape"):
         plan_tidal(tidal_load(baseline_users=24, spike_users=24))
+
+
+def test_traffic_time_maps_run_seconds_onto_the_replayed_day(tmp_path: Path):
+    built_in = plan_tidal(tidal_load())                          # 04:00 start, factor 240
+    assert [built_in.traffic_time(s) for s in (0, 15, 232.5, 359, 400)] == [
+        "04:00", "05:00", "19:30", "03:56 +1d", "06:40 +1d"]
+    dated = plan_tidal(tidal_load(SAMPLE))                       # 2025-03-10T04:00:00+08:00, factor 240
+    assert dated.traffic_time(225) == "2025-03-10T19:00+08:00"
+    assert dated.traffic_time(-3) == "2025-03-10T04:00+08:00"    # before the load: its start
+    naive = write(tmp_path, "timestamp,users\n" + "\n".join(
+        f"2025-03-10T{h:02d}:00:00,{v}" for h, v in enumerate(DAY)) + "\n")
+    assert plan_tidal(tidal_load(naive, minutes=1)).traffic_time(30) == "2025-03-10T05:00"
+    unix = write(tmp_path, "timestamp,rps\n" + "\n".join(f"{1000 + 60 * i},{v}" for i, v in enumerate(DAY)) + "\n",
+                 "unix.csv")
+    assert plan_tidal(tidal_load(unix, minutes=1, spawn_rate=50)).traffic_time(30) == "1300"

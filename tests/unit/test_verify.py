@@ -22,6 +22,7 @@ The expected figures were checked by hand against the fixture's rows:
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 from pathlib import Path
 
 import pandas as pd
@@ -251,3 +252,30 @@ def test_summary_lists_the_figures_and_what_was_not_observed():
                                                    and r["reason"] != "ScaledUpGroup"])))
     assert text.splitlines()[0].startswith("hpa_max_replicas=3, idc_pods_max=2, cloud_pods_max=1")
     assert "not observed: autoscaler_scaled_up: no TriggeredScaleUp" in text
+
+
+def test_phase_and_traffic_time_of_the_spill_over_and_back():
+    # fjwd4 Ready on the elastic node 21:46:52 (+56.12 s, before the cool-down at 21:46:59.7);
+    # its deletion requested 21:47:10 (+74.12 s), after which no cloud pod is Ready
+    phases = [SimpleNamespace(name="baseline", start="2026-11-28T21:45:40+00:00", end=MARKS["spike_started_at"]),
+              SimpleNamespace(name="spike", start=MARKS["spike_started_at"], end=MARKS["cooldown_started_at"]),
+              SimpleNamespace(name="cooldown", start=MARKS["cooldown_started_at"], end="2026-11-28T21:47:20+00:00")]
+    el = _verify(_timeline(), load=SimpleNamespace(phases=phases), traffic_clock=lambda s: f"T+{s * 240:.0f}s")
+    assert el.first_cloud_pod_ready_phase == "spike"
+    assert el.time_to_cloud_pods_gone_s == 74.12
+    assert el.spill_over_traffic_time == "T+13469s" and el.spill_back_traffic_time == "T+17789s"
+    block = el.block()
+    assert block["spill_over_traffic_time"] == "T+13469s" and block["first_cloud_pod_ready_phase"] == "spike"
+    # the same run as a shorter load: the pod came up after the load ended
+    short = [SimpleNamespace(name="spike", start=MARKS["spike_started_at"], end="2026-11-28T21:46:30+00:00")]
+    assert _verify(_timeline(), load=SimpleNamespace(phases=short)).first_cloud_pod_ready_phase == "after"
+
+
+def test_no_cloud_pod_leaves_the_spill_times_empty():
+    def no_cloud(rows):
+        return [r for r in rows if r["object"] != CLOUD_POD]
+
+    el = _verify(_timeline(no_cloud), traffic_clock=lambda s: f"{s}")
+    assert el.time_to_cloud_pods_gone_s is None
+    assert el.spill_over_traffic_time is None and el.spill_back_traffic_time is None
+    assert el.first_cloud_pod_ready_phase is None
