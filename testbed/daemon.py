@@ -109,6 +109,8 @@ class Daemon:
 
     async def handle(self, kind: str, etype: str, obj: Obj) -> None:
         if kind == "InferenceService" and etype != "DELETED":
+            if obj["metadata"].get("deletionTimestamp"):
+                return  # being deleted (foreground: the GC removes the Deployment first): do not re-create it
             await self.reconcile_isvc(obj)
         elif kind == "Deployment":
             owner = next((o for o in obj["metadata"].get("ownerReferences") or []

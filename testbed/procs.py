@@ -49,6 +49,26 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _group_alive(pgid: int) -> bool:
+    """A live (not zombie) process in process group ``pgid``, the leader included."""
+    if _alive(pgid):
+        return True
+    try:
+        os.killpg(pgid, 0)
+    except OSError as exc:
+        return exc.errno == errno.EPERM
+    for proc_dir in Path("/proc").iterdir():
+        if not proc_dir.name.isdigit():
+            continue
+        try:
+            fields = (proc_dir / "stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
 def port_owner(port: int) -> tuple[int, str] | None:
     """(pid, command) of the process listening on 127.0.0.1/0.0.0.0:port, if we can tell."""
     inodes: set[str] = set()
@@ -175,14 +195,17 @@ class ProcessTable:
             except OSError:
                 pass
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _alive(pid):
+        # the whole group: a child still holding an inherited listening socket keeps its port
+        while time.monotonic() < deadline and _group_alive(pid):
             time.sleep(0.1)
-        if _alive(pid):
+        if _group_alive(pid):
             try:
                 os.killpg(pid, signal.SIGKILL)
             except OSError:
                 pass
-            time.sleep(0.2)
+            end = time.monotonic() + 5
+            while time.monotonic() < end and _group_alive(pid):
+                time.sleep(0.1)
         self.pid_file(name).unlink(missing_ok=True)
         return True
 

@@ -93,8 +93,12 @@ def _timeline_node_seconds(csv: Path, pool: str, start: pd.Timestamp, end: pd.Ti
 def test_e2e_tidal_day_spills_at_the_peak_and_back_in_the_trough(testbed, kube, tmp_path):
     reports = tmp_path / "reports"
     env = dict(os.environ, TIDEGATE_REPORTS_DIR=str(reports))
+    # 8 min instead of the example's 6: the peak (18:00-23:00) lasts 100 s, so that the
+    # autoscaler's fixed delays (30 s for a new GPU pod, a scan, the model load) end inside it
+    # also on a busy machine
     cmd = [sys.executable, "-m", "flows.cli", "validate", "--spec", str(TIDAL),
-           "--set", f"ingress.url=http://127.0.0.1:{testbed.ports.gateway}"]
+           "--set", f"ingress.url=http://127.0.0.1:{testbed.ports.gateway}",
+           "--set", "load.tidal.compress_to_minutes=8"]
     with NodePoller(kube) as poller:
         r = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True, timeout=1200)
     out = reports / "latest"
@@ -118,11 +122,11 @@ def test_e2e_tidal_day_spills_at_the_peak_and_back_in_the_trough(testbed, kube, 
     assert e["scale_in_back_to_idc"] is True and e["cloud_pods_removed_before_idc"] is True
     assert e["elastic_pool_back_to_min"] is True
 
-    # the cost block, priced, with the compression factor of 24 h in 6 min
+    # the cost block, priced, with the compression factor of 24 h in 8 min
     assert cost["status"] == "ok" and cost["notes"] == []
     for key in COST_KEYS:
         assert cost.get(key) is not None, key
-    assert cost["compression_factor"] == 240.0 and cost["currency"] == "CNY"
+    assert cost["compression_factor"] == 180.0 and cost["currency"] == "CNY"
     assert cost["cloud_cost_run"] > 0 and cost["cloud_cost_per_day"] > 0
     assert cost["idc_for_peak_cost_per_day"] > cost["idc_cost_per_day"]          # 3 GPUs vs 2, all day
     assert cost["cloud_only_cost_per_day"] > cost["hybrid_cost_per_day"]

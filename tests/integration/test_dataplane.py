@@ -114,6 +114,24 @@ def test_dataplane_isvc_ready_and_answers_through_gateway(kube, testbed, ns):
     assert r.status_code == 404 and "nobody.example.com" in r.text
 
 
+def test_dataplane_foreground_delete_of_the_isvc_does_not_recreate_its_deployment(kube, testbed, ns):
+    # teardown deletes with propagation Foreground: the InferenceService stays (deletionTimestamp
+    # set) until the garbage collector removed its Deployment; a reconciler that acts on it then
+    # re-creates the Deployment over and over, as KServe's controller does not
+    spec = _spec(ns, testbed)
+    _apply(kube, spec, {"InferenceService"})
+    _wait(lambda: _isvc_ready(kube, ns), 90, "InferenceService Ready")
+    first_uid = kube.get("apps/v1", "Deployment", "qwen-chat-predictor", ns)["metadata"]["uid"]
+    kube.delete("serving.kserve.io/v1beta1", "InferenceService", "qwen-chat", ns, propagation="Foreground")
+    _wait(lambda: kube.get("serving.kserve.io/v1beta1", "InferenceService", "qwen-chat", ns) is None, 60,
+          "InferenceService gone", 0.5)
+    time.sleep(3)   # a re-created Deployment would appear within a reconcile
+    assert kube.get("apps/v1", "Deployment", "qwen-chat-predictor", ns) is None
+    created = [e for e in kube.list("v1", "Event", ns) if e.get("reason") == "ScalingReplicaSet"
+               and e["involvedObject"].get("uid") != first_uid]
+    assert created == [], [e["message"] for e in created]
+
+
 def test_dataplane_gpu_metric_drives_hpa_up_and_down(kube, testbed, ns):
     spec = _spec(ns, testbed, max_replicas=2)
     _apply(kube, spec, {"InferenceService", "HorizontalPodAutoscaler"})
