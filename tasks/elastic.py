@@ -85,7 +85,8 @@ def run_verify_stage(ctx: Any) -> str:
         spike = _phase(result, "spike") or result.phases[0]
     cooldown = _phase(result, "cooldown") or result.phases[-1]
     elasticity = verify(timeline, ctx.spec, spike_started_at=spike.start, cooldown_started_at=cooldown.start,
-                        ended_at=ctx.results.get("ended_at") or result.ended_at, load=result, traffic_clock=clock)
+                        ended_at=ctx.results.get("ended_at") or result.ended_at, load=result, traffic_clock=clock,
+                        since="the load started" if clock else "the spike started")
     ctx.results["elasticity"] = elasticity
     ctx.report.elasticity = elasticity.block()
     ctx.report.extra["findings"] = elasticity.findings_block()

@@ -175,8 +175,8 @@ class _View:
     """The timeline cut to this run's window and service."""
 
     def __init__(self, tl: Timeline, spec: RolloutSpec, start: pd.Timestamp, cooldown: pd.Timestamp,
-                 end: pd.Timestamp):
-        self.tl, self.spec = tl, spec
+                 end: pd.Timestamp, since: str = "the spike started"):
+        self.tl, self.spec, self.since = tl, spec, since
         self.origin, self.cooldown, self.end = start, cooldown, end
         self.start = start.floor("s")
         self.cooldown_floor = cooldown.floor("s")
@@ -212,14 +212,16 @@ class _View:
 # -- the verification ---------------------------------------------------------------------------
 def verify(timeline: Timeline, spec: RolloutSpec, *, spike_started_at: datetime | pd.Timestamp | str,
            cooldown_started_at: datetime | pd.Timestamp | str, ended_at: datetime | pd.Timestamp | str,
-           load: Any = None, traffic_clock: Callable[[float], str] | None = None) -> Elasticity:
+           load: Any = None, traffic_clock: Callable[[float], str] | None = None,
+           since: str = "the spike started") -> Elasticity:
     """Judge the timeline of one run (see the module docstring for every definition).
 
     The figures come from the cluster's own record; ``load`` (the LoadResult) only names the
-    phase a step fell in, ``traffic_clock`` the time on the replayed traffic curve.
+    phase a step fell in, ``traffic_clock`` the time on the replayed traffic curve; ``since``
+    names ``spike_started_at`` in the findings' words.
     """
     start, cooldown, end = _stamp(spike_started_at), _stamp(cooldown_started_at), _stamp(ended_at)
-    v = _View(timeline, spec, start, cooldown, end)
+    v = _View(timeline, spec, start, cooldown, end, since)
     el = Elasticity()
     findings: list[Finding] = []
     if timeline.gaps:
@@ -317,7 +319,7 @@ def _hpa(v: _View, el: Elasticity, findings: list[Finding]) -> None:
                         & v.win["reason"].str.startswith(("FailedGet", "FailedCompute", "FailedRescale"), na=False)]
         findings.append(Finding(
             "hpa_scaled_out", False,
-            f"no SuccessfulRescale from the HPA {v.hpa_object} after the spike started: did {metric} rise "
+            f"no SuccessfulRescale from the HPA {v.hpa_object} after {v.since}: did {metric} rise "
             f"above the target {v.spec.service.scale_target}? ({peak_text}"
             + (", and the HPA reported errors reading it)" if len(trouble) else ")"),
             rows_lines(trouble if len(trouble) else inside.tail(3), EVIDENCE_LINES)))
@@ -388,13 +390,13 @@ def _spill_over(v: _View, el: Elasticity, findings: list[Finding]) -> None:
     if first_ready is not None:
         findings.append(Finding(
             "cloud_node_ready", True,
-            f"elastic node {first_ready['node']} was Ready {el.time_to_cloud_node_s:.0f} s after the spike "
-            f"started ({len(created)} elastic node(s) added, at most {el.elastic_nodes_max} at once)",
+            f"elastic node {first_ready['node']} was Ready {el.time_to_cloud_node_s:.0f} s after {v.since} "
+            f"({len(created)} elastic node(s) added, at most {el.elastic_nodes_max} at once)",
             rows_lines(pd.concat([created.head(3), ready.head(3)]).sort_values("time", kind="stable"),
                        EVIDENCE_LINES)))
     else:
         label = f"{v.spec.cluster.nodepool_label}={v.elastic}"
-        detail = f"no node of the elastic pool ({label}) became Ready after the spike started"
+        detail = f"no node of the elastic pool ({label}) became Ready after {v.since}"
         if len(created):
             detail = f"elastic node(s) {', '.join(created['node'])} were created but never Ready"
         elif el.scale_up_events:
@@ -414,7 +416,7 @@ def _spill_over(v: _View, el: Elasticity, findings: list[Finding]) -> None:
         findings.append(Finding(
             "cloud_pod_ready", True,
             f"pod {first_pod['object']} was Ready on elastic node {first_pod['node']} "
-            f"{el.time_to_first_cloud_pod_ready_s:.0f} s after the spike started (at most {el.cloud_pods_max} "
+            f"{el.time_to_first_cloud_pod_ready_s:.0f} s after {v.since} (at most {el.cloud_pods_max} "
             f"cloud pod(s) Ready at once)",
             rows_lines(pd.concat([scheduled.head(3), cloud_ready.head(3)]).sort_values("time", kind="stable"),
                        EVIDENCE_LINES)))
@@ -533,7 +535,7 @@ def _spill_back(v: _View, el: Elasticity, findings: list[Finding], nodes_per_poo
             findings.append(Finding(
                 "elastic_pool_back_to_min", True,
                 f"the elastic pool went from {el.elastic_nodes_max} node(s) back to {at_end} ({min_text}) "
-                f"{el.time_to_elastic_pool_min_s:.0f} s after the spike started" if el.time_to_elastic_pool_min_s
+                f"{el.time_to_elastic_pool_min_s:.0f} s after {v.since}" if el.time_to_elastic_pool_min_s
                 is not None else f"the elastic pool was back to {at_end} node(s) ({min_text}) at the end",
                 rows_lines(pd.concat([scale_down_evidence, node_gone]).sort_values("time", kind="stable"),
                            EVIDENCE_LINES)))
