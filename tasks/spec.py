@@ -380,8 +380,6 @@ class StorageSpec(_Strict):
     checkpoint_dir: str = Field(
         ".tidegate/staging", title="Staging checkpoint directory",
         description="Local directory for staging's resume records and hash cache.")
-    sha256: bool = Field(False, title="SHA-256 in manifest",
-                         description="Also record a SHA-256 per file in the staging manifest.")
 
 
 class ResourcePolicyOptions(_Strict):
