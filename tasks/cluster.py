@@ -153,6 +153,21 @@ def _parse_known(known: Iterable[str]) -> list[tuple[str, str | None, str]]:
     return out
 
 
+def _namespaced_kinds(namespaces: list[str], named: list[tuple[str, str | None, str]]
+                      ) -> list[tuple[str, list[tuple[str, str]]]]:
+    """(namespace, kinds) to look through: every run kind in the run's namespaces; in other
+    namespaces that ``known`` names (the autoscaler-status Role in kube-system, the node-events
+    Role in default), only the kinds named there."""
+    out = [(ns, RUN_KINDS_NAMESPACED) for ns in namespaces]
+    others: dict[str, set[str]] = {}
+    for kind, ns, _ in named:
+        if ns and ns not in namespaces:
+            others.setdefault(ns, set()).add(kind)
+    for ns in sorted(others):
+        out.append((ns, [k for k in RUN_KINDS_NAMESPACED if k[1] in others[ns]]))
+    return out
+
+
 class _Access:
     """What this identity may do, asked once per question with a SelfSubjectAccessReview, so that a
     least-privilege identity skips what it may not do instead of collecting 403s."""
@@ -198,8 +213,8 @@ def leftovers(kube: Kube, run_id: str, namespaces: list[str], *, known: Iterable
     named = _parse_known(known)
     access = access or _Access(kube)
     found = []
-    for ns in namespaces:
-        for api_version, kind in RUN_KINDS_NAMESPACED:
+    for ns, kinds in _namespaced_kinds(namespaces, named):
+        for api_version, kind in kinds:
             if not kube.has_api(api_version, kind):
                 continue
             for o in _run_objects(kube, access, api_version, kind, ns, run_id, named):
@@ -240,10 +255,10 @@ def teardown(kube: Kube, run_id: str, namespaces: list[str], *, timeout_s: float
     named = _parse_known(known)
     access = _Access(kube)
     deleted = []
-    for ns in namespaces:
+    for ns, kinds in _namespaced_kinds(namespaces, named):
         if kube.get("v1", "Namespace", ns) is None:
             continue
-        for api_version, kind in RUN_KINDS_NAMESPACED:
+        for api_version, kind in kinds:
             if not kube.has_api(api_version, kind):
                 continue
             for o in _run_objects(kube, access, api_version, kind, ns, run_id, named):

@@ -95,9 +95,12 @@ def render_namespace(spec: RolloutSpec, run_id: str) -> Obj:
     return _meta(_skeleton("namespace.yaml"), spec.cluster.namespace, None, run_id)
 
 
-def _role_names(spec: RolloutSpec) -> tuple[str, str]:
+NODE_EVENTS_NAMESPACE = "default"   # where events of cluster-scoped objects (Nodes) are recorded
+
+
+def _role_names(spec: RolloutSpec) -> tuple[str, str, str]:
     sa, ns = spec.cluster.service_account, spec.cluster.namespace
-    return f"{sa}-{ns}", f"{sa}-{ns}-autoscaler-status"
+    return f"{sa}-{ns}", f"{sa}-{ns}-autoscaler-status", f"{sa}-{ns}-node-events"
 
 
 def _keep_rule(rule: Obj, spec: RolloutSpec) -> bool:
@@ -117,10 +120,11 @@ def _keep_rule(rule: Obj, spec: RolloutSpec) -> bool:
 
 
 def render_rbac(spec: RolloutSpec, run_id: str) -> list[Obj]:
-    """ServiceAccount, Role/RoleBinding (namespace and kube-system), ClusterRole/Binding."""
+    """ServiceAccount, Role/RoleBinding (namespace, kube-system, and default for node events
+    when the namespace is another one), ClusterRole/Binding."""
     c = spec.cluster
     sa, ns = c.service_account, c.namespace
-    cluster_role, status_role = _role_names(spec)
+    cluster_role, status_role, node_events_role = _role_names(spec)
     subject = {"kind": "ServiceAccount", "name": sa, "namespace": ns}
     out: list[Obj] = []
     for obj in _skeletons("rbac.yaml"):
@@ -129,6 +133,10 @@ def render_rbac(spec: RolloutSpec, run_id: str) -> list[Obj]:
             _meta(obj, sa, ns, run_id)
         elif kind in ("Role", "RoleBinding") and meta_ns == "kube-system":
             _meta(obj, status_role, "kube-system", run_id)
+        elif kind in ("Role", "RoleBinding") and meta_ns == NODE_EVENTS_NAMESPACE:
+            if ns == NODE_EVENTS_NAMESPACE:
+                continue
+            _meta(obj, node_events_role, NODE_EVENTS_NAMESPACE, run_id)
         elif kind in ("Role", "RoleBinding"):
             _meta(obj, sa, ns, run_id)
         else:

@@ -266,7 +266,8 @@ def test_namespace_first_when_the_run_creates_it():
                        "metadata": {"name": "tg", "labels": TIDEGATE_LABELS}}
     namespaced = [o for o in objs if o["kind"] not in ("Namespace", "PersistentVolume", "ClusterRole",
                                                        "ClusterRoleBinding")]
-    assert {o["metadata"]["namespace"] for o in namespaced} == {"tg", "kube-system"}
+    # kube-system: the autoscaler's status; default: events of the nodes
+    assert {o["metadata"]["namespace"] for o in namespaced} == {"tg", "kube-system", "default"}
 
 
 def test_every_placeholder_is_filled(ack: RolloutSpec):
@@ -514,7 +515,7 @@ def test_rbac_bindings_point_at_the_service_account(ack: RolloutSpec):
     roles = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in objs
              if o["kind"] in ("Role", "ClusterRole")}
     assert roles == {("Role", "ml", "tg-ci"), ("Role", "kube-system", "tg-ci-ml-autoscaler-status"),
-                     ("ClusterRole", None, "tg-ci-ml")}
+                     ("Role", "default", "tg-ci-ml-node-events"), ("ClusterRole", None, "tg-ci-ml")}
     for binding in (o for o in objs if o["kind"].endswith("Binding")):
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "tg-ci", "namespace": "ml"}]
         assert binding["roleRef"]["name"] == binding["metadata"]["name"]
@@ -571,3 +572,23 @@ def test_plan_of_the_local_example(local: RolloutSpec):
     plan = render_plan(local, "plan")
     assert re.search(r"stabilizationWindowSeconds: 15", plan)
     assert "TIDEGATE_OSS_ACCESS_KEY_ID" in plan
+
+
+def test_node_events_role_only_when_the_namespace_is_not_default():
+    in_default = render_manifests(variant(ACK, "cluster.namespace=default"), RUN)
+    assert not [o for o in in_default if o["kind"] in ("Role", "RoleBinding")
+                and o["metadata"]["name"].endswith("-node-events")]
+    elsewhere = render_manifests(variant(ACK, "cluster.namespace=ml"), RUN)
+    role = next(o for o in elsewhere if o["kind"] == "Role" and o["metadata"]["namespace"] == "default")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["events"], "verbs": ["list", "watch"]}]
+    assert role["metadata"]["labels"]["tidegate.dev/run-id"] == RUN
+
+
+def test_teardown_looks_in_the_other_namespaces_the_run_named_for_those_kinds_only():
+    from tasks.cluster import RUN_KINDS_NAMESPACED, _namespaced_kinds, _parse_known, run_object_names
+
+    spec = variant(ACK, "cluster.namespace=ml")
+    plan = dict(_namespaced_kinds(["ml"], _parse_known(run_object_names(spec, RUN))))
+    assert plan["ml"] == RUN_KINDS_NAMESPACED
+    rbac = [("rbac.authorization.k8s.io/v1", "RoleBinding"), ("rbac.authorization.k8s.io/v1", "Role")]
+    assert plan["kube-system"] == rbac and plan["default"] == rbac
