@@ -17,23 +17,16 @@ import pytest
 from tasks.render import render_manifests
 from tasks.spec import load_spec
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "qwen-chat.local.yaml"
-
+from tests.helpers import scratch_namespace
 from tests.helpers import wait_for as _wait
 
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "qwen-chat.local.yaml"
 pytestmark = pytest.mark.integration
-
 
 
 @pytest.fixture
 def ns(kube):
-    name = f"dp-{uuid.uuid4().hex[:6]}"
-    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    _wait(lambda: kube.get("v1", "ServiceAccount", "default", name), 30, "default ServiceAccount", 0.2)
-    yield name
-    kube.delete("v1", "Namespace", name)
-    kube.delete("v1", "PersistentVolume", f"llm-model-{name}")
-    _wait(lambda: kube.get("v1", "Namespace", name) is None, 120, f"namespace {name} gone", 1)
+    yield from scratch_namespace(kube, "dp")
 
 
 def _spec(ns: str, testbed, **service) -> object:

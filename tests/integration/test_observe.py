@@ -33,6 +33,7 @@ from tasks.verify import verify
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "qwen-chat.local.yaml"
 KINDS = {"PersistentVolume", "PersistentVolumeClaim", "ResourcePolicy", "InferenceService", "HorizontalPodAutoscaler"}
 
+from tests.helpers import scratch_namespace
 from tests.helpers import wait_for as _wait
 
 pytestmark = pytest.mark.integration
@@ -153,13 +154,7 @@ def save_fixture(run: SpillRun, path: Path) -> Path:
 
 @pytest.fixture
 def ns(kube):
-    name = f"obs-{uuid.uuid4().hex[:6]}"
-    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    _wait(lambda: kube.get("v1", "ServiceAccount", "default", name), 30, "default ServiceAccount", 0.2)
-    yield name
-    kube.delete("v1", "Namespace", name)
-    kube.delete("v1", "PersistentVolume", f"llm-model-{name}")
-    _wait(lambda: kube.get("v1", "Namespace", name) is None, 120, f"namespace {name} gone", 1)
+    yield from scratch_namespace(kube, "obs")
 
 
 @pytest.mark.timeout(420)
