@@ -1,8 +1,10 @@
 """prepare_cluster and teardown: what the run needs from the cluster, and cleaning up after it.
 
-``preflight`` is read-only: API reachable, namespace, the KServe CRD, the custom-metrics API
-serving the scale metric, nodes of the IDC pool and the elastic pool (or the elastic group
-known to the cluster-autoscaler's status ConfigMap), GPU capacity. ``prepare`` then applies
+``preflight`` is read-only: API reachable, namespace, the KServe CRD (and ResourcePolicy's)
+serving the versions rendered, the metrics API serving the scale metric, nodes of the IDC pool
+and the elastic pool (or the elastic group known to the cluster-autoscaler's status
+ConfigMap), the model PV/PVC free or tidegate's, a user-managed OSS Secret present, GPU
+capacity. ``prepare`` then applies
 the run's placement policy, PV/PVC and RBAC (everything labelled with the run id).
 ``teardown`` deletes exactly what carries the run's label, namespaced and cluster-scoped,
 and waits until it is gone.
@@ -16,9 +18,9 @@ from dataclasses import dataclass, field
 
 from tasks.errors import ClusterError
 from tasks.kube import RUN_LABEL, Kube
+from tasks.render import KSERVE_CRD, MANAGED_BY, RESOURCEPOLICY_CRD
 
 NODEPOOL_LABEL = "alibabacloud.com/nodepool-id"
-KSERVE_CRD = "inferenceservices.serving.kserve.io"
 CA_STATUS = ("kube-system", "cluster-autoscaler-status")
 
 # kinds a run may create, in deletion order (dependents first)
@@ -88,37 +90,86 @@ def _autoscaler_knows(kube: Kube, group_hint: str) -> bool:
 def custom_metric_served(kube: Kube, namespace: str, metric: str) -> bool:
     """True when the custom.metrics.k8s.io API advertises ``pods/<metric>`` in its discovery,
     as metrics adapters do for every metric they can serve."""
-    for version in ("v1beta2", "v1beta1"):
+    return _discovery_lists(kube, "custom.metrics.k8s.io", ("v1beta2", "v1beta1"), f"pods/{metric}")
+
+
+def _discovery_lists(kube: Kube, group: str, versions: tuple[str, ...], resource: str) -> bool:
+    for version in versions:
         try:
-            doc = kube.raw_get(f"/apis/custom.metrics.k8s.io/{version}", timeout_s=5)
+            doc = kube.raw_get(f"/apis/{group}/{version}", timeout_s=5)
         except ClusterError:
             continue
-        if any(r.get("name") == f"pods/{metric}" for r in doc.get("resources") or []):
+        if any(r.get("name") == resource for r in doc.get("resources") or []):
             return True
     return False
 
 
+def _crd_serves(kube: Kube, name: str, version: str) -> bool | None:
+    """None: the CRD is missing; else whether it serves ``version``."""
+    crd = kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", name)
+    if crd is None:
+        return None
+    return any(v.get("name") == version and v.get("served") for v in crd.get("spec", {}).get("versions") or [])
+
+
+def _not_ours(kube: Kube, api_version: str, kind: str, name: str, namespace: str | None) -> bool:
+    """An object of that name exists and tidegate does not manage it (a list by name: the
+    pipeline's identity may list PVs and PVCs, not get them)."""
+    items = kube.list(api_version, kind, namespace, field_selector=f"metadata.name={name}")
+    return any((o["metadata"].get("labels") or {}).get(MANAGED_BY) != "tidegate" for o in items)
+
+
+def _check_storage(kube: Kube, spec) -> None:
+    st, ns = spec.storage, spec.cluster.namespace
+    pv = st.pv_name or st.pvc_name
+    if _not_ours(kube, "v1", "PersistentVolume", pv, None):
+        raise ClusterError(f"storage.pv_name: PersistentVolume {pv!r} exists and is not managed by tidegate",
+                           hint="choose another storage.pv_name; tidegate never takes over a volume it did not create")
+    if _not_ours(kube, "v1", "PersistentVolumeClaim", st.pvc_name, ns):
+        raise ClusterError(f"storage.pvc_name: PersistentVolumeClaim {ns}/{st.pvc_name} exists and is not managed "
+                           f"by tidegate", hint="choose another storage.pvc_name or namespace")
+    if st.kind == "oss" and not st.oss.credentials.create_secret:
+        name = st.oss.credentials.secret_name
+        if kube.get("v1", "Secret", name, ns) is None:
+            raise ClusterError(f"storage.oss.credentials.secret_name: Secret {ns}/{name} does not exist",
+                               hint="create it (keys akId, akSecret) or set create_secret: true")
+
+
 def preflight(kube: Kube, spec) -> ClusterReport:
-    """Read-only checks. Raises ClusterError with a one-line reason on a hard failure."""
+    """Read-only checks (``tasks.render.preflight_checks`` lists them for ``tidegate plan``).
+    Raises ClusterError with a one-line reason on a hard failure, before anything is applied."""
     version = kube.ping()
     ns = spec.cluster.namespace
     ns_obj = kube.get("v1", "Namespace", ns)
     if ns_obj is None and not spec.cluster.create_namespace:
         raise ClusterError(f"cluster.namespace: namespace {ns!r} does not exist on {kube.server}",
                            hint="create it or set cluster.create_namespace: true")
-    kserve = kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", KSERVE_CRD) is not None
-    if not kserve:
+    kserve = _crd_serves(kube, KSERVE_CRD, "v1beta1")
+    if kserve is None:
         raise ClusterError(f"KServe is not installed on {kube.server}: CRD {KSERVE_CRD} is missing",
                            hint="install KServe (ack-kserve on ACK) or start the test bed")
+    if not kserve:
+        raise ClusterError(f"KServe on {kube.server} does not serve serving.kserve.io/v1beta1 InferenceServices",
+                           hint="upgrade KServe to a release that serves v1beta1")
+    if spec.cluster.placement == "resourcepolicy" and not _crd_serves(kube, RESOURCEPOLICY_CRD, "v1alpha1"):
+        raise ClusterError(f"cluster.placement: resourcepolicy, but {kube.server} does not serve "
+                           f"{RESOURCEPOLICY_CRD} v1alpha1", hint="use an ACK cluster, or set cluster.placement: affinity")
     metric = spec.service.scale_metric
-    served = custom_metric_served(kube, ns, metric)
-    if not served:
-        raise ClusterError(f"service.scale_metric: the custom metrics API does not serve {metric!r} for pods "
-                           f"in namespace {ns!r}", hint="install the metrics adapter (ack-alibaba-cloud-metrics-adapter)")
+    if spec.service.custom_metric:
+        served = custom_metric_served(kube, ns, metric)
+        if not served:
+            raise ClusterError(f"service.scale_metric: the custom metrics API does not serve {metric!r} for pods "
+                               f"in namespace {ns!r}",
+                               hint="install the metrics adapter (ack-alibaba-cloud-metrics-adapter)")
+    else:
+        served = _discovery_lists(kube, "metrics.k8s.io", ("v1beta1",), "pods")
+        if not served:
+            raise ClusterError(f"service.scale_metric: {metric!r} needs the resource metrics API (metrics.k8s.io), "
+                               f"which {kube.server} does not serve", hint="install metrics-server")
     idc = _pool(kube, spec.cluster.idc_pool_id)
     elastic = _pool(kube, spec.cluster.elastic_pool_id)
     elastic.autoscaler_group_known = _autoscaler_knows(kube, spec.cluster.elastic_pool_id)
-    report = ClusterReport(kube.server, version, ns, kserve, served, idc, elastic)
+    report = ClusterReport(kube.server, version, ns, True, served, idc, elastic)
     if idc.ready_nodes == 0:
         raise ClusterError(f"cluster.idc_pool_id: no Ready node has {NODEPOOL_LABEL}={spec.cluster.idc_pool_id}",
                            hint="check the IDC node pool id")
@@ -126,6 +177,7 @@ def preflight(kube: Kube, spec) -> ClusterReport:
         raise ClusterError(f"cluster.elastic_pool_id: no node has {NODEPOOL_LABEL}={spec.cluster.elastic_pool_id} "
                            "and the cluster-autoscaler reports no node group",
                            hint="check the elastic node pool id and that the autoscaler runs")
+    _check_storage(kube, spec)
     if spec.service.gpus and idc.gpus_allocatable < spec.service.gpus:
         report.warnings.append(f"the IDC pool has {idc.gpus_allocatable} GPUs, less than one replica needs "
                                f"({spec.service.gpus}); every replica will spill to the elastic pool")

@@ -347,47 +347,49 @@ def preflight_checks(spec: RolloutSpec) -> list[PreflightCheck]:
             f"GET /apis/apiextensions.k8s.io/v1/customresourcedefinitions/{RESOURCEPOLICY_CRD}",
             "200, version v1alpha1 served"))
     if svc.custom_metric:
-        checks += [
-            PreflightCheck("custom-metrics-api", "the custom metrics API is registered",
-                           f"GET /apis/apiregistration.k8s.io/v1/apiservices/{CUSTOM_METRICS_APISERVICE}",
-                           "condition Available=True"),
-            PreflightCheck("scale-metric", f"the custom metrics API serves {svc.scale_metric}",
-                           f"GET /apis/custom.metrics.k8s.io/v1beta1/namespaces/{c.namespace}"
-                           f"/pods/*/{svc.scale_metric}",
-                           "200 (an empty list is fine before the pods exist)"),
-        ]
+        checks.append(PreflightCheck(
+            "scale-metric", f"the custom metrics API serves {svc.scale_metric}",
+            "GET /apis/custom.metrics.k8s.io/v1beta2 (then v1beta1): discovery, served by the adapter "
+            f"behind the APIService {CUSTOM_METRICS_APISERVICE}",
+            f"lists pods/{svc.scale_metric}"))
     else:
         checks.append(PreflightCheck("resource-metrics-api", f"metrics.k8s.io serves {svc.scale_metric}",
-                                     f"GET /apis/metrics.k8s.io/v1beta1/namespaces/{c.namespace}/pods",
-                                     "200"))
+                                     "GET /apis/metrics.k8s.io/v1beta1: discovery", "lists pods"))
     checks += [
         PreflightCheck("idc-pool", f"IDC pool {c.idc_pool_id} has Ready GPU nodes",
                        f"GET /api/v1/nodes?labelSelector={c.nodepool_label}={c.idc_pool_id}",
-                       ">= 1 Ready node with nvidia.com/gpu allocatable"),
+                       ">= 1 Ready node"),
         PreflightCheck("elastic-pool", f"elastic pool {c.elastic_pool_id} can add nodes",
                        f"GET /api/v1/nodes?labelSelector={c.nodepool_label}={c.elastic_pool_id}; "
                        f"GET /api/v1/namespaces/kube-system/configmaps/{AUTOSCALER_STATUS}",
                        "nodes of the pool exist, or the autoscaler status names its node group"),
-        PreflightCheck("gpu-capacity", "GPUs for the replicas",
-                       "sum of nvidia.com/gpu allocatable per pool (from the node lists above)",
-                       f"IDC >= min_replicas x gpus = {svc.min_replicas * svc.gpus}; spill-over to "
-                       f"the elastic pool is expected beyond that, up to max_replicas x gpus = "
-                       f"{svc.max_replicas * svc.gpus}"),
     ]
     st = spec.storage
+    pv = st.pv_name or st.pvc_name
+    checks += [
+        PreflightCheck("model-pv", f"PV {pv} is free or tidegate's",
+                       f"GET /api/v1/persistentvolumes?fieldSelector=metadata.name={pv}",
+                       f"none, or labelled {MANAGED_BY}=tidegate"),
+        PreflightCheck("model-pvc", f"PVC {c.namespace}/{st.pvc_name} is free or tidegate's",
+                       f"GET /api/v1/namespaces/{c.namespace}/persistentvolumeclaims"
+                       f"?fieldSelector=metadata.name={st.pvc_name}",
+                       f"none, or labelled {MANAGED_BY}=tidegate"),
+    ]
     if st.kind == "oss":
         cred = st.oss.credentials
         source = (f"Prefect Secret block {cred.secret_block}" if cred.secret_block else
                   f"${cred.access_key_id_env} and ${cred.access_key_secret_env}")
         checks.append(PreflightCheck(
             "oss-credentials", f"OSS credentials for the CSI Secret {cred.secret_name}",
-            f"read {source}" if cred.create_secret else
+            f"read {source} (after the checks above, before anything is applied)" if cred.create_secret else
             f"GET /api/v1/namespaces/{spec.cluster.namespace}/secrets/{cred.secret_name}",
             "present (the value is never printed)"))
     checks.append(PreflightCheck(
-        "model-pv", f"PV {st.pv_name} is free or this spec's",
-        f"GET /api/v1/persistentvolumes/{st.pv_name}",
-        f"404, or labelled {MANAGED_BY}=tidegate"))
+        "gpu-capacity", "GPUs for the replicas",
+        "sum of nvidia.com/gpu allocatable of the IDC pool's Ready nodes (from the node list above)",
+        f"a warning, not a failure, when below one replica's {svc.gpus}; IDC >= min_replicas x gpus = "
+        f"{svc.min_replicas * svc.gpus} keeps the baseline on IDC, spill-over to the elastic pool is expected "
+        f"beyond that, up to max_replicas x gpus = {svc.max_replicas * svc.gpus}"))
     return checks
 
 

@@ -555,7 +555,7 @@ def test_plan_is_the_manifests_plus_preflight(ack: RolloutSpec):
     header = plan.split("\n---\n", 1)[0]
     assert all(line.startswith("#") for line in header.splitlines())
     for needle in ("inferenceservices.serving.kserve.io", "v1beta1.custom.metrics.k8s.io",
-                   "pods/*/DCGM_CUSTOM_PROCESS_SM_UTIL", "np-idc-gpu-v100-edge", "np-cloud-gpu-v100-elastic",
+                   "lists pods/DCGM_CUSTOM_PROCESS_SM_UTIL", "np-idc-gpu-v100-edge", "np-cloud-gpu-v100-elastic",
                    "cluster-autoscaler-status", "nvidia.com/gpu", "GET /version"):
         assert needle in header, needle
 
@@ -563,9 +563,10 @@ def test_plan_is_the_manifests_plus_preflight(ack: RolloutSpec):
 def test_preflight_follows_the_spec():
     names = [c.name for c in preflight_checks(variant(ACK, "cluster.placement=affinity",
                                                       "service.scale_metric=cpu"))]
-    assert "resourcepolicy-crd" not in names and "custom-metrics-api" not in names
+    assert "resourcepolicy-crd" not in names and "scale-metric" not in names
     assert "resource-metrics-api" in names
     assert names[0] == "api-reachable"
+    assert names[-1] == "gpu-capacity"   # a warning only: after every check that can stop the run
 
 
 def test_plan_of_the_local_example(local: RolloutSpec):
