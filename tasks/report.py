@@ -136,7 +136,16 @@ def markdown_summary(report: RunReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def basic_html(report: RunReport, figures: list[str] | None = None) -> str:
+def _cell(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_cell(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return "; ".join(_cell(v) for v in value)
+    return str(value)
+
+
+def basic_html(report: RunReport, figures: list[tuple[str, str]] | None = None) -> str:
+    """The report page; ``figures`` are (title, PNG data URI) pairs."""
     md = markdown_summary(report)
     rows = "".join(f"<tr><td>{html.escape(n)}</td><td class='{html.escape(s.status)}'>{html.escape(s.status)}</td>"
                    f"<td>{s.seconds:.1f}</td><td>{html.escape(s.detail)}</td></tr>" for n, s in report.stages.items())
@@ -144,11 +153,13 @@ def basic_html(report: RunReport, figures: list[str] | None = None) -> str:
                    f"{html.escape(str(r.get('status')))}</td><td>{html.escape(str(r.get('value')))}</td>"
                    f"<td>{html.escape(str(r.get('op', '')))} {html.escape(str(r.get('threshold')))}</td></tr>"
                    for r in report.gate)
+    sections = {b: getattr(report, b) for b in ("elasticity", "load", "staging")}
+    sections["cost"] = report.extra.get("cost") or {}
     blocks = "".join(f"<h2>{b}</h2><table>" + "".join(
-        f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in getattr(report, b).items())
-        + "</table>" for b in ("elasticity", "load", "staging") if getattr(report, b))
-    figs = "".join(f"<figure><img src='{html.escape(f)}' alt='figure {i + 1}'></figure>"
-                   for i, f in enumerate(figures or []))
+        f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_cell(v))}</td></tr>" for k, v in block.items())
+        + "</table>" for b, block in sections.items() if block)
+    figs = "".join(f"<figure><img src='{html.escape(uri)}' alt='{html.escape(title)}'>"
+                   f"<figcaption>{html.escape(title)}</figcaption></figure>" for title, uri in figures or [])
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>tidegate {html.escape(report.run_id)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:70em}} table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:4px 8px}} .passed,.pass{{background:#d4f7d4}} .failed,.fail,.error{{background:#f7d4d4}}
@@ -202,15 +213,15 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def plots(load=None, timeline=None, spec=None) -> list[str]:
-    """PNG data URIs: load over time, latency over time, pods and nodes per pool with events."""
+def plots(load=None, timeline=None, spec=None) -> list[tuple[str, str]]:
+    """(title, PNG data URI): load over time, latency over time, pods and nodes per pool with events."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    figs: list[str] = []
+    figs: list[tuple[str, str]] = []
     start = None
     if load is not None and len(load.per_second):
         ps = load.per_second
@@ -230,7 +241,7 @@ def plots(load=None, timeline=None, spec=None) -> list[str]:
         ax.set_xlabel("seconds since load start")
         fig.legend(loc="upper right", fontsize=8)
         ax.set_title("Load shape: users, throughput, failures")
-        figs.append(_png(fig))
+        figs.append(("Load shape: users, throughput, failures", _png(fig)))
         plt.close(fig)
         fig, ax = plt.subplots(figsize=(10, 3.0))
         for col in ("ttft_p50_ms", "ttft_p95_ms", "e2e_p95_ms", "itl_p95_ms"):
@@ -240,7 +251,7 @@ def plots(load=None, timeline=None, spec=None) -> list[str]:
         ax.set_xlabel("seconds since load start")
         ax.legend(fontsize=8)
         ax.set_title("Latency per second")
-        figs.append(_png(fig))
+        figs.append(("Latency per second", _png(fig)))
         plt.close(fig)
     if timeline is not None and len(timeline.df):
         frame = timeline.df
@@ -274,7 +285,7 @@ def plots(load=None, timeline=None, spec=None) -> list[str]:
             seen.add(label)
         axes[0].legend(fontsize=8)
         axes[1].set_xlabel("seconds since load start")
-        figs.append(_png(fig))
+        figs.append(("Ready pods and nodes per pool, with scaling events", _png(fig)))
         plt.close(fig)
     return figs
 
@@ -285,7 +296,7 @@ def render_html(report: RunReport, *, load=None, timeline=None, spec=None, cost=
         if cost is not None:
             from tasks.cost import cost_plot
 
-            figures.append(_png(cost_plot(cost)))
+            figures.append(("Cost accumulated over the run per pool", _png(cost_plot(cost))))
     except Exception as exc:  # noqa: BLE001 - a plot must never cost the report
         report.extra.setdefault("warnings", []).append(f"plots failed: {type(exc).__name__}: {exc}")
         figures = []

@@ -143,5 +143,6 @@ def test_e2e_tidal_day_spills_at_the_peak_and_back_in_the_trough(testbed, kube, 
     assert set(from_timeline) == set(polled)
     assert abs(sum(from_timeline.values()) - cloud) <= scan, (from_timeline, cloud)
 
-    assert "cost" in (out / "report.html").read_text().lower()
+    page = (out / "report.html").read_text()
+    assert "<h2>cost</h2>" in page and "<figcaption>Cost accumulated over the run per pool</figcaption>" in page
     assert leftovers(kube, rep["run_id"], ["default"]) == []

@@ -1,0 +1,27 @@
+"""report.html: every block of report.json a reader needs, figures with their titles."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.report import RunReport, basic_html
+
+pytestmark = pytest.mark.unit
+
+
+def test_cost_block_and_figure_titles_are_on_the_page():
+    report = RunReport(run_id="r1", spec="s", profile="local", started_at="2026-11-29T00:00:00+00:00",
+                       elasticity={"cloud_pods_max": 1, "spill_over_traffic_time": "21:51"})
+    report.extra["cost"] = {"currency": "CNY", "cloud_cost_per_day": 51.41,
+                            "node_seconds": {"np-idc": 725.4, "np-elastic": 81.2}, "notes": []}
+    page = basic_html(report, [("Cost accumulated over the run per pool", "data:image/png;base64,AAAA")])
+    assert "<h2>cost</h2>" in page and "<td>cloud_cost_per_day</td><td>51.41</td>" in page
+    assert "<td>node_seconds</td><td>np-idc: 725.4, np-elastic: 81.2</td>" in page
+    assert "<td>spill_over_traffic_time</td><td>21:51</td>" in page
+    assert "alt='Cost accumulated over the run per pool'" in page
+    assert "<figcaption>Cost accumulated over the run per pool</figcaption>" in page
+
+
+def test_no_cost_section_without_a_cost_block():
+    report = RunReport(run_id="r2", spec="s", profile="local", started_at="2026-11-29T00:00:00+00:00")
+    assert "<h2>cost</h2>" not in basic_html(report)
