@@ -146,3 +146,34 @@ def test_e2e_tidal_day_spills_at_the_peak_and_back_in_the_trough(testbed, kube, 
     page = (out / "report.html").read_text()
     assert "<h2>cost</h2>" in page and "<figcaption>Cost accumulated over the run per pool</figcaption>" in page
     assert leftovers(kube, rep["run_id"], ["default"]) == []
+
+
+@pytest.mark.parametrize("text,sets,expected", [
+    ("timestamp,rps\n00:00,1\n01:00,2\n03:00,3\n", [],
+     "row 4, column timestamp: 7200s after the previous row where the curve is every 3600s (a gap)"),
+    ("timestamp,rps\n00:00,1\n01:00,-2\n02:00,0\n", [], "row 3, column rps: must be >= 0 (got -2)"),
+    ("timestamp,qps\n00:00,1\n01:00,2\n", [], "row 1: header must have a timestamp column and an rps or users column"),
+    (None, ["load.spike_users=2000", "load.spawn_rate=1000"],
+     "load: the tidal shape needs 2000 concurrent users, more than 1 generator process(es) hold (400 each); "
+     "set load.workers to at least 5"),
+], ids=["gap", "negative", "wrong-columns", "more-users-than-the-generator-holds"])
+def test_e2e_bad_tidal_input_is_refused_before_anything_runs(testbed, kube, tmp_path, text, sets, expected):
+    extra = [x for s in sets for x in ("--set", s)]
+    if text is not None:
+        csv = tmp_path / "traffic.csv"
+        csv.write_text(text)
+        extra += ["--set", f"load.tidal.csv_path={csv}"]
+    reports = tmp_path / "reports"
+    before = kube.list("v1", "PersistentVolumeClaim", "default", label_selector="app.kubernetes.io/managed-by=tidegate")
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "validate", "--spec", str(TIDAL), "--no-prefect",
+                        "--set", f"ingress.url=http://127.0.0.1:{testbed.ports.gateway}", *extra],
+                       cwd=ROOT, env=dict(os.environ, TIDEGATE_REPORTS_DIR=str(reports)), text=True,
+                       capture_output=True, timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("tidegate: ") and expected in last, last
+    run_id = r.stderr.split("tidegate: run ", 1)[1].split(" ", 1)[0]
+    assert leftovers(kube, run_id, ["default"]) == []
+    assert kube.list("v1", "PersistentVolumeClaim", "default",
+                     label_selector="app.kubernetes.io/managed-by=tidegate") == before
+    assert not (reports / run_id).exists()   # refused before the run: no stage ran, nothing to report
