@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export GOTOOLCHAIN ?= local
 
-.PHONY: setup testbed-build testbed-up testbed-down testbed-status demo test test-unit bench bench-load bench-staging clean
+.PHONY: setup testbed-build testbed-up testbed-down testbed-status demo demo-tidal test test-unit bench bench-load bench-staging clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -40,6 +40,10 @@ test: setup testbed-build
 
 demo: testbed-up
 	$(TG) validate --spec examples/qwen-chat.local.yaml
+
+# a compressed day of traffic (built-in diurnal profile, 6 min) and what it cost
+demo-tidal: testbed-up
+	$(TG) validate --spec examples/qwen-chat.tidal.local.yaml
 
 # benchmarks print figures as ratios against a peer tool measured in the same run
 bench: testbed-up
