@@ -416,5 +416,8 @@ def run_local(spec: RolloutSpec, stages: list[str] | None, *, use_prefect: bool 
     print(f"tidegate: run {rid} started", file=sys.stderr, flush=True)
     if not use_prefect:
         return execute(spec, selected, rid, use_prefect=False)
+    from flows import reaper
+
+    reaper.start(os.getpid())  # stops Prefect's temporary server should this process be SIGKILLed
     result = elastic_rollout_validation(spec=spec, stages=selected, run_id=rid)
     return RunOutcome(result["run_id"], result["verdict"], result["report_dir"], 0)
