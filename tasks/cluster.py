@@ -308,7 +308,9 @@ def teardown(kube: Kube, run_id: str, namespaces: list[str], *, timeout_s: float
     access = _Access(kube)
     deleted = []
     for ns, kinds in _namespaced_kinds(namespaces, named):
-        if kube.get("v1", "Namespace", ns) is None:
+        # the run's own namespaces may be gone already; the others (kube-system, default) are
+        # not, and the pipeline's identity may not read them as objects
+        if ns in namespaces and kube.get("v1", "Namespace", ns) is None:
             continue
         for api_version, kind in kinds:
             if not kube.has_api(api_version, kind):
