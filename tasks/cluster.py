@@ -121,7 +121,7 @@ def _not_ours(kube: Kube, api_version: str, kind: str, name: str, namespace: str
 
 def _check_storage(kube: Kube, spec) -> None:
     st, ns = spec.storage, spec.cluster.namespace
-    pv = st.pv_name or st.pvc_name
+    pv = st.pv_name  # filled by the spec (<pvc_name>-<namespace>) when not given
     if _not_ours(kube, "v1", "PersistentVolume", pv, None):
         raise ClusterError(f"storage.pv_name: PersistentVolume {pv!r} exists and is not managed by tidegate",
                            hint="choose another storage.pv_name; tidegate never takes over a volume it did not create")

@@ -165,7 +165,7 @@ def render_rbac(spec: RolloutSpec, run_id: str) -> list[Obj]:
 
 def render_pv(spec: RolloutSpec, run_id: str) -> Obj:
     st = spec.storage
-    pv_name = st.pv_name or st.pvc_name
+    pv_name = st.pv_name
     if st.kind == "oss":
         obj = _skeleton("pv-oss.yaml")
         csi = obj["spec"]["csi"]
@@ -189,7 +189,7 @@ def render_pvc(spec: RolloutSpec, run_id: str) -> Obj:
     st = spec.storage
     obj = _meta(_skeleton("pvc.yaml"), st.pvc_name, spec.cluster.namespace, run_id)
     obj["spec"]["accessModes"] = ["ReadOnlyMany"] if st.kind == "oss" else ["ReadWriteMany"]
-    obj["spec"]["volumeName"] = st.pv_name or st.pvc_name
+    obj["spec"]["volumeName"] = st.pv_name
     obj["spec"]["resources"]["requests"]["storage"] = st.capacity
     return obj
 
@@ -365,7 +365,7 @@ def preflight_checks(spec: RolloutSpec) -> list[PreflightCheck]:
                        "nodes of the pool exist, or the autoscaler status names its node group"),
     ]
     st = spec.storage
-    pv = st.pv_name or st.pvc_name
+    pv = st.pv_name  # filled by the spec (<pvc_name>-<namespace>) when not given
     checks += [
         PreflightCheck("model-pv", f"PV {pv} is free or tidegate's",
                        f"GET /api/v1/persistentvolumes?fieldSelector=metadata.name={pv}",

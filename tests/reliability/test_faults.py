@@ -270,6 +270,16 @@ def test_autoscaler_down_before_the_run_is_refused_at_preflight(clean_bed, tmp_p
 
 
 # -- the run terminated (SIGTERM) and killed (SIGKILL) mid-spike ----------------------------------
+def _signal_mid_spike(bed, tmp_path, sig: int) -> tuple[Cli, str]:
+    """Start the full flow (Prefect), send ``sig`` 10 s into the load; the CLI and its run id."""
+    cli = Cli(bed, validate_args(bed, *SHORT_LOAD, stages=FULL, prefect=True), tmp_path / "reports")
+    rid = cli.run_id()
+    cli.wait_for_spike()
+    time.sleep(10)
+    cli.signal(sig)
+    return cli, rid
+
+
 def test_sigterm_mid_spike_tears_down(clean_bed, tmp_path, case):
     """SIGTERM is how a run is cancelled in practice: a CI job cancelled or timed out, a pod
     evicted, and a Prefect UI cancel of a deployment run (the runner marks it Cancelling, then
@@ -280,11 +290,7 @@ def test_sigterm_mid_spike_tears_down(clean_bed, tmp_path, case):
     case.describe("flow cancelled: SIGTERM to `tidegate validate` (Prefect) mid-spike",
                   "the run tears down itself, writes its report, exits 2 ('terminated'); no process left "
                   "(load generator, Prefect temporary server)")
-    cli = Cli(bed, validate_args(bed, *SHORT_LOAD, stages=FULL, prefect=True), tmp_path / "reports")
-    rid = cli.run_id()
-    cli.wait_for_spike()
-    time.sleep(10)
-    cli.signal(signal.SIGTERM)
+    cli, rid = _signal_mid_spike(bed, tmp_path, signal.SIGTERM)
     t0 = time.monotonic()
     rc = cli.wait(180)
     exit_s = time.monotonic() - t0
@@ -312,11 +318,7 @@ def test_kill_9_mid_spike_then_cleanup(clean_bed, tmp_path, case):
     case.describe("`kill -9` of `tidegate validate` (Prefect) mid-spike, then `tidegate cleanup --run-id`",
                   "run id known from the CLI's first line; cleanup exit 0 and nothing labelled with the run id "
                   "remains; the load generator and Prefect's temporary server exit by themselves")
-    cli = Cli(bed, validate_args(bed, *SHORT_LOAD, stages=FULL, prefect=True), tmp_path / "reports")
-    rid = cli.run_id()
-    cli.wait_for_spike()
-    time.sleep(10)
-    cli.signal(signal.SIGKILL)
+    cli, rid = _signal_mid_spike(bed, tmp_path, signal.SIGKILL)
     cli.wait(30)
     before = bed.leftovers(rid)
     deadline = time.monotonic() + 30
