@@ -1,11 +1,15 @@
-"""Subcommands of ``tidegate`` beyond ``testbed`` (validate, plan, stage, cleanup, gate,
-deployments, blocks). Each returns an exit code or raises a TidegateError."""
+"""The run subcommands of ``tidegate``: validate, plan, stage, cleanup. Each returns an exit
+code or raises a TidegateError. (``testbed`` is in flows/testbed_cmd.py, ``gate`` in
+flows/gatecmd.py, the Prefect server's ``deployments``, ``blocks``, ``automations`` and
+``worker`` in flows/prefect_admin.py.)"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+
+from tasks.profile import LOCAL_KUBECONFIG, local_profile_dir, resolve_profile
 
 
 def _load(args: argparse.Namespace):
@@ -42,18 +46,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_stage(args: argparse.Namespace) -> int:
     spec = _load(args)
-    try:
-        from tasks import staging
-    except ModuleNotFoundError as exc:
-        if exc.name != "tasks.staging":
-            raise
-        from tasks.errors import StageNotImplemented
+    from tasks import staging
 
-        raise StageNotImplemented("`tidegate stage` is not implemented yet") from None
     _setup_logging(args.verbose)
-    from flows.validation import resolve_profile
-
-    resolve_profile(spec)  # profile local: the test bed's own OSS keys when the environment has none
     staged = staging.stage_model_for_spec(spec, source=args.source)
     print(staged.summary())
     return 0
@@ -66,19 +61,15 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     kubeconfig = args.kubeconfig
     known: list[str] = []
     if not kubeconfig and args.spec:
-        from flows.validation import resolve_profile
-
         spec = _load(args)
-        kubeconfig = resolve_profile(spec)
+        kubeconfig = resolve_profile(spec).kubeconfig
         namespaces = [spec.cluster.namespace]
         # what the run applied, by name: an identity that may not list Secrets still finds its own
         known = run_object_names(spec, args.run_id)
     else:
         namespaces = args.namespace or ["default"]
     if not kubeconfig:
-        from testbed.config import load_config
-
-        kubeconfig = str(load_config(saved=True).kubeconfig)
+        kubeconfig = str(local_profile_dir() / LOCAL_KUBECONFIG)
     kube = Kube.connect(kubeconfig=kubeconfig, context=args.context)
     kube.ping()
     if args.all_namespaces:
@@ -121,16 +112,3 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", "--namespace", action="append")
     p.add_argument("-A", "--all-namespaces", action="store_true")
     p.set_defaults(func=cmd_cleanup)
-
-    import importlib
-    import importlib.util
-
-    if importlib.util.find_spec("flows.operations"):
-        importlib.import_module("flows.operations").register(sub)
-    else:
-        from flows.cli import _not_ready
-
-        for name in ("gate", "deployments", "blocks", "worker"):
-            sp = sub.add_parser(name, help="(not implemented yet)")
-            sp.add_argument("rest", nargs=argparse.REMAINDER)
-            sp.set_defaults(func=_not_ready(name))

@@ -31,7 +31,6 @@ Example::
 
 from __future__ import annotations
 
-import copy
 import zoneinfo
 from pathlib import Path
 from typing import Any
@@ -40,8 +39,11 @@ from prefect import flow
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from flows.validation import elastic_rollout_validation, execute, new_run_id, normalize_stages
-from tasks.spec import RolloutSpec, StageName, load_spec, spec_from_dict
+from flows.hooks import on_crashed, on_failure
+from flows.release import release_spec, spec_parameters
+from flows.runid import new_run_id
+from flows.validation import elastic_rollout_validation, execute, normalize_stages
+from tasks.spec import RolloutSpec, StageName, load_spec
 
 FLOW_NAME = "elastic-rollout-validation"
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -98,49 +100,8 @@ class DeploymentSettings(BaseSettings):
         return p if p.is_absolute() else self.project_dir / p
 
 
-def spec_parameters(spec: RolloutSpec) -> dict[str, Any]:
-    """The spec as a deployment parameter: JSON, defaults left out where they are None."""
-    return spec.model_dump(mode="json", exclude_none=True)
-
-
-def _apply_release_inputs(data: dict[str, Any], image: str | None, model_source: str | None) -> dict[str, Any]:
-    out = copy.deepcopy(data)
-    if image:
-        out.setdefault("service", {})["image"] = image
-    if model_source:
-        out.setdefault("model", {})["source"] = model_source
-    return out
-
-
-def release_spec(spec_path: str, image: str | None = None, model_source: str | None = None,
-                 overrides: list[str] | None = None, spec: RolloutSpec | dict | None = None) -> RolloutSpec:
-    """The spec a release-gate run validates: the inline ``spec`` or the file at ``spec_path``,
-    then ``overrides`` (``key.path=value``), then the image and model under test."""
-    from tasks.spec import apply_overrides
-
-    if spec is None:
-        base = load_spec(spec_path, overrides or [])
-        source = spec_path
-    else:
-        data = spec.model_dump(mode="json", exclude_none=True) if isinstance(spec, RolloutSpec) else dict(spec)
-        base = spec_from_dict(apply_overrides(data, overrides or [], "<inline spec>"), "<inline spec>")
-        source = "<inline spec>"
-    if not (image or model_source):
-        return base
-    return spec_from_dict(_apply_release_inputs(spec_parameters(base), image, model_source), source)
-
-
-def _hooks() -> tuple[list, list]:
-    from flows import operations
-
-    return [operations.on_failure], [operations.on_crashed]
-
-
-_ON_FAILURE, _ON_CRASHED = _hooks()
-
-
 @flow(name=FLOW_NAME, log_prints=True, validate_parameters=True,
-      on_failure=_ON_FAILURE, on_crashed=_ON_CRASHED)
+      on_failure=[on_failure], on_crashed=[on_crashed])
 def release_gate(spec_path: str = DEFAULT_SPEC, image: str | None = None, model_source: str | None = None,
                  overrides: list[str] | None = None, stages: list[StageName] | None = None,
                  run_id: str | None = None, spec: RolloutSpec | None = None) -> dict:

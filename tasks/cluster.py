@@ -17,10 +17,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tasks.errors import ClusterError
-from tasks.kube import RUN_LABEL, Kube
-from tasks.render import KSERVE_CRD, MANAGED_BY, RESOURCEPOLICY_CRD
+from tasks.kube import Kube, condition_true
+from tasks.names import KSERVE_CRD, MANAGED_BY, RESOURCEPOLICY_CRD, RUN_LABEL
 
-NODEPOOL_LABEL = "alibabacloud.com/nodepool-id"
 CA_STATUS = ("kube-system", "cluster-autoscaler-status")
 
 # kinds a run may create, in deletion order (dependents first)
@@ -70,10 +69,9 @@ class ClusterReport:
     warnings: list[str] = field(default_factory=list)
 
 
-def _pool(kube: Kube, pool_id: str) -> PoolInfo:
-    nodes = kube.list("v1", "Node", label_selector=f"{NODEPOOL_LABEL}={pool_id}")
-    ready = [n for n in nodes if any(c["type"] == "Ready" and c["status"] == "True"
-                                     for c in (n.get("status") or {}).get("conditions") or [])]
+def _pool(kube: Kube, label: str, pool_id: str) -> PoolInfo:
+    nodes = kube.list("v1", "Node", label_selector=f"{label}={pool_id}")
+    ready = [n for n in nodes if condition_true(n, "Ready")]
     gpus = sum(int((n.get("status") or {}).get("allocatable", {}).get("nvidia.com/gpu", "0")) for n in ready)
     return PoolInfo(pool_id, len(nodes), len(ready), gpus)
 
@@ -166,15 +164,16 @@ def preflight(kube: Kube, spec) -> ClusterReport:
         if not served:
             raise ClusterError(f"service.scale_metric: {metric!r} needs the resource metrics API (metrics.k8s.io), "
                                f"which {kube.server} does not serve", hint="install metrics-server")
-    idc = _pool(kube, spec.cluster.idc_pool_id)
-    elastic = _pool(kube, spec.cluster.elastic_pool_id)
+    label = spec.cluster.nodepool_label
+    idc = _pool(kube, label, spec.cluster.idc_pool_id)
+    elastic = _pool(kube, label, spec.cluster.elastic_pool_id)
     elastic.autoscaler_group_known = _autoscaler_knows(kube, spec.cluster.elastic_pool_id)
     report = ClusterReport(kube.server, version, ns, True, served, idc, elastic)
     if idc.ready_nodes == 0:
-        raise ClusterError(f"cluster.idc_pool_id: no Ready node has {NODEPOOL_LABEL}={spec.cluster.idc_pool_id}",
+        raise ClusterError(f"cluster.idc_pool_id: no Ready node has {label}={spec.cluster.idc_pool_id}",
                            hint="check the IDC node pool id")
     if elastic.nodes == 0 and not elastic.autoscaler_group_known:
-        raise ClusterError(f"cluster.elastic_pool_id: no node has {NODEPOOL_LABEL}={spec.cluster.elastic_pool_id} "
+        raise ClusterError(f"cluster.elastic_pool_id: no node has {label}={spec.cluster.elastic_pool_id} "
                            "and the cluster-autoscaler reports no node group",
                            hint="check the elastic node pool id and that the autoscaler runs")
     _check_storage(kube, spec)

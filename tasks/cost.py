@@ -1,7 +1,8 @@
 """cost: what absorbing the traffic cost, and what the alternatives would have cost.
 
 ``CostSpec`` is the spec's ``cost`` section (prices of the IDC and cloud pools, the cloud's
-billing granularity and minimum charge, the currency). ``compute_cost`` turns the observer's
+billing granularity and minimum charge, the currency); it lives in ``tasks.spec.cost`` and is
+re-exported here. ``compute_cost`` turns the observer's
 timeline into a ``CostReport`` whose ``block()`` is report.json's ``cost`` section;
 ``run_cost_stage`` is the glue the verify stage calls; ``cost_plot`` draws cost accumulated
 over the run per pool.
@@ -51,8 +52,7 @@ Efficiency
 Prices are optional: an unpriced pool leaves its cost figures None (a gate rule on them gets
 ``no_data``) and says so in ``notes``; the node- and replica-seconds are reported regardless.
 
-This module is imported by ``tasks.spec`` (for ``CostSpec``): it imports nothing heavy at
-module level (pandas, matplotlib are imported where used).
+This module imports nothing heavy at module level (pandas, matplotlib are imported where used).
 
 Example::
 
@@ -67,11 +67,11 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from typing import TYPE_CHECKING, Any
 
 from tasks.errors import TidegateError
+from tasks.report_model import CostBlock, definitions
+from tasks.spec.cost import CostSpec, PoolPrice
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -83,121 +83,9 @@ log = logging.getLogger(__name__)
 
 GRANULARITY_S = {"second": 1, "minute": 60, "hour": 3600}
 DAY_S = 86_400.0
-MAX_PRICE = 1_000_000.0
 
-DEFINITIONS: dict[str, str] = {
-    "node_seconds": "Per node pool: seconds each node was Ready (NodeReady to NodeDeleted), summed, "
-                    "within the measured window.",
-    "replica_seconds": "Per node pool: seconds each pod of the service was Ready (PodReady to PodNotReady "
-                       "or PodDeleted) on a node of that pool, summed.",
-    "cloud_cost_run": "Cloud cost of this run: each cloud node billed on its own, its Ready time rounded up "
-                      "to the billing granularity and at least the minimum charge, at the node-hour price.",
-    "compression_factor": "Real seconds per run second of the replayed traffic (tidal shape; 1 for spike).",
-    "cloud_cost_per_day": "Cloud cost of one real day: each cloud node's Ready time x compression factor, "
-                          "billed as for the run, scaled to 24 h of traffic.",
-    "hybrid_cost_per_day": "(a) One real day as measured: the IDC pool paid all day (amortised) plus "
-                           "cloud_cost_per_day.",
-    "idc_for_peak_cost_per_day": "(b) An IDC pool sized for the peak: peak Ready replicas x GPUs per "
-                                 "replica x 24 h at the IDC GPU-hour price.",
-    "cloud_only_cost_per_day": "(c) Cloud only: every replica's Ready time x compression factor on a cloud "
-                               "instance of its own, billed, at the cloud GPU-hour price.",
-    "cloud_cost_per_day_idle_unscaled": "cloud_cost_per_day with idle cloud node time (no Ready pod on it) "
-                                        "not multiplied by the compression factor: autoscaler delays run "
-                                        "in real seconds, so cloud_cost_per_day overstates them.",
-    "gpu_utilisation": "Per pool: GPU-seconds of Ready replicas over GPU-seconds of Ready nodes.",
-    "scale_down_lag_s": "Cloud node-seconds kept after the last cloud pod left (spare capacity after the "
-                        "peak), in run seconds.",
-    "requests_per_gpu_hour": "Successful requests over the GPU-hours held by the service's Ready replicas.",
-}
-
-
-# -- the spec section ---------------------------------------------------------------------------
-class PoolPrice(BaseModel):
-    """What one node pool costs: a GPU-hour or a node-hour price, and GPUs per node."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    price_per_gpu_hour: float | None = Field(
-        None, ge=0, le=MAX_PRICE, title="Price per GPU-hour",
-        description="Price of one GPU for one hour (IDC: amortised purchase, power and operations; "
-                    "cloud: the on-demand or spot price). Set this or price_per_node_hour; empty "
-                    "with both leaves the pool unpriced.")
-    price_per_node_hour: float | None = Field(
-        None, ge=0, le=MAX_PRICE, title="Price per node-hour",
-        description="Price of one whole node for one hour, instead of price_per_gpu_hour.")
-    gpus_per_node: int = Field(
-        1, ge=1, le=64, title="GPUs per node",
-        description="nvidia.com/gpu capacity of one node of the pool: converts between node-hour and "
-                    "GPU-hour prices and sets the pool's GPU count for utilisation.")
-    pricing: Literal["amortised", "on-demand", "spot"] = Field(
-        "on-demand", title="Pricing",
-        description="How the price is set, shown in the report: amortised (owned IDC hardware), "
-                    "on-demand or spot (cloud).")
-
-    @field_validator("price_per_gpu_hour", "price_per_node_hour", mode="before")
-    @classmethod
-    def _not_bool(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError(f"must be a number (got {value!r})")
-        return value
-
-    @model_validator(mode="after")
-    def _one_price(self) -> PoolPrice:
-        if self.price_per_gpu_hour is not None and self.price_per_node_hour is not None:
-            from tasks.spec import _FieldError  # spec imports this module: import at use
-
-            raise _FieldError("price_per_node_hour", "set price_per_gpu_hour or price_per_node_hour, not both")
-        return self
-
-    @property
-    def priced(self) -> bool:
-        return self.price_per_gpu_hour is not None or self.price_per_node_hour is not None
-
-    def node_hour(self) -> float | None:
-        if self.price_per_node_hour is not None:
-            return float(self.price_per_node_hour)
-        if self.price_per_gpu_hour is not None:
-            return float(self.price_per_gpu_hour) * self.gpus_per_node
-        return None
-
-    def gpu_hour(self) -> float | None:
-        if self.price_per_gpu_hour is not None:
-            return float(self.price_per_gpu_hour)
-        if self.price_per_node_hour is not None:
-            return float(self.price_per_node_hour) / self.gpus_per_node
-        return None
-
-
-def _idc_price() -> PoolPrice:
-    return PoolPrice(pricing="amortised")
-
-
-class CostSpec(BaseModel):
-    """What the GPU pools cost: the IDC and cloud prices, how the cloud bills, the currency."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    currency: str = Field("CNY", title="Currency", min_length=3, max_length=3,
-                          description="ISO 4217 code of every price and cost, e.g. CNY, USD.")
-    idc: PoolPrice = Field(default_factory=_idc_price, title="IDC pool price",
-                           description="Price of the on-premise pool (cluster.idc_pool_id), usually "
-                                       "amortised; it is paid all day whether busy or not.")
-    cloud: PoolPrice = Field(default_factory=PoolPrice, title="Cloud pool price",
-                             description="Price of the elastic cloud pool (cluster.elastic_pool_id), "
-                                         "on-demand or spot; paid per node while it exists.")
-    billing_granularity: Literal["second", "minute", "hour"] = Field(
-        "second", title="Cloud billing granularity",
-        description="Unit each cloud node's time is rounded up to: second, minute or hour.")
-    minimum_charge_s: int = Field(
-        0, ge=0, le=86_400, title="Cloud minimum charge (s)",
-        description="Each cloud node is billed for at least this many seconds (e.g. 60).")
-
-    @field_validator("currency")
-    @classmethod
-    def _currency(cls, value: str) -> str:
-        if not (value.isascii() and value.isalpha() and value.isupper()):
-            raise ValueError(f"must be an ISO 4217 code of three capital letters (got {value!r})")
-        return value
+# the definition of every figure of the cost block (the report model's field descriptions)
+DEFINITIONS: dict[str, str] = {k.split(".", 1)[1]: v for k, v in definitions().items() if k.startswith("cost.")}
 
 
 def billed_seconds(seconds: float, granularity: str, minimum_s: float = 0.0) -> float:
@@ -374,7 +262,11 @@ class CostReport:
     notes: list[str] = field(default_factory=list)
 
     def block(self) -> dict[str, Any]:
-        """report.json's ``cost`` section (money rounded to 4 decimals, seconds to 3)."""
+        """report.json's ``cost`` section (money rounded to 4 decimals, seconds to 3), checked
+        against the report model's ``CostBlock``."""
+        return CostBlock.model_validate(self._block()).model_dump(mode="json")
+
+    def _block(self) -> dict[str, Any]:
 
         def money(v: float | None) -> float | None:
             return None if v is None else round(v, 4)
@@ -672,27 +564,19 @@ def _no_data(spec: Any, why: str) -> CostReport:
                       billing_granularity=cs.billing_granularity, minimum_charge_s=cs.minimum_charge_s)
 
 
-def run_cost_stage(ctx: Any) -> str:
-    """Fill report.json's ``cost`` from the spike stage's timeline and load; never raises.
+def cost_of_run(spec: RolloutSpec, load: Any, timeline: Any, ended_at: Any = None) -> CostReport:
+    """The run's cost from the spike step's timeline and load; never raises (a cost that cannot
+    be computed is a ``no data: <why>`` report, so it never costs the run its report).
 
-    Reads ``ctx.results["timeline"]`` (or ``["observe"]``), ``ctx.results["spike"]`` (LoadResult),
-    ``ctx.results.get("ended_at")`` (when observation stopped) and ``ctx.spec``. Writes
-    ``ctx.report.extra["cost"]``, ``ctx.results["cost"]`` (the CostReport, for ``cost_plot``),
-    ``ctx.tables["cost_intervals"]`` and the cost definitions; returns a one-line summary.
+    ``ended_at`` is when observation stopped (else the load's or the timeline's end).
     """
-    spec = ctx.spec
-    results = getattr(ctx, "results", None) or {}
-    timeline = results.get("timeline")
-    if timeline is None:
-        timeline = results.get("observe")
-    load = results.get("spike")
     try:
         factor: float | None = compression_factor_for(spec.load)
     except TidegateError as exc:
         factor = None
         log.warning("cost: compression factor unknown: %s", exc)
     start = getattr(load, "started_at", None) or getattr(timeline, "started_at", None)
-    end = results.get("ended_at") or getattr(load, "ended_at", None) or getattr(timeline, "stopped_at", None)
+    end = ended_at or getattr(load, "ended_at", None) or getattr(timeline, "stopped_at", None)
     try:
         if load is None and timeline is None:
             report = _no_data(spec, "the spike stage recorded neither load nor timeline")
@@ -704,15 +588,8 @@ def run_cost_stage(ctx: Any) -> str:
         report = _no_data(spec, f"{type(exc).__name__}: {exc}")
     if factor is None and report.status == "ok":
         report.notes.append("the tidal curve could not be re-read for its compression factor")
-    results["cost"] = report
-    ctx.report.extra["cost"] = report.block()
-    ctx.report.extra.setdefault("definitions", {}).update(
-        {f"cost.{k}": v for k, v in DEFINITIONS.items()})
-    tables = getattr(ctx, "tables", None)
-    if isinstance(tables, dict) and report.status == "ok":
-        tables["cost_intervals"] = report.intervals_frame()
-    return report.describe()
+    return report
 
 
 __all__ = ["CostReport", "CostSpec", "DEFINITIONS", "Interval", "PoolPrice", "billed_seconds", "compute_cost",
-           "compression_factor_for", "cost_plot", "run_cost_stage"]
+           "compression_factor_for", "cost_of_run", "cost_plot"]

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from tasks.errors import StageFailed
-from tasks.kube import Kube
+from tasks.kube import Kube, condition_true
 
 ISVC_API = "serving.kserve.io/v1beta1"
 
@@ -30,11 +30,6 @@ class ServiceHandle:
     served_name: str
     ready_seconds: float
     replicas: int
-
-
-def _ready(isvc: dict | None) -> bool:
-    conds = ((isvc or {}).get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
 
 
 def diagnose(kube: Kube, namespace: str, predictor: str) -> str:
@@ -69,8 +64,7 @@ def diagnose(kube: Kube, namespace: str, predictor: str) -> str:
             return f"pod {pod['metadata']['name']} Pending: {msg}"
     for pod in pods:
         status = pod.get("status") or {}
-        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
-        if status.get("phase") == "Running" and not ready:
+        if status.get("phase") == "Running" and not condition_true(pod):
             return (f"pod {pod['metadata']['name']} Running but not Ready: the model is still loading or the "
                     "readiness probe fails")
     return f"predictor {predictor}: pods exist but the InferenceService is not Ready"
@@ -85,7 +79,7 @@ def deploy(kube: Kube, objects: list[dict], spec, *, timeout_s: float | None = N
         kube.apply(obj)
     started = time.monotonic()
     try:
-        kube.wait_for(ISVC_API, "InferenceService", name, ns, _ready, timeout_s=timeout_s)
+        kube.wait_for(ISVC_API, "InferenceService", name, ns, condition_true, timeout_s=timeout_s)
     except TimeoutError:
         raise StageFailed(f"deploy: InferenceService {ns}/{name} not Ready after {timeout_s:.0f}s: "
                           f"{diagnose(kube, ns, spec.service.predictor_name)}") from None

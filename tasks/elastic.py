@@ -1,108 +1,99 @@
-"""The spike and verify stages of the flow: load and observation side by side, then the verdict
-on elasticity.
+"""The spike and verify steps: load and observation side by side, then the verdict on
+elasticity. Plain functions; ``tasks.stages`` wires them into the run.
 
-``run_spike_stage`` starts the Observer (watches on HPA, Events, Pods, Nodes, the autoscaler's
+``run_spike`` starts the Observer (watches on HPA, Events, Pods, Nodes, the autoscaler's
 status) before the first request, runs the Locust load shape (baseline -> spike -> hold ->
 cool-down) in its own process, waits after the cool-down until the elastic pool is back at
-its minimum (bounded by ``load.cooldown_s``), then stops the observer. ``run_verify_stage``
-turns the timeline and the load data into the report's ``elasticity`` block; its findings
-cite the events they rest on, and a missing step (no scale-up, no spill-back) is named in the
-stage's detail so that the gate's failure says why. For ``load.shape: tidal`` the whole replay
-counts as the spike (times from the load's start) and the elasticity block also says when, on
-the replayed traffic day, the service spilled over and back (``tasks.tidal``).
+its minimum (bounded by ``load.cooldown_s``), then stops the observer. ``verify_spike`` turns
+the timeline and the load data into ``Elasticity``; its findings cite the events they rest on,
+and a missing step (no scale-up, no spill-back) is named so that the gate's failure says why.
+For ``load.shape: tidal`` the whole replay counts as the spike (times from the load's start)
+and the elasticity also says when, on the replayed traffic day, the service spilled over and
+back (``tasks.tidal``).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
-from tasks.errors import StageFailed
+from tasks.kube import Kube
+from tasks.load import LoadResult, Phase, run_load
+from tasks.observe import Observer, Timeline
+from tasks.spec import RolloutSpec
+from tasks.tidal import plan_tidal
+from tasks.verify import Elasticity, verify
 
 
-def _elastic_nodes(kube, spec) -> int:
+@dataclass
+class SpikeRun:
+    """What the spike step measured: the load, the cluster's timeline, when observation stopped."""
+
+    load: LoadResult | None
+    timeline: Timeline
+    ended_at: pd.Timestamp
+    settle_s: float
+
+
+def _elastic_nodes(kube: Kube, spec: RolloutSpec) -> int:
     return len(kube.list("v1", "Node", label_selector=f"{spec.cluster.nodepool_label}={spec.cluster.elastic_pool_id}"))
 
 
-def _phase(result, name: str):
+def _phase(result: LoadResult, name: str) -> Phase | None:
     return next((p for p in result.phases if p.name == name), None)
 
 
-def run_spike_stage(ctx: Any) -> str:
-    from tasks import report as reporting
-    from tasks.load import run_load
-    from tasks.observe import Observer
-
-    kube = ctx.connect()
-    spec = ctx.spec
-    out_dir = reporting.reports_root() / ctx.run_id
-    observer = Observer(kube, spec, run_id=ctx.run_id).start()
-    ctx.results["observer"] = observer
+def run_spike(kube: Kube, spec: RolloutSpec, run_id: str, out_dir: Path,
+              on_stopped=None) -> SpikeRun:
+    """Load the service while watching the cluster. ``on_stopped(load, timeline)`` is called once
+    observation stopped, also when the load failed (so a failed run still reports its timeline)."""
+    observer = Observer(kube, spec, run_id=run_id).start()
     settle_s = 0.0
+    result: LoadResult | None = None
     try:
         result = run_load(spec, out_dir)
-        ctx.results["spike"] = result
         # spill-back can trail the load by the autoscaler's scale-down timers: wait for the
         # elastic pool to return to its minimum, bounded by the cool-down
         t0 = time.monotonic()
         deadline = t0 + max(30.0, float(spec.load.cooldown_s))
-        min_nodes = 0
-        while time.monotonic() < deadline and _elastic_nodes(kube, spec) > min_nodes:
+        while time.monotonic() < deadline and _elastic_nodes(kube, spec) > 0:
             time.sleep(2)
         settle_s = round(time.monotonic() - t0, 1)
     finally:
         timeline = observer.stop()
-        ctx.results["timeline"] = timeline
-        ctx.tables["timeline"] = timeline.df
-    ctx.report.load = result.report_block()
-    ctx.report.extra.setdefault("definitions", {}).update(result.definitions)
-    ctx.report.extra["phases"] = [{"name": p.name, "start": p.start.isoformat(), "end": p.end.isoformat()}
-                                  for p in result.phases]
-    ctx.tables["requests"] = result.requests
-    ctx.tables["per_second"] = result.per_second
-    ctx.results["ended_at"] = pd.Timestamp.now(tz="UTC")
-    if result.summary.get("requests", 0) == 0:
-        raise StageFailed(f"spike: no request completed against {spec.ingress.url} (Host {spec.ingress.host})")
-    return f"{result.describe()}; {len(timeline.df)} timeline entries; spill-back wait {settle_s}s"
+        if on_stopped is not None:
+            on_stopped(result, timeline)
+    return SpikeRun(load=result, timeline=timeline, ended_at=pd.Timestamp.now(tz="UTC"), settle_s=settle_s)
 
 
-def run_verify_stage(ctx: Any) -> str:
-    from tasks.verify import verify
-
-    result = ctx.results.get("spike")
-    timeline = ctx.results.get("timeline")
-    if result is None or timeline is None:
-        raise StageFailed("verify needs the spike stage's load data and timeline: select spike with verify")
+def verify_spike(spec: RolloutSpec, load: LoadResult, timeline: Timeline,
+                 ended_at: pd.Timestamp | None) -> Elasticity:
+    """Judge the spill-over and spill-back of one spike (or tidal) run."""
     clock = None
-    if ctx.spec.load.shape == "tidal":
+    if spec.load.shape == "tidal":
         # the whole replayed day is the spike: a spill-over in the morning ramp counts too
-        from tasks.tidal import plan_tidal
-
-        spike, clock = result.phases[0], plan_tidal(ctx.spec.load).traffic_time
+        spike, clock = load.phases[0], plan_tidal(spec.load).traffic_time
     else:
-        spike = _phase(result, "spike") or result.phases[0]
-    cooldown = _phase(result, "cooldown") or result.phases[-1]
-    elasticity = verify(timeline, ctx.spec, spike_started_at=spike.start, cooldown_started_at=cooldown.start,
-                        ended_at=ctx.results.get("ended_at") or result.ended_at, load=result, traffic_clock=clock,
-                        since="the load started" if clock else "the spike started")
-    ctx.results["elasticity"] = elasticity
-    ctx.report.elasticity = elasticity.block()
-    ctx.report.extra["findings"] = elasticity.findings_block()
-    from tasks.cost import run_cost_stage
+        spike = _phase(load, "spike") or load.phases[0]
+    cooldown = _phase(load, "cooldown") or load.phases[-1]
+    return verify(timeline, spec, spike_started_at=spike.start, cooldown_started_at=cooldown.start,
+                  ended_at=ended_at or load.ended_at, load=load, traffic_clock=clock,
+                  since="the load started" if clock else "the spike started")
 
-    cost_line = run_cost_stage(ctx)
-    failed = [f for f in elasticity.findings if not f.ok]
-    e = ctx.report.elasticity
-    head = (f"HPA max {e.get('hpa_max_replicas')}, cloud pods max {e.get('cloud_pods_max')}, "
-            f"scale-ups {e.get('scale_up_events')}, scale-downs {e.get('scale_down_events')}, "
-            f"first cloud pod Ready at +{e.get('time_to_first_cloud_pod_ready_s')}s, "
-            f"back to IDC: {e.get('scale_in_back_to_idc')}")
-    if e.get("spill_over_traffic_time"):
-        head += (f"; on the traffic day: spilled over at {e['spill_over_traffic_time']} "
-                 f"({e.get('first_cloud_pod_ready_phase')}), back at {e.get('spill_back_traffic_time') or 'never'}")
-    head = f"{head}; cost: {cost_line}"
-    if failed:
-        return head + "; missing: " + "; ".join(f.detail for f in failed)
+
+def describe_elasticity(el: Elasticity) -> str:
+    """One line for the verify stage's detail."""
+    head = (f"HPA max {el.hpa_max_replicas}, cloud pods max {el.cloud_pods_max}, "
+            f"scale-ups {el.scale_up_events}, scale-downs {el.scale_down_events}, "
+            f"first cloud pod Ready at +{el.time_to_first_cloud_pod_ready_s}s, "
+            f"back to IDC: {el.scale_in_back_to_idc}")
+    if el.spill_over_traffic_time:
+        head += (f"; on the traffic day: spilled over at {el.spill_over_traffic_time} "
+                 f"({el.first_cloud_pod_ready_phase}), back at {el.spill_back_traffic_time or 'never'}")
     return head
+
+
+__all__ = ["SpikeRun", "describe_elasticity", "run_spike", "verify_spike"]

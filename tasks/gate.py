@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.errors import GateFailed
+from tasks.report_model import GateRuleResult
 
 OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt, "==": operator.eq}
 
@@ -32,8 +32,11 @@ class RuleResult:
     detail: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rule": self.rule, "status": self.status, "value": self.value, "threshold": self.threshold,
-                "op": self.op, "detail": self.detail}
+        return self.report_block().model_dump(mode="json")
+
+    def report_block(self) -> GateRuleResult:
+        return GateRuleResult(rule=self.rule, status=self.status, value=self.value, threshold=self.threshold,
+                              op=self.op, detail=self.detail)
 
 
 def lookup(report: dict[str, Any], dotted: str) -> Any:
@@ -91,29 +94,27 @@ def evaluate(rules, report: dict[str, Any], *, baseline: dict[str, Any] | None =
     return out
 
 
-def verdict(results: list[RuleResult]) -> str:
-    if any(r.status == "fail" for r in results):
+def verdict(results: list[RuleResult], *, failed: bool = False) -> str:
+    """The run's verdict (the only place it is decided): fail if a stage failed (``failed``) or a
+    rule failed, warn if a rule warned, else pass."""
+    if failed or any(r.status == "fail" for r in results):
         return "fail"
     if any(r.status == "warn" for r in results):
         return "warn"
     return "pass"
 
 
-def run_gate_stage(ctx) -> str:
-    """Flow stage: judge the report so far; record the table; raise GateFailed on fail."""
-    from tasks.report import reports_root
+def describe(results: list[RuleResult]) -> str:
+    """One line: every rule with its value and status."""
+    return ", ".join(f"{r.rule}={r.value} {r.status}" for r in results)
 
-    doc = ctx.report.to_dict()
-    baseline = None
-    if any(r.relative for r in ctx.spec.slo):
-        baseline = last_passing_report(reports_root(), ctx.spec.name, exclude_run=ctx.run_id)
-    results = evaluate(ctx.spec.slo, doc, baseline=baseline)
-    ctx.report.gate = [r.to_dict() for r in results]
-    v = verdict(results)
-    summary = ", ".join(f"{r.rule}={r.value} {r.status}" for r in results)
-    if v == "fail":
-        bad = [f"{r.rule}={r.value} (want {r.op} {r.threshold})" for r in results if r.status == "fail"]
-        missing = [f["detail"] for f in ctx.report.extra.get("findings") or [] if not f.get("ok")]
-        why = f"; findings: {' | '.join(missing)}" if missing else ""
-        raise GateFailed(f"gate failed: {'; '.join(bad)}{why}")
-    return f"{v}: {summary}"
+
+def failure_message(results: list[RuleResult], findings: list[str]) -> str:
+    """Why the gate failed: the failed rules (value and threshold) and the missing findings."""
+    bad = [f"{r.rule}={r.value} (want {r.op} {r.threshold})" for r in results if r.status == "fail"]
+    why = f"; findings: {' | '.join(findings)}" if findings else ""
+    return f"gate failed: {'; '.join(bad)}{why}"
+
+
+__all__ = ["OPS", "RuleResult", "describe", "evaluate", "failure_message", "last_passing_report", "lookup",
+           "verdict"]

@@ -36,12 +36,18 @@ from kubernetes.dynamic.exceptions import (
 )
 
 from tasks.errors import ClusterError
+from tasks.names import FIELD_MANAGER
 
-FIELD_MANAGER = "tidegate"
-RUN_LABEL = "tidegate.dev/run-id"
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
+
+
+def condition_true(obj: Obj | None, ctype: str = "Ready") -> bool:
+    """The object's ``status.conditions`` has ``ctype`` with status "True" (a Ready pod, node or
+    InferenceService)."""
+    conds = ((obj or {}).get("status") or {}).get("conditions") or []
+    return any(c.get("type") == ctype and c.get("status") == "True" for c in conds)
 
 
 def _describe(api_version: str, kind: str, name: str | None = None, namespace: str | None = None) -> str:

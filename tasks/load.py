@@ -11,8 +11,8 @@ Load shape
     A ``LoadShape`` is a table of steps ``(t_end_s, users, spawn_rate, phase)``: from the end of
     the previous step until ``t_end_s`` seconds into the run, hold ``users`` concurrent users
     (reached at ``spawn_rate`` users/s). ``spike_shape`` builds ``baseline -> spike -> hold ->
-    cooldown`` from ``LoadSpec``; a tidal shape (issue 9) is another table of the same kind,
-    registered with ``register_shape("tidal", builder)``. Locust's shape worker ticks once a
+    cooldown`` from ``LoadSpec``; the tidal shape (``tasks.tidal``) is another table of the same
+    kind (both in ``tasks.shapes``; ``shape_for`` picks by ``load.shape``). Locust's shape worker ticks once a
     second, so a step boundary takes effect within one second. Cool-down runs at
     *baseline users*, not zero: spill-back (HPA scale-in, cloud pods removed, the elastic pool
     shrinking) is then observed under the light traffic a real service still has after a
@@ -63,10 +63,8 @@ that outlives its time bound (shape + stop timeout + startup grace) is killed an
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import datetime as dt
-import importlib
 import itertools
 import json
 import math
@@ -79,7 +77,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -88,28 +86,26 @@ import numpy as np
 import pandas as pd
 
 from tasks.errors import SpecError, StageFailed, StageNotImplemented
+from tasks.report_model import CONTRACT_KEYS as REPORT_CONTRACT_KEYS
+from tasks.report_model import E2E, ITL, TPOT, TTFT, LoadBlock
+from tasks.shapes import (
+    MAX_USERS_PER_PROCESS,
+    LoadShape,
+    Step,
+    check_capacity,
+    spike_shape,
+)
 from tasks.spec import LoadSpec, ModelSpec, RolloutSpec
+from tasks.tidal import tidal_shape
 
-CONTRACT_KEYS = ("requests", "failures", "error_rate", "rps", "ttft_p50_ms", "ttft_p95_ms",
-                 "itl_p95_ms", "e2e_p95_ms", "output_tokens_per_s")
-
+# the report contract's load keys and the definitions of the figures: from the report model
+CONTRACT_KEYS = REPORT_CONTRACT_KEYS["load"]
 DEFINITIONS: dict[str, str] = {
-    "ttft_ms": "Time to first token: from sending the request to receiving the first streamed "
-               "chunk with non-empty content, in ms.",
-    "itl_ms": "Inter-token latency: every gap between two consecutive streamed content chunks of a "
-              "request (the first token excluded), pooled over all successful requests, in ms.",
-    "tpot_ms": "Time per output token: (e2e - ttft) / (output_tokens - 1) of one request, the mean "
-               "decode time per token after the first, in ms.",
-    "e2e_ms": "End-to-end latency: from sending the request to the end of its response ([DONE] for "
-              "a stream), in ms.",
-    "output_tokens_per_s": "Output tokens per second: completion tokens of successful requests "
-                           "(server-reported usage, else counted content chunks) divided by the "
-                           "duration of the load shape.",
-    "rps": "Requests per second: finished requests, successful or failed, divided by the duration "
-           "of the load shape.",
-    "error_rate": "Error rate: failed requests / finished requests; a failure is a non-200 status, a "
-                  "connection error, a timeout, an error event, a stream without [DONE] or a response "
-                  "without content; requests the generator itself cancelled at ramp-down are excluded.",
+    "ttft_ms": TTFT[0].upper() + TTFT[1:] + ".",
+    "itl_ms": ITL[0].upper() + ITL[1:] + ".",
+    "tpot_ms": TPOT[0].upper() + TPOT[1:] + ".",
+    "e2e_ms": E2E[0].upper() + E2E[1:] + ".",
+    **{k: LoadBlock.model_fields[k].description or "" for k in ("output_tokens_per_s", "rps", "error_rate")},
 }
 
 REQUEST_COLUMNS = ("id", "start", "end", "t_s", "phase", "users", "worker", "status", "ok", "cancelled",
@@ -125,132 +121,14 @@ STARTUP_GRACE_S = 30.0
 WORKER_CONNECT_TIMEOUT_S = 30.0
 KILL_GRACE_S = 15.0
 STOP_GRACE_S = 5.0
-MAX_STEPS = 100_000
 MAX_RECORDS_PER_PROCESS = 5_000_000
-# Concurrent users one generator process is trusted with. tests/bench/load.py measured about
-# 25 us of generator CPU per streamed token (200 streams, 8.9k tokens/s: 23 % of a core), so
-# 400 users at ~50 tokens/s each keep a process near half a core, where its own timestamp lag
-# stays small; shapes above it need load.workers.
-MAX_USERS_PER_PROCESS = 400
 
 _RUNNER_FILES = ("records-", "runner", "users.jsonl", "started.json", "locust-config.json")
 
 
 # -- load shapes -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Step:
-    """Hold ``users`` concurrent users (reached at ``spawn_rate`` users/s) until ``t_end_s``."""
-
-    t_end_s: float
-    users: int
-    spawn_rate: float
-    phase: str
-
-
-@dataclass(frozen=True)
-class LoadShape:
-    """A load profile as a table of steps; the spike and tidal shapes are both one.
-
-    >>> s = LoadShape("spike", (Step(3, 2, 10, "baseline"), Step(9, 10, 10, "spike")))
-    >>> s.users_at(0.0), s.users_at(3.0), s.users_at(9.0)
-    ((2, 10.0), (10, 10.0), None)
-    >>> s.phases()
-    [('baseline', 0.0, 3.0), ('spike', 3.0, 9.0)]
-    """
-
-    kind: str
-    steps: tuple[Step, ...]
-    _t_ends: tuple[float, ...] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        steps = tuple(self.steps)
-        if not steps:
-            raise SpecError(f"load shape {self.kind!r}: has no steps")
-        if len(steps) > MAX_STEPS:
-            raise SpecError(f"load shape {self.kind!r}: {len(steps)} steps (at most {MAX_STEPS})")
-        prev = 0.0
-        for i, st in enumerate(steps):
-            if not (math.isfinite(st.t_end_s) and st.t_end_s > prev):
-                raise SpecError(f"load shape {self.kind!r}: step {i}: t_end_s must be finite and after "
-                                f"the previous step's end ({st.t_end_s!r} <= {prev!r})")
-            if not isinstance(st.users, int) or st.users < 0:
-                raise SpecError(f"load shape {self.kind!r}: step {i}: users must be an integer >= 0 "
-                                f"(got {st.users!r})")
-            if not (math.isfinite(st.spawn_rate) and st.spawn_rate > 0):
-                raise SpecError(f"load shape {self.kind!r}: step {i}: spawn_rate must be > 0 "
-                                f"(got {st.spawn_rate!r})")
-            if not st.phase:
-                raise SpecError(f"load shape {self.kind!r}: step {i}: phase must be a name")
-            prev = st.t_end_s
-        object.__setattr__(self, "steps", steps)
-        object.__setattr__(self, "_t_ends", tuple(float(s.t_end_s) for s in steps))
-
-    @property
-    def duration_s(self) -> float:
-        return self._t_ends[-1]
-
-    @property
-    def max_users(self) -> int:
-        return max(s.users for s in self.steps)
-
-    def step_index(self, t: float) -> int | None:
-        """The step covering ``t`` s into the run: ``[previous t_end, t_end)``; None after the end."""
-        if t < 0:
-            return 0
-        i = bisect.bisect_right(self._t_ends, t)
-        return i if i < len(self._t_ends) else None
-
-    def users_at(self, t: float) -> tuple[int, float] | None:
-        """(users, spawn_rate) at ``t`` s into the run, None once the shape is over."""
-        i = self.step_index(t)
-        if i is None:
-            return None
-        return self.steps[i].users, float(self.steps[i].spawn_rate)
-
-    def phase_at(self, t: float) -> str:
-        """The phase at ``t`` (before the start: the first; after the end: the last)."""
-        i = self.step_index(t)
-        return self.steps[-1 if i is None else i].phase
-
-    def phases(self) -> list[tuple[str, float, float]]:
-        """(name, start_s, end_s) of every phase; consecutive steps of one phase are merged."""
-        out: list[tuple[str, float, float]] = []
-        start = 0.0
-        for st in self.steps:
-            if out and out[-1][0] == st.phase:
-                out[-1] = (st.phase, out[-1][1], float(st.t_end_s))
-            else:
-                out.append((st.phase, start, float(st.t_end_s)))
-            start = float(st.t_end_s)
-        return out
-
-    def table(self) -> list[list[Any]]:
-        """The steps as JSON-ready rows ``[t_end_s, users, spawn_rate, phase]``."""
-        return [[float(s.t_end_s), int(s.users), float(s.spawn_rate), s.phase] for s in self.steps]
-
-
-def spike_shape(load: LoadSpec) -> LoadShape:
-    """``baseline -> spike -> hold -> cooldown`` from the spec; zero-length phases are left out.
-
-    Cool-down holds ``baseline_users`` (see the module docstring for why not zero).
-    """
-    rate = float(load.spawn_rate)
-    steps: list[Step] = []
-    t = 0.0
-    for phase, seconds, users in (("baseline", load.baseline_s, load.baseline_users),
-                                  ("spike", load.spike_s, load.spike_users),
-                                  ("hold", load.hold_s, load.spike_users),
-                                  ("cooldown", load.cooldown_s, load.baseline_users)):
-        if seconds > 0:
-            t += float(seconds)
-            steps.append(Step(t, int(users), rate, phase))
-    return LoadShape("spike", tuple(steps))
-
-
 ShapeBuilder = Callable[[LoadSpec], LoadShape]
-_SHAPES: dict[str, ShapeBuilder] = {"spike": spike_shape}
-# shapes whose module registers itself on import (issue 9's tidal shape lives in tasks/tidal.py)
-_SHAPE_MODULES = {"tidal": "tasks.tidal"}
+_SHAPES: dict[str, ShapeBuilder] = {"spike": spike_shape, "tidal": tidal_shape}
 
 
 def register_shape(kind: str, builder: ShapeBuilder) -> None:
@@ -261,28 +139,11 @@ def register_shape(kind: str, builder: ShapeBuilder) -> None:
 def shape_for(load: LoadSpec) -> LoadShape:
     """The LoadShape the spec asks for; StageNotImplemented naming the known kinds otherwise."""
     kind = load.shape
-    if kind not in _SHAPES and kind in _SHAPE_MODULES:
-        try:
-            importlib.import_module(_SHAPE_MODULES[kind])
-        except ModuleNotFoundError as exc:
-            if exc.name != _SHAPE_MODULES[kind]:
-                raise
     builder = _SHAPES.get(kind)
     if builder is None:
         raise StageNotImplemented(f"load.shape {kind!r} has no shape builder yet "
                                   f"(available: {', '.join(sorted(_SHAPES))})")
     return builder(load)
-
-
-def check_capacity(shape: LoadShape, workers: int) -> None:
-    """Refuse a shape that needs more users than the generator processes hold (before the run)."""
-    processes = max(1, workers)
-    cap = MAX_USERS_PER_PROCESS * processes
-    if shape.max_users > cap:
-        need = math.ceil(shape.max_users / MAX_USERS_PER_PROCESS)
-        raise SpecError(f"load: the {shape.kind} shape needs {shape.max_users} concurrent users, more "
-                        f"than {processes} generator process(es) hold ({MAX_USERS_PER_PROCESS} each); "
-                        f"set load.workers to at least {need}")
 
 
 # -- the request -------------------------------------------------------------------------------
@@ -320,8 +181,9 @@ class LoadResult:
     out_dir: Path | None = None
 
     def report_block(self) -> dict[str, Any]:
-        """The report.json ``load`` block: the contract keys, then the extras."""
-        return dict(self.summary)
+        """The report.json ``load`` block: the contract keys, then the extras (checked against
+        the report model's ``LoadBlock``)."""
+        return LoadBlock.model_validate(self.summary).model_dump(mode="json")
 
     def describe(self) -> str:
         s = self.summary

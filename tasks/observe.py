@@ -85,6 +85,7 @@ import yaml
 
 from tasks.errors import ClusterError
 from tasks.kube import Kube
+from tasks.names import AUTOSCALER_NAMESPACE, AUTOSCALER_STATUS, NODE_EVENTS_NAMESPACE
 from tasks.spec import RolloutSpec
 
 log = logging.getLogger(__name__)
@@ -93,9 +94,6 @@ KINDS = ("HPA", "Event", "Pod", "Node", "Autoscaler")
 COLUMNS = ["time", "observed_at", "kind", "object", "object_kind", "reason", "message", "count", "replicas",
            "desired_replicas", "metric_value", "pool", "node", "source", "uid"]
 _NUMERIC = ("count", "replicas", "desired_replicas", "metric_value")
-AUTOSCALER_NAMESPACE = "kube-system"
-AUTOSCALER_STATUS = "cluster-autoscaler-status"
-NODE_EVENTS_NAMESPACE = "default"
 # one Kube.watch session (it resumes from its own resourceVersion inside); a new session re-lists
 WATCH_SESSION_S = 6 * 3600.0
 # stop() waits this long for events already on the wire, then takes the snapshot

@@ -33,16 +33,19 @@ import yaml
 from pydantic import SecretStr
 
 from tasks.errors import SpecError
-from tasks.kube import RUN_LABEL
+from tasks.names import (
+    AUTOSCALER_STATUS,
+    CUSTOM_METRICS_APISERVICE,
+    KSERVE_CRD,
+    MANAGED_BY,
+    MANAGED_BY_VALUE,
+    NODE_EVENTS_NAMESPACE,
+    RESOURCEPOLICY_CRD,
+    RUN_LABEL,
+)
 from tasks.spec import RolloutSpec, _label_value
 
 MANIFESTS_DIR = Path(__file__).resolve().parent.parent / "manifests"
-MANAGED_BY = "app.kubernetes.io/managed-by"
-WAIT_FOR_SCALING = "k8s.aliyun.com/resource-policy-wait-for-ecs-scaling"
-AUTOSCALER_STATUS = "cluster-autoscaler-status"
-CUSTOM_METRICS_APISERVICE = "v1beta1.custom.metrics.k8s.io"
-KSERVE_CRD = "inferenceservices.serving.kserve.io"
-RESOURCEPOLICY_CRD = "resourcepolicies.scheduling.alibabacloud.com"
 # KServe probes this port and targets it from the Service when no containerPort is declared
 KSERVE_DEFAULT_PORT = 8080
 
@@ -72,7 +75,7 @@ def run_labels(run_id: str) -> dict[str, str]:
         raise SpecError(f"run id {run_id!r}: {exc}") from None
     if not run_id:
         raise SpecError("run id must not be empty")
-    return {RUN_LABEL: run_id, MANAGED_BY: "tidegate"}
+    return {RUN_LABEL: run_id, MANAGED_BY: MANAGED_BY_VALUE}
 
 
 def _meta(obj: Obj, name: str, namespace: str | None, run_id: str) -> Obj:
@@ -95,7 +98,6 @@ def render_namespace(spec: RolloutSpec, run_id: str) -> Obj:
     return _meta(_skeleton("namespace.yaml"), spec.cluster.namespace, None, run_id)
 
 
-NODE_EVENTS_NAMESPACE = "default"   # where events of cluster-scoped objects (Nodes) are recorded
 
 
 def _role_names(spec: RolloutSpec) -> tuple[str, str, str]:

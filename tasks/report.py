@@ -1,5 +1,5 @@
-"""The run's report: ``reports/<run-id>/`` with report.json (the stable keys of the report
-contract), junit.xml (one test case per stage and per gate rule), report.html, the CSV
+"""The run's report: ``reports/<run-id>/`` with report.json (``RunReport``, the report model of
+``tasks.report_model``, dumped), junit.xml (one test case per stage and per gate rule), report.html, the CSV
 tables, and ``reports/latest`` pointing at the newest run.
 
 Secrets never reach a report: every string written passes ``redact`` (known secret values
@@ -13,50 +13,15 @@ import html
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-REPORT_KEYS = ("verdict", "run_id", "spec", "started_at", "finished_at", "profile", "stages", "staging",
-               "elasticity", "load", "gate")
+from tasks.report_model import RunReport
 
 
 def reports_root() -> Path:
     return Path(os.environ.get("TIDEGATE_REPORTS_DIR", "reports"))
-
-
-@dataclass
-class StageRecord:
-    status: str  # passed | failed | skipped | error | not_run
-    seconds: float = 0.0
-    detail: str = ""
-
-
-@dataclass
-class RunReport:
-    run_id: str
-    spec: str
-    profile: str
-    started_at: str
-    finished_at: str = ""
-    verdict: str = "fail"
-    stages: dict[str, StageRecord] = field(default_factory=dict)
-    staging: dict[str, Any] = field(default_factory=dict)
-    elasticity: dict[str, Any] = field(default_factory=dict)
-    load: dict[str, Any] = field(default_factory=dict)
-    gate: list[dict[str, Any]] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {
-            "verdict": self.verdict, "run_id": self.run_id, "spec": self.spec,
-            "started_at": self.started_at, "finished_at": self.finished_at, "profile": self.profile,
-            "stages": {k: asdict(v) for k, v in self.stages.items()},
-            "staging": self.staging, "elasticity": self.elasticity, "load": self.load, "gate": self.gate,
-        }
-        out.update(self.extra)
-        return out
 
 
 def now_iso() -> str:
@@ -78,16 +43,6 @@ def redact(text: str, secrets: list[str]) -> str:
     return text
 
 
-def _jsonable(obj: Any) -> Any:
-    if is_dataclass(obj):
-        return asdict(obj)
-    if hasattr(obj, "model_dump"):
-        return obj.model_dump(mode="json")
-    if isinstance(obj, Path):
-        return str(obj)
-    return str(obj)
-
-
 def junit_xml(report: RunReport) -> str:
     cases = []
     failures = errors = skipped = 0
@@ -105,13 +60,13 @@ def junit_xml(report: RunReport) -> str:
         cases.append(f'  <testcase classname="tidegate.stage" name="{escape(name)}" time="{st.seconds:.3f}">{body}</testcase>')
     for rule in report.gate:
         body = ""
-        msg = f"{rule.get('rule')} = {rule.get('value')} (threshold {rule.get('op', '')} {rule.get('threshold')})"
-        if rule.get("status") == "fail":
+        msg = f"{rule.rule} = {rule.value} (threshold {rule.op} {rule.threshold})"
+        if rule.status == "fail":
             failures += 1
             body = f'<failure message="{escape(msg, {chr(34): "&quot;"})}"/>'
-        elif rule.get("status") == "warn":
+        elif rule.status == "warn":
             body = f"<system-out>{escape('warn: ' + msg)}</system-out>"
-        cases.append(f'  <testcase classname="tidegate.gate" name="{escape(str(rule.get("rule")))}" time="0">{body}</testcase>')
+        cases.append(f'  <testcase classname="tidegate.gate" name="{escape(rule.rule)}" time="0">{body}</testcase>')
     total = len(cases)
     return (f'<?xml version="1.0" encoding="UTF-8"?>\n<testsuites>\n<testsuite name="tidegate.{escape(report.run_id)}" '
             f'tests="{total}" failures="{failures}" errors="{errors}" skipped="{skipped}" '
@@ -128,11 +83,11 @@ def markdown_summary(report: RunReport) -> str:
     if report.gate:
         lines += ["", "| gate rule | status | value | threshold |", "|---|---|---|---|"]
         for r in report.gate:
-            lines.append(f"| {r.get('rule')} | {r.get('status')} | {r.get('value')} | {r.get('op', '')} {r.get('threshold')} |")
+            lines.append(f"| {r.rule} | {r.status} | {r.value} | {r.op} {r.threshold} |")
     for block in ("elasticity", "load", "staging"):
         data = getattr(report, block)
-        if data:
-            lines += ["", f"**{block}**: " + ", ".join(f"`{k}`={v}" for k, v in data.items())]
+        if data is not None:
+            lines += ["", f"**{block}**: " + ", ".join(f"`{k}`={v}" for k, v in data.model_dump(mode="json").items())]
     return "\n".join(lines) + "\n"
 
 
@@ -149,12 +104,12 @@ def basic_html(report: RunReport, figures: list[tuple[str, str]] | None = None) 
     md = markdown_summary(report)
     rows = "".join(f"<tr><td>{html.escape(n)}</td><td class='{html.escape(s.status)}'>{html.escape(s.status)}</td>"
                    f"<td>{s.seconds:.1f}</td><td>{html.escape(s.detail)}</td></tr>" for n, s in report.stages.items())
-    gate = "".join(f"<tr><td>{html.escape(str(r.get('rule')))}</td><td class='{html.escape(str(r.get('status')))}'>"
-                   f"{html.escape(str(r.get('status')))}</td><td>{html.escape(str(r.get('value')))}</td>"
-                   f"<td>{html.escape(str(r.get('op', '')))} {html.escape(str(r.get('threshold')))}</td></tr>"
+    gate = "".join(f"<tr><td>{html.escape(r.rule)}</td><td class='{html.escape(r.status)}'>"
+                   f"{html.escape(r.status)}</td><td>{html.escape(str(r.value))}</td>"
+                   f"<td>{html.escape(r.op)} {html.escape(str(r.threshold))}</td></tr>"
                    for r in report.gate)
-    sections = {b: getattr(report, b) for b in ("elasticity", "load", "staging")}
-    sections["cost"] = report.extra.get("cost") or {}
+    sections = {b: getattr(report, b).model_dump(mode="json") if getattr(report, b) is not None else {}
+                for b in ("elasticity", "load", "staging", "smoke", "cost")}
     blocks = "".join(f"<h2>{b}</h2><table>" + "".join(
         f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_cell(v))}</td></tr>" for k, v in block.items())
         + "</table>" for b, block in sections.items() if block)
@@ -182,7 +137,7 @@ def write(report: RunReport, *, secrets: list[str] | None = None, tables: dict[s
     out = root / report.run_id
     out.mkdir(parents=True, exist_ok=True)
     secrets = secret_values(secrets)
-    doc = json.dumps(report.to_dict(), indent=2, default=_jsonable, ensure_ascii=False)
+    doc = json.dumps(report.to_dict(), indent=2, ensure_ascii=False)
     (out / "report.json").write_text(redact(doc, secrets) + "\n")
     (out / "junit.xml").write_text(redact(junit_xml(report), secrets))
     (out / "summary.md").write_text(redact(markdown_summary(report), secrets))
@@ -298,19 +253,17 @@ def render_html(report: RunReport, *, load=None, timeline=None, spec=None, cost=
 
             figures.append(("Cost accumulated over the run per pool", _png(cost_plot(cost))))
     except Exception as exc:  # noqa: BLE001 - a plot must never cost the report
-        report.extra.setdefault("warnings", []).append(f"plots failed: {type(exc).__name__}: {exc}")
+        report.warnings = [*report.warnings, f"plots failed: {type(exc).__name__}: {exc}"]
         figures = []
     doc = basic_html(report, figures)
-    findings = report.extra.get("findings") or []
-    if findings:
+    if report.findings:
         rows = "".join(
-            f"<tr><td>{html.escape(f['name'])}</td><td class='{'pass' if f['ok'] else 'fail'}'>"
-            f"{'ok' if f['ok'] else 'missing'}</td><td>{html.escape(f['detail'])}"
-            f"<ul>{''.join('<li>' + html.escape(e) + '</li>' for e in f.get('evidence', [])[:6])}</ul></td></tr>"
-            for f in findings)
+            f"<tr><td>{html.escape(f.name)}</td><td class='{'pass' if f.ok else 'fail'}'>"
+            f"{'ok' if f.ok else 'missing'}</td><td>{html.escape(f.detail)}"
+            f"<ul>{''.join('<li>' + html.escape(e) + '</li>' for e in f.evidence[:6])}</ul></td></tr>"
+            for f in report.findings)
         doc = doc.replace("<h2>stages</h2>", f"<h2>findings</h2><table>{rows}</table><h2>stages</h2>", 1)
-    definitions = report.extra.get("definitions") or {}
-    if definitions:
-        dl = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in definitions.items())
+    if report.definitions:
+        dl = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in report.definitions.items())
         doc = doc.replace("</body>", f"<h2>definitions</h2><dl>{dl}</dl></body>", 1)
     return doc

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from tasks.errors import StageFailed
+from tasks.report_model import SmokeBlock, SmokeCheckBlock
 
 
 @dataclass
@@ -35,6 +36,16 @@ class SmokeResult:
     @property
     def ok(self) -> bool:
         return bool(self.checks) and all(c.ok for c in self.checks)
+
+    def report_block(self) -> SmokeBlock:
+        """report.json's ``smoke`` block (what ``smoke.*`` gate rules read)."""
+        return SmokeBlock(ok=self.ok, checks_passed=sum(c.ok for c in self.checks),
+                          checks_failed=sum(not c.ok for c in self.checks), ttft_ms=self.ttft_ms,
+                          checks=[SmokeCheckBlock(name=c.name, ok=c.ok, seconds=c.seconds, detail=c.detail)
+                                  for c in self.checks])
+
+    def describe(self) -> str:
+        return "; ".join(f"{c.name} ok ({c.seconds:.2f}s, {c.detail})" for c in self.checks)
 
 
 def chat_body(spec, *, stream: bool = False) -> dict:

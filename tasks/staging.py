@@ -64,13 +64,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import anycrc
 import oss2
 import oss2.exceptions as oss_errors
 
 from tasks.errors import CredentialsError, StagingError, TidegateError
+from tasks.profile import resolve_profile
+from tasks.report_model import StagingBlock
 
 if TYPE_CHECKING:  # staging needs only .get_secret_value(); pydantic stays out of its import time
     from pydantic import SecretStr
@@ -130,15 +132,9 @@ class StagedModel:
     backend: str = "oss"
 
     def report_block(self) -> dict[str, Any]:
-        """The ``staging`` block of report.json (contract keys first, then details)."""
-        return {
-            "bytes": self.bytes, "files": self.files, "uploaded_bytes": self.uploaded_bytes,
-            "skipped_files": self.skipped_files, "seconds": self.seconds, "MBps": self.MBps,
-            "uri": self.uri, "manifest_key": self.manifest_key, "verified": self.verified,
-            "backend": self.backend, "uploaded_files": self.uploaded_files,
-            "resumed_bytes": self.resumed_bytes, "hashed_bytes": self.hashed_bytes,
-            "retries": self.retries, "pruned_files": self.pruned_files,
-        }
+        """The ``staging`` block of report.json (contract keys first, then details), as the
+        report model's ``StagingBlock`` has it."""
+        return StagingBlock(**{k: getattr(self, k) for k in StagingBlock.model_fields}).model_dump(mode="json")
 
     def summary(self) -> str:
         """One line for logs and the CLI."""
@@ -650,19 +646,6 @@ class _Transient(Exception):
 class _RestartFile(Exception):
     """The whole file has to be uploaded again (its upload vanished, or the object failed its
     CRC64 check and was deleted)."""
-
-
-class _Backend(Protocol):
-    name: str
-    manifest_key: str
-
-    def read_manifest(self) -> Manifest | None: ...
-    def probe(self, f: LocalFile, entry: ManifestEntry | None) -> RemoteObject | None: ...
-    def write_manifest(self, manifest: Manifest) -> None: ...
-    def withdraw_manifest(self) -> None: ...
-    def delete(self, rel: str) -> None: ...
-    def upload(self, files: Sequence[LocalFile], run: _Run) -> None: ...
-    def close(self) -> None: ...
 
 
 # -- the run: shared state of one staging ------------------------------------------------------
@@ -1492,7 +1475,10 @@ class _Progress:
             sys.stderr.flush()
         if self._prefect:
             try:
-                from prefect.artifacts import create_progress_artifact, update_progress_artifact
+                from prefect.artifacts import (
+                    create_progress_artifact,
+                    update_progress_artifact,
+                )
 
                 if self._artifact is None:
                     self._artifact = create_progress_artifact(progress=pct, key="tidegate-staging",
@@ -1605,8 +1591,8 @@ def stage_model_for_spec(spec: Any, *, run_id: str | None = None, source: str | 
                          options: TransferOptions | None = None, progress: bool | None = None) -> StagedModel:
     """Stage ``spec.model.source`` (or ``source``) as ``spec.storage`` says.
 
-    OSS credentials come from ``spec.storage.oss.credentials.resolve()`` (for profile ``local``
-    the flow has filled the environment from the test bed's keys). NAS stages into
+    OSS credentials come from ``spec.storage.oss.credentials.resolve()``, falling back on the
+    profile's credentials file (``tasks.profile``; for profile ``local`` the test bed's). NAS stages into
     ``spec.storage.mount_path`` on this machine (where the NAS is mounted when the pipeline runs
     in a pod with the NAS volume). Checkpoints go to ``spec.storage.checkpoint_dir``.
     """
@@ -1615,9 +1601,14 @@ def stage_model_for_spec(spec: Any, *, run_id: str | None = None, source: str | 
     target: OssTarget | NasTarget
     if st.kind == "oss":
         creds = st.oss.credentials
-        key_id, secret = creds.resolve()
-        where = (f"Prefect Secret block {creds.secret_block!r}" if creds.secret_block
-                 else f"environment variables {creds.access_key_id_env}/{creds.access_key_secret_env}")
+        creds_file = resolve_profile(spec).credentials_file
+        key_id, secret = creds.resolve(creds_file)
+        if creds.secret_block:
+            where = f"Prefect Secret block {creds.secret_block!r}"
+        elif os.environ.get(creds.access_key_id_env) and os.environ.get(creds.access_key_secret_env):
+            where = f"environment variables {creds.access_key_id_env}/{creds.access_key_secret_env}"
+        else:
+            where = f"credentials file {creds.file or creds_file}"
         target = OssTarget(endpoint=st.oss.endpoint, bucket=st.oss.bucket, prefix=st.oss.prefix,
                            access_key_id=key_id, access_key_secret=secret, region=st.oss.region,
                            credentials_source=where)

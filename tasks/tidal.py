@@ -1,8 +1,7 @@
 """tidal: a day of traffic (the user's CSV, or a built-in diurnal profile) as a load shape.
 
-``load.shape: tidal`` replays a traffic curve in compressed time. Importing this module
-registers the builder (``register_shape("tidal", tidal_shape)``); ``tasks.load.shape_for``
-imports it on demand.
+``load.shape: tidal`` replays a traffic curve in compressed time: ``tidal_shape`` builds the
+``LoadShape`` (``tasks.shapes``) that ``tasks.load.shape_for`` picks for it.
 
 The curve
     ``load.tidal.csv_path``: a CSV with a ``timestamp`` column and exactly one of ``rps``
@@ -72,7 +71,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.errors import SpecError
-from tasks.load import LoadShape, Step, check_capacity, register_shape
+from tasks.shapes import LoadShape, Step, check_capacity
 from tasks.spec import LoadSpec, TidalSpec
 
 MAX_CSV_BYTES = 8 * 1024 * 1024
@@ -387,8 +386,6 @@ def compression_factor(load: LoadSpec) -> float:
         return 1.0
     return plan_tidal(load).compression_factor
 
-
-register_shape("tidal", tidal_shape)
 
 __all__ = [
     "BASELINE_LEVEL", "DEFAULT_E2E_LATENCY_S", "DIURNAL_PROFILE", "MAX_CSV_BYTES", "MAX_CSV_ROWS",

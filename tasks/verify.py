@@ -67,17 +67,15 @@ from typing import Any
 
 import pandas as pd
 
-from tasks.observe import AUTOSCALER_STATUS, Timeline, rows_lines
+from tasks.names import AUTOSCALER_STATUS
+from tasks.observe import Timeline, rows_lines
+from tasks.report_model import CONTRACT_KEYS as REPORT_CONTRACT_KEYS
+from tasks.report_model import ElasticityBlock
 from tasks.spec import RolloutSpec
 
-CONTRACT_KEYS = ("hpa_max_replicas", "idc_pods_max", "cloud_pods_max", "scale_up_events", "scale_down_events",
-                 "time_to_hpa_rescale_s", "time_to_cloud_node_s", "time_to_first_cloud_pod_ready_s",
-                 "scale_in_back_to_idc")
-EXTRA_KEYS = ("successful_rescale_count", "failed_scheduling_idc", "triggered_scale_up", "scaled_up_group",
-              "scale_up_events_source", "scale_down_events_source", "elastic_nodes_max",
-              "elastic_pool_back_to_min", "elastic_pool_min_nodes", "cloud_pods_removed_before_idc",
-              "time_to_elastic_pool_min_s", "first_cloud_pod_ready_phase", "time_to_cloud_pods_gone_s",
-              "spill_over_traffic_time", "spill_back_traffic_time")
+# the report contract's elasticity keys, then the details: from the report model
+CONTRACT_KEYS = REPORT_CONTRACT_KEYS["elasticity"]
+EXTRA_KEYS = tuple(k for k in ElasticityBlock.model_fields if k not in CONTRACT_KEYS)
 EVIDENCE_LINES = 6
 
 
@@ -127,15 +125,11 @@ class Elasticity:
 
     def block(self, *, extras: bool = True) -> dict[str, Any]:
         """The report contract's keys first, then (with ``extras``) the additional figures."""
-        keys = CONTRACT_KEYS + (EXTRA_KEYS if extras else ())
-        return {k: getattr(self, k) for k in keys}
+        block = ElasticityBlock(**{k: getattr(self, k) for k in ElasticityBlock.model_fields})
+        return block.model_dump(mode="json", include=set(CONTRACT_KEYS + (EXTRA_KEYS if extras else ())))
 
     def findings_block(self) -> list[dict[str, Any]]:
         return [f.as_dict() for f in self.findings]
-
-    @property
-    def spilled_over(self) -> bool:
-        return self.cloud_pods_max > 0
 
     def finding(self, name: str) -> Finding | None:
         return next((f for f in self.findings if f.name == name), None)
@@ -167,7 +161,6 @@ def _hhmmss(at: pd.Timestamp | None) -> str:
     return at.strftime("%H:%M:%S") if at is not None and not pd.isna(at) else "never"
 
 
-_NEW_SIZE = re.compile(r"New size: (\d+)")
 _NODE_IN_MESSAGE = re.compile(r'node "?([A-Za-z0-9][A-Za-z0-9._-]*)"?')
 
 

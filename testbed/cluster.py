@@ -2,8 +2,8 @@
 
 Start order (all on 127.0.0.1): etcd -> kube-apiserver -> kube-controller-manager and
 kube-scheduler -> bootstrap objects (IDC nodes, autoscaler ConfigMaps) -> kwok ->
-cluster-autoscaler -> data-plane components registered in ``EXTRA_COMPONENTS`` by
-``testbed.dataplane``. ``up`` always starts from an empty etcd, so a crashed run leaves
+cluster-autoscaler -> the data plane (``testbed.dataplane.COMPONENTS``) -> the object store
+(``testbed.objectstore.COMPONENTS``). ``up`` always starts from an empty etcd, so a crashed run leaves
 nothing behind for the next one; ``down`` stops in reverse order, the autoscaler first while
 the apiserver still answers (on SIGTERM its kwok provider deletes every node of its group,
 known upstream behaviour), and then checks that none of the test bed's ports is still held.
@@ -15,48 +15,23 @@ import shutil
 import ssl
 import time
 import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass, field
+
 from pathlib import Path
 
 import yaml
 
+from tasks.names import NODEPOOL_LABEL
 from testbed import pki
 from testbed.build import COMPONENTS, require_binary
 from testbed.config import TestbedConfig, load_config, save_config
 from testbed.errors import TestbedError
-from testbed.procs import Proc, ProcessTable, check_ports, port_free, reap_strays, wait_until
+from testbed import dataplane, objectstore
+from testbed.procs import Component, Proc, ProcessTable, check_ports, kube, port_free, reap_strays, wait_until
 
-NODEPOOL_LABEL = "alibabacloud.com/nodepool-id"
 EDGE_LABEL = "alibabacloud.com/is-edge-worker"
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 CA_GROUP_LABEL = "kwok-nodegroup"
 CA_NAMESPACE = "kube-system"
-
-
-@dataclass
-class Component:
-    """A process of the test bed: how to start it and how to tell it is ready."""
-
-    name: str
-    version: str
-    make_proc: Callable[[TestbedConfig], Proc]
-    ready: Callable[[TestbedConfig], bool]
-    timeout_s: float = 60.0
-    before: Callable[[TestbedConfig], None] | None = None
-    after: Callable[[TestbedConfig], None] | None = None
-    stop_timeout_s: float = 20.0
-    extra_status: Callable[[TestbedConfig], dict] | None = None
-
-
-@dataclass
-class Status:
-    components: list[dict] = field(default_factory=list)
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def all_ready(self) -> bool:
-        return bool(self.components) and all(c["ready"] for c in self.components)
 
 
 # -- readiness probes ------------------------------------------------------------------------
@@ -79,12 +54,6 @@ def _http_ok(url: str, timeout: float = 2.0) -> bool:
 
 def apiserver_url(cfg: TestbedConfig) -> str:
     return f"https://127.0.0.1:{cfg.ports.apiserver}"
-
-
-def kube(cfg: TestbedConfig):
-    from tasks.kube import Kube
-
-    return Kube.connect(kubeconfig=cfg.kubeconfig)
 
 
 # -- etcd -----------------------------------------------------------------------------------
@@ -348,17 +317,9 @@ CONTROL_PLANE: list[Component] = [
               extra_status=_pool_status),
 ]
 
-# data-plane components (issue 3, 5) append themselves here
-EXTRA_COMPONENTS: list[Component] = []
-
-
 def all_components() -> list[Component]:
-    try:
-        import testbed.dataplane  # noqa: F401 - registers EXTRA_COMPONENTS
-    except ModuleNotFoundError as exc:
-        if exc.name != "testbed.dataplane":
-            raise
-    return CONTROL_PLANE + EXTRA_COMPONENTS
+    """Every component, in start order: the control plane, the data plane, the object store."""
+    return CONTROL_PLANE + dataplane.COMPONENTS + objectstore.COMPONENTS
 
 
 def _table(cfg: TestbedConfig) -> ProcessTable:
@@ -409,8 +370,9 @@ def _safe_ready(comp: Component, cfg: TestbedConfig) -> bool:
         return False
 
 
-def up(cfg: TestbedConfig | None = None, *, log=print) -> dict:
-    """Start every component that is not running; return seconds per component."""
+def up(cfg: TestbedConfig | None = None, *, log=print, components: list[Component] | None = None) -> dict:
+    """Start every component (or only ``components``) that is not running; return seconds per
+    component."""
     cfg = cfg or load_config()
     table = _table(cfg)
     running = [c.name for c in all_components() if table.pid(c.name)]
@@ -422,7 +384,7 @@ def up(cfg: TestbedConfig | None = None, *, log=print) -> dict:
     pki.write_kubeconfig(cfg.kubeconfig, cfg.pki_dir, apiserver_url(cfg))
     timings: dict[str, float] = {}
     started = time.monotonic()
-    for comp in all_components():
+    for comp in components if components is not None else all_components():
         t0 = time.monotonic()
         if table.pid(comp.name) and _safe_ready(comp, cfg):
             log(f"[testbed] {comp.name}: already running (pid {table.pid(comp.name)})")

@@ -21,10 +21,10 @@ from testbed.errors import TestbedError
 
 
 def default_state_dir() -> Path:
-    env = os.environ.get("TIDEGATE_TESTBED_DIR")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "tidegate" / "testbed"
+    """The local profile's directory (tasks/profile.py): ``up`` writes the kubeconfig there."""
+    from tasks.profile import local_profile_dir
+
+    return local_profile_dir()
 
 
 class _Strict(BaseModel):

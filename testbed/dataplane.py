@@ -21,11 +21,10 @@ from pathlib import Path
 
 import yaml
 
-from testbed import cluster
 from testbed.build import COMPONENTS, ensure_kserve_crd, require_binary
-from testbed.cluster import Component, kube
 from testbed.config import TestbedConfig
-from testbed.procs import Proc
+from testbed.errors import TestbedError
+from testbed.procs import Component, Proc, kube
 from testbed.resourcepolicy import webhook_configuration
 
 CRD_DIR = Path(__file__).resolve().parent / "crds"
@@ -42,7 +41,7 @@ def _wait_established(cfg: TestbedConfig, name: str, timeout: float = 30) -> Non
             k.invalidate_discovery()
             return
         time.sleep(0.2)
-    raise cluster.TestbedError(f"CRD {name} not Established after {timeout:.0f}s")
+    raise TestbedError(f"CRD {name} not Established after {timeout:.0f}s")
 
 
 def _install_crds(cfg: TestbedConfig) -> None:
@@ -117,16 +116,8 @@ def _adapter_ready(cfg: TestbedConfig) -> bool:
                for c in svc.get("status", {}).get("conditions") or [])
 
 
-cluster.EXTRA_COMPONENTS[:] = [
+COMPONENTS: list[Component] = [
     Component("testbed-daemon", "tidegate", _daemon_proc, _daemon_ready, 60, before=_install_crds,
               after=_register_webhook, extra_status=_daemon_status),
     Component("metrics-adapter", COMPONENTS["metrics-adapter"].version, _adapter_proc, _adapter_ready, 60),
 ]
-
-try:
-    from testbed import objectstore
-except ModuleNotFoundError as exc:  # the object store is optional until it exists
-    if exc.name != "testbed.objectstore":
-        raise
-else:
-    cluster.EXTRA_COMPONENTS += objectstore.COMPONENTS

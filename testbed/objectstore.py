@@ -11,6 +11,9 @@ Invariants:
   SeaweedFS S3 identity, in ``<state_dir>/seaweed-s3.json``: the adapter checks OSS signatures
   with it and signs its S3 calls with it, and S3 tools that sign with it reach SeaweedFS
   through the adapter unchanged. Status output names the file and variables, never the values.
+  The same pair is also written as the local profile's credentials file
+  (``<state_dir>/oss-credentials.json``, ``tasks.profile``), where a ``profile: local`` spec
+  finds it when the environment holds no key.
 - The bucket ``tidegate-models`` exists once SeaweedFS is reported ready, and one probe write
   has gone through (SeaweedFS grows volumes on a collection's first write).
 - Data survives ``down``/``up`` in ``<state_dir>/seaweedfs``; the adapter's CRC side table
@@ -33,11 +36,11 @@ import urllib.request
 from importlib import metadata
 from pathlib import Path
 
-from testbed.cluster import Component
+from tasks.profile import LOCAL_CREDENTIALS
 from testbed.config import Ports, TestbedConfig
 from testbed.errors import TestbedError
 from testbed.oss_adapter import read_keys_file, s3_quote_path, sign_s3_v4
-from testbed.procs import Proc, ProcessTable, check_ports, port_free, wait_until
+from testbed.procs import Component, Proc, ProcessTable, check_ports, port_free, wait_until
 
 BUCKET = "tidegate-models"
 KEYS_FILE = "oss-keys.env"
@@ -83,6 +86,9 @@ def ensure_keys(state_dir: Path) -> tuple[str, str]:
                                   "credentials": [{"accessKey": key_id, "secretKey": secret}],
                                   "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
     _write_private(state_dir / S3_CONFIG_FILE, json.dumps(identities, indent=2) + "\n")
+    # the product's local profile reads the same key from a credentials file (tasks.profile)
+    _write_private(state_dir / LOCAL_CREDENTIALS,
+                   json.dumps({"access_key_id": key_id, "access_key_secret": secret}) + "\n")
     return key_id, secret
 
 

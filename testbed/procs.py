@@ -15,9 +15,11 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from testbed.config import TestbedConfig
 from testbed.errors import PortInUse, TestbedError
 
 
@@ -255,3 +257,24 @@ def wait_until(check, *, timeout: float, what: str, interval: float = 0.25, died
         time.sleep(interval)
     detail = f" (last error: {str(last_exc)[:160]})" if last_exc else ""
     raise TestbedError(f"{what}: not ready after {timeout:.0f}s{detail}", hint="see `tidegate testbed logs`")
+
+
+@dataclass
+class Component:
+    """A process of the test bed: how to start it and how to tell it is ready."""
+
+    name: str
+    version: str
+    make_proc: Callable[[TestbedConfig], Proc]
+    ready: Callable[[TestbedConfig], bool]
+    timeout_s: float = 60.0
+    before: Callable[[TestbedConfig], None] | None = None
+    after: Callable[[TestbedConfig], None] | None = None
+    stop_timeout_s: float = 20.0
+    extra_status: Callable[[TestbedConfig], dict] | None = None
+
+
+def kube(cfg: TestbedConfig):
+    from tasks.kube import Kube
+
+    return Kube.connect(kubeconfig=cfg.kubeconfig)

@@ -16,7 +16,6 @@ import pytest
 
 from tasks.render import render_manifests
 from tasks.spec import load_spec
-
 from tests.helpers import scratch_namespace
 from tests.helpers import wait_for as _wait
 

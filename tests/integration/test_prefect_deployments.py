@@ -129,7 +129,7 @@ def worker(prefect_server, registered):
     """`tidegate worker --pool tidegate-it`, waited for until the server sees it online."""
     from prefect import get_client
 
-    from flows.operations import online_workers
+    from flows.prefect_admin import online_workers
 
     log = open(prefect_server.home / "worker.log", "w")
     proc = subprocess.Popen([*TIDEGATE, "worker", "--pool", POOL, "--name", "it-worker"], cwd=ROOT,
@@ -389,7 +389,7 @@ def test_release_gate_without_worker_gives_clear_message(prefect_server, registe
     from prefect import get_client
 
     from flows.deployments import release_gate
-    from flows.operations import ensure_work_pool
+    from flows.prefect_admin import ensure_work_pool
 
     with get_client(sync_client=True) as c:
         ensure_work_pool(c, "tidegate-idle-pool")

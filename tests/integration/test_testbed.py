@@ -13,7 +13,6 @@ import uuid
 import pytest
 
 from testbed.cluster import CA_GROUP_LABEL, NODEPOOL_LABEL, reconfigure_autoscaler
-
 from tests.helpers import wait_for as _wait
 
 pytestmark = pytest.mark.integration

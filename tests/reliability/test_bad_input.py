@@ -61,7 +61,7 @@ def corpus_results(bed):
 
 def _labelled_objects(bed) -> list[str]:
     from tasks.cluster import RUN_KINDS_CLUSTER, RUN_KINDS_NAMESPACED
-    from tasks.kube import RUN_LABEL
+    from tasks.names import RUN_LABEL
 
     kube = bed.admin()
     found = []

@@ -22,7 +22,14 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import yaml
 
-from tests.reliability.helpers import LOCAL_SPEC, SHORT_LOAD, Cli, run_cli, stderr_lines, validate_args
+from tests.reliability.helpers import (
+    LOCAL_SPEC,
+    SHORT_LOAD,
+    Cli,
+    run_cli,
+    stderr_lines,
+    validate_args,
+)
 
 pytestmark = pytest.mark.reliability
 ALL_STAGES = "stage,prepare,deploy,smoke,spike,verify,gate,teardown"

@@ -77,11 +77,16 @@ def test_cli_wrong_context_exits_2(tmp_path, capsys):
 
 
 def test_cli_selected_stage_that_does_not_exist_fails_loudly(tmp_path, capsys, monkeypatch):
-    """A stage whose module is not built must never pass: selecting it is exit 2 with its name."""
-    from flows import validation
+    """A stage that is not implemented must never pass: selecting it is exit 2 with its name."""
+    import dataclasses
 
-    monkeypatch.setitem(validation.STAGE_FUNCS, "verify",
-                        validation._module_stage("tasks.not_built_yet", "run", "verify"))
+    from tasks import stages
+    from tasks.errors import StageNotImplemented
+
+    def not_built(_ctx):
+        raise StageNotImplemented("stage `verify` is not implemented yet; select the stages to run with --stages")
+
+    monkeypatch.setitem(stages.BY_NAME, "verify", dataclasses.replace(stages.BY_NAME["verify"], run=not_built))
     monkeypatch.setenv("TIDEGATE_REPORTS_DIR", str(tmp_path / "reports"))
     rc = main(["validate", "--spec", LOCAL, "--stages", "verify", "--no-prefect"])
     assert rc == 2

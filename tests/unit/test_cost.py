@@ -39,11 +39,18 @@ import pandas as pd
 import pytest
 
 from tasks import cost as costs
-from tasks.cost import CostSpec, billed_seconds, compute_cost, cost_plot, run_cost_stage
+from tasks.cost import CostSpec, billed_seconds, compute_cost, cost_of_run, cost_plot
 from tasks.errors import SpecError
 from tasks.gate import evaluate
 from tasks.observe import Timeline
-from tasks.spec import RolloutSpec, TidalSpec, apply_overrides, load_spec, spec_from_dict
+from tasks.report_model import RunReport
+from tasks.spec import (
+    RolloutSpec,
+    TidalSpec,
+    apply_overrides,
+    load_spec,
+    spec_from_dict,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -341,28 +348,29 @@ def test_cost_plot_is_an_agg_figure():
     empty.savefig(io.BytesIO(), format="png")
 
 
-# -- the stage glue -----------------------------------------------------------------------------
-def ctx_for(spec: RolloutSpec, **results: Any) -> Any:
-    return SimpleNamespace(spec=spec, results=dict(results), tables={},
-                           report=SimpleNamespace(extra={}))
+# -- the run's cost (what the verify stage records) ---------------------------------------------
+def cost_for(spec: RolloutSpec, timeline: Any = None, spike: Any = None, ended_at: Any = None) -> costs.CostReport:
+    return cost_of_run(spec, spike, timeline, ended_at)
 
 
-def test_run_cost_stage_fills_the_report():
+def test_cost_of_run_fills_the_report():
     spec = priced("load.shape=tidal", "load.baseline_users=2", "load.spike_users=24", "load.spawn_rate=12",
                   "load.tidal.compress_to_minutes=10")
     assert spec.load.tidal == TidalSpec(compress_to_minutes=10)
-    ctx = ctx_for(spec, timeline=spill_timeline(), spike=fake_load(),
-                  ended_at=T0 + pd.Timedelta(seconds=WINDOW_S))
-    line = run_cost_stage(ctx)
-    block = ctx.report.extra["cost"]
+    report = cost_for(spec, timeline=spill_timeline(), spike=fake_load(),
+                      ended_at=T0 + pd.Timedelta(seconds=WINDOW_S))
+    line = report.describe()
+    block = report.block()
     assert block["compression_factor"] == 144.0                        # 24 h into 10 min
     assert block["hybrid_cost_per_day"] == pytest.approx(183.19)
     assert line == ("cost: cloud 330 node-s, 0.95 CNY this run; per day (x144): hybrid 183.19 CNY, IDC for peak "
                     "115.20 CNY, cloud only 539.60 CNY; scale-down lag 70s")
     assert "\n" not in line
-    assert isinstance(ctx.results["cost"], costs.CostReport)
-    assert list(ctx.tables["cost_intervals"]["object"])[:2] == ["idc-1", "idc-2"]
-    assert "cost.cloud_cost_per_day" in ctx.report.extra["definitions"]
+    assert isinstance(report, costs.CostReport)
+    assert list(report.intervals_frame()["object"])[:2] == ["idc-1", "idc-2"]
+    run = RunReport(run_id="r", spec="s", profile="local", started_at="t", cost=block)
+    run.fill_definitions()
+    assert "cost.cloud_cost_per_day" in run.definitions
 
 
 @pytest.mark.parametrize("results", [
@@ -371,19 +379,16 @@ def test_run_cost_stage_fills_the_report():
     {"timeline": Timeline.from_rows([])},
     {"timeline": "not a timeline", "spike": SimpleNamespace()},
 ])
-def test_run_cost_stage_never_raises_on_missing_data(results):
-    ctx = ctx_for(priced(), **results)
-    line = run_cost_stage(ctx)
-    assert line.startswith("cost: no data: ")
-    assert ctx.report.extra["cost"]["status"].startswith("no data: ")
+def test_cost_of_run_never_raises_on_missing_data(results):
+    report = cost_for(priced(), **results)
+    assert report.describe().startswith("cost: no data: ")
+    assert report.block()["status"].startswith("no data: ")
 
 
-def test_run_cost_stage_with_unreadable_tidal_csv_states_the_gap(tmp_path: Path):
+def test_cost_of_run_with_unreadable_tidal_csv_states_the_gap(tmp_path: Path):
     spec = priced("load.shape=tidal", f"load.tidal.csv_path={tmp_path / 'gone.csv'}")
-    ctx = ctx_for(spec, timeline=spill_timeline(), spike=fake_load(),
-                  ended_at=T0 + pd.Timedelta(seconds=WINDOW_S))
-    run_cost_stage(ctx)
-    block = ctx.report.extra["cost"]
+    block = cost_for(spec, timeline=spill_timeline(), spike=fake_load(),
+                     ended_at=T0 + pd.Timedelta(seconds=WINDOW_S)).block()
     assert block["status"] == "ok" and block["cloud_cost_per_day"] is None
     assert block["cloud_cost_run"] == pytest.approx(0.9526)
 

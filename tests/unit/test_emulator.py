@@ -19,13 +19,13 @@ import pytest
 
 from testbed.config import EmulatorModel
 from testbed.emulator import (
+    ChatMessage,
     Replica,
     ReplicaPool,
     estimate_chat_tokens,
     estimate_text_tokens,
     filler_tokens,
     sm_util_of,
-    ChatMessage,
 )
 
 pytestmark = pytest.mark.unit

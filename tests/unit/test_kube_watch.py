@@ -3,7 +3,6 @@ with the type the server would have sent (new ADDED, changed MODIFIED, gone DELE
 
 from __future__ import annotations
 
-
 from tasks.kube import Kube
 
 

@@ -14,7 +14,12 @@ import pytest
 import requests
 from multidict import CIMultiDict
 from oss2 import http, xml_utils
-from oss2.models import ListMultipartUploadsResult, ListObjectsResult, ListObjectsV2Result, ListPartsResult
+from oss2.models import (
+    ListMultipartUploadsResult,
+    ListObjectsResult,
+    ListObjectsV2Result,
+    ListPartsResult,
+)
 
 from testbed import oss_adapter as oa
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows import operations
+from flows import gatecmd, hooks, outcomes, prefect_admin
 from flows.deployments import (
     DEPLOYMENT_NAMES,
     FLOW_NAME,
@@ -130,7 +130,7 @@ def test_ui_form_holds_no_secret_values(deployments, monkeypatch):
     for path, prop in _walk_properties(schema):
         assert prop.get("format") != "password" and not prop.get("writeOnly"), path
     creds = schema["definitions"]["OssCredentials"]["properties"]
-    assert set(creds) == {"access_key_id_env", "access_key_secret_env", "secret_block", "secret_name",
+    assert set(creds) == {"access_key_id_env", "access_key_secret_env", "secret_block", "file", "secret_name",
                           "create_secret"}
     # with keys in the environment, the registered defaults still hold only their names
     monkeypatch.setenv("TIDEGATE_OSS_ACCESS_KEY_ID", "LTAI-unit-test-key-id")
@@ -183,27 +183,27 @@ def test_release_gate_bad_image_is_a_spec_error():
     ("CANCELLED", "cancelled by user", 2, "cancelled"),
 ])
 def test_deployment_gate_exit_code_for_state(state, message, code, outcome):
-    assert operations.exit_code_for_state(state, message) == code
+    assert outcomes.exit_code_for_state(state, message) == code
     if state != "COMPLETED":
-        assert operations.outcome_for_state(state, message) == outcome
+        assert outcomes.outcome_for_state(state, message) == outcome
 
 
 def test_deployment_gate_params_parse_json_or_string():
-    assert operations.parse_params(["image=repo/vllm:0.7", 'stages=["prepare","teardown"]', "n=3",
-                                    "spec_path=examples/x.yaml"]) == {
+    assert gatecmd.parse_params(["image=repo/vllm:0.7", 'stages=["prepare","teardown"]', "n=3",
+                                 "spec_path=examples/x.yaml"]) == {
         "image": "repo/vllm:0.7", "stages": ["prepare", "teardown"], "n": 3, "spec_path": "examples/x.yaml"}
-    with pytest.raises(operations.SpecError, match="expected name=value"):
-        operations.parse_params(["image"])
+    with pytest.raises(gatecmd.SpecError, match="expected name=value"):
+        gatecmd.parse_params(["image"])
 
 
 @pytest.mark.parametrize(("code", "tag"), [(0, None), (1, "failure"), (2, "error")])
 def test_deployment_gate_junit_from_state(code, tag):
-    result = operations.GateResult(
+    result = gatecmd.GateResult(
         deployment=f"{FLOW_NAME}/release-gate", flow_run_id="1234", flow_run_name="brave-otter",
         state_type={0: "COMPLETED", 1: "FAILED", 2: "CRASHED"}[code], state_name="X",
         message='gate failed: <load.error_rate> & "ttft"', exit_code=code, seconds=12.5,
         run_id="gate-x", report_junit=None)
-    doc = ET.fromstring(operations.junit_from_result(result, "http://127.0.0.1:4200"))
+    doc = ET.fromstring(gatecmd.junit_from_result(result, "http://127.0.0.1:4200"))
     suite = doc.find("testsuite")
     assert suite.get("tests") == "1"
     assert suite.get("failures") == ("1" if code == 1 else "0")
@@ -242,9 +242,9 @@ def test_prefect_blocks_create_refuses_missing_env_without_values(capsys, monkey
 def test_prefect_automation_file_is_valid():
     from prefect.events.schemas.automations import AutomationCore
 
-    data = yaml.safe_load(operations.AUTOMATION_FILE.read_text())
+    data = yaml.safe_load(prefect_admin.AUTOMATION_FILE.read_text())
     auto = AutomationCore.model_validate(data)
-    assert auto.trigger.expect == {operations.FAILED_EVENT}
+    assert auto.trigger.expect == {hooks.FAILED_EVENT}
     assert [a.type for a in auto.actions] == ["send-notification"]
 
 

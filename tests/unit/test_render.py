@@ -12,7 +12,7 @@ import yaml
 from pydantic import SecretStr
 
 from tasks.errors import SpecError
-from tasks.kube import RUN_LABEL
+from tasks.names import RUN_LABEL
 from tasks.render import (
     MANIFESTS_DIR,
     preflight_checks,
@@ -586,7 +586,12 @@ def test_node_events_role_only_when_the_namespace_is_not_default():
 
 
 def test_teardown_looks_in_the_other_namespaces_the_run_named_for_those_kinds_only():
-    from tasks.cluster import RUN_KINDS_NAMESPACED, _namespaced_kinds, _parse_known, run_object_names
+    from tasks.cluster import (
+        RUN_KINDS_NAMESPACED,
+        _namespaced_kinds,
+        _parse_known,
+        run_object_names,
+    )
 
     spec = variant(ACK, "cluster.namespace=ml")
     plan = dict(_namespaced_kinds(["ml"], _parse_known(run_object_names(spec, RUN))))

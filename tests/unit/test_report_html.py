@@ -12,8 +12,8 @@ pytestmark = pytest.mark.unit
 def test_cost_block_and_figure_titles_are_on_the_page():
     report = RunReport(run_id="r1", spec="s", profile="local", started_at="2026-11-29T00:00:00+00:00",
                        elasticity={"cloud_pods_max": 1, "spill_over_traffic_time": "21:51"})
-    report.extra["cost"] = {"currency": "CNY", "cloud_cost_per_day": 51.41,
-                            "node_seconds": {"np-idc": 725.4, "np-elastic": 81.2}, "notes": []}
+    report.cost = {"currency": "CNY", "cloud_cost_per_day": 51.41,
+                   "node_seconds": {"np-idc": 725.4, "np-elastic": 81.2}, "notes": []}
     page = basic_html(report, [("Cost accumulated over the run per pool", "data:image/png;base64,AAAA")])
     assert "<h2>cost</h2>" in page and "<td>cloud_cost_per_day</td><td>51.41</td>" in page
     assert "<td>node_seconds</td><td>np-idc: 725.4, np-elastic: 81.2</td>" in page

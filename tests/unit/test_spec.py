@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -133,7 +135,7 @@ def test_prefect_form_schema():
     assert list(schema.definitions["RolloutSpec"]["properties"])[:4] == ["name", "profile", "model", "storage"]
     # the form holds no secret values: only where to find them
     creds = schema.definitions["OssCredentials"]["properties"]
-    assert set(creds) == {"access_key_id_env", "access_key_secret_env", "secret_block",
+    assert set(creds) == {"access_key_id_env", "access_key_secret_env", "secret_block", "file",
                           "secret_name", "create_secret"}
 
 
@@ -438,6 +440,93 @@ def test_missing_credentials_name_the_variables(monkeypatch: pytest.MonkeyPatch)
         creds.resolve()
     assert "TIDEGATE_OSS_ACCESS_KEY_ID" in info.value.one_line()
     assert "canary" not in info.value.one_line()
+
+
+def _no_env_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TIDEGATE_OSS_ACCESS_KEY_ID", raising=False)
+    monkeypatch.delenv("TIDEGATE_OSS_ACCESS_KEY_SECRET", raising=False)
+
+
+def _keys_file(path: Path, key_id: str = "file-id-3d9", secret: str = "canary-file-secret-5e1") -> Path:
+    path.write_text(json.dumps({"access_key_id": key_id, "access_key_secret": secret}))
+    return path
+
+
+def test_credentials_environment_wins_over_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    creds = load_spec(LOCAL).storage.oss.credentials.model_copy(
+        update={"file": str(_keys_file(tmp_path / "keys.json"))})
+    monkeypatch.setenv("TIDEGATE_OSS_ACCESS_KEY_ID", "env-id-7a1")
+    monkeypatch.setenv("TIDEGATE_OSS_ACCESS_KEY_SECRET", "env-secret-2f4")
+    key_id, secret = creds.resolve(default_file=_keys_file(tmp_path / "default.json"))
+    assert (key_id.get_secret_value(), secret.get_secret_value()) == ("env-id-7a1", "env-secret-2f4")
+
+
+def test_credentials_from_file_when_environment_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    _no_env_keys(monkeypatch)
+    monkeypatch.setenv("TIDEGATE_OSS_ACCESS_KEY_ID", "env-id-only-half")  # both are needed
+    before = dict(os.environ)
+    keys = _keys_file(tmp_path / "keys.json")
+    creds = load_spec(LOCAL, [f"storage.oss.credentials.file={keys}"]).storage.oss.credentials
+    assert creds.file == str(keys)
+    key_id, secret = creds.resolve(default_file=tmp_path / "absent.json")
+    assert isinstance(secret, SecretStr)
+    assert (key_id.get_secret_value(), secret.get_secret_value()) == ("file-id-3d9", "canary-file-secret-5e1")
+    assert dict(os.environ) == before, "resolve must not write os.environ"
+
+
+def test_credentials_default_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    _no_env_keys(monkeypatch)
+    creds = load_spec(LOCAL).storage.oss.credentials
+    assert creds.file is None
+    key_id, secret = creds.resolve(default_file=str(_keys_file(tmp_path / "testbed.json", "tb-id")))
+    assert (key_id.get_secret_value(), secret.get_secret_value()) == ("tb-id", "canary-file-secret-5e1")
+    # an explicit file takes the place of the default
+    mine = creds.model_copy(update={"file": str(_keys_file(tmp_path / "mine.json", "my-id"))})
+    assert mine.resolve(default_file=tmp_path / "testbed.json")[0].get_secret_value() == "my-id"
+
+
+@pytest.mark.parametrize("content", [
+    '{"access_key_id": "id-1", "access_key_secret": "canary-file-secret-5e1"',   # truncated JSON
+    '{"access_key_id": "id-1", "secret": "canary-file-secret-5e1"}',             # wrong key
+    '{"access_key_id": "", "access_key_secret": "canary-file-secret-5e1"}',      # empty id
+    '["canary-file-secret-5e1"]',                                                # not an object
+    "access_key_secret: canary-file-secret-5e1",                                 # not JSON
+], ids=["truncated", "wrong-key", "empty-id", "list", "yaml"])
+def test_bad_credentials_file_names_the_path_not_the_value(
+        content: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    _no_env_keys(monkeypatch)
+    bad = tmp_path / "bad-keys.json"
+    bad.write_text(content)
+    creds = load_spec(LOCAL).storage.oss.credentials
+    with pytest.raises(CredentialsError) as info:
+        creds.resolve(default_file=bad)
+    message = info.value.one_line()
+    assert str(bad) in message and '{"access_key_id": ..., "access_key_secret": ...}' in message
+    assert "canary" not in message
+    assert info.value.__cause__ is None and "canary" not in repr(info.value.__context__)
+
+
+def test_missing_credentials_file_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    _no_env_keys(monkeypatch)
+    creds = load_spec(LOCAL).storage.oss.credentials.model_copy(
+        update={"file": str(tmp_path / "nowhere.json")})
+    with pytest.raises(CredentialsError) as info:
+        creds.resolve()
+    message = info.value.one_line()
+    assert "TIDEGATE_OSS_ACCESS_KEY_ID" in message and str(tmp_path / "nowhere.json") in message
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("", "storage.oss.credentials.file: must be a non-empty file path"),
+    ("keys\x00.json", "storage.oss.credentials.file: must be a non-empty file path without NUL"),
+    ("k" * 1025, "storage.oss.credentials.file: too long (1025 chars > 1024)"),
+], ids=["empty", "nul", "long"])
+def test_credentials_file_is_validated(value: str, expected: str):
+    data = apply_overrides(BASE, [])
+    data["storage"]["oss"]["credentials"] = {"file": value}
+    with pytest.raises(SpecError) as info:
+        spec_from_dict(data, "x.yaml")
+    assert expected in info.value.one_line()
 
 
 def test_stage_names_are_the_literal():

@@ -22,8 +22,8 @@ The expected figures were checked by hand against the fixture's rows:
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest

@@ -1,0 +1,84 @@
+"""The ``slo`` section: the gate's rules, checked against the report.json keys they may name."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from tasks.spec.base import _RULE, _FieldError, _show, _Strict
+
+# report.json keys (ARCHITECTURE.md, "Report contract") that gate rules may name
+REPORT_KEYS = {
+    "load": {"requests", "failures", "error_rate", "rps", "ttft_p50_ms", "ttft_p95_ms",
+             "itl_p95_ms", "e2e_p95_ms", "output_tokens_per_s"},
+    "elasticity": {"hpa_max_replicas", "idc_pods_max", "cloud_pods_max", "scale_up_events",
+                   "scale_down_events", "time_to_hpa_rescale_s", "time_to_cloud_node_s",
+                   "time_to_first_cloud_pod_ready_s", "scale_in_back_to_idc"},
+    "staging": {"bytes", "files", "uploaded_bytes", "skipped_files", "seconds", "MBps"},
+}
+OPEN_REPORT_SECTIONS = ("cost", "smoke", "stages")  # keys defined by their stages, not checked here
+
+
+class SloRule(_Strict):
+    """One gate rule: <rule> <op> <threshold>, e.g. load.error_rate <= 0.01."""
+
+    rule: str = Field(
+        "load.error_rate", title="Metric", max_length=128,
+        description="Dotted report.json key, e.g. load.ttft_p95_ms, elasticity.cloud_pods_max, "
+                    "elasticity.scale_in_back_to_idc.")
+    op: Literal["<=", "<", ">=", ">", "=="] = Field("<=", title="Comparator",
+                                                     description="How the value is compared.")
+    threshold: bool | int | float = Field(
+        0.01, title="Threshold",
+        description="Number, or true/false for flags (with ==). With relative: a change in "
+                    "percent against the last passing run (e.g. 20 = at most +20%).")
+    relative: bool = Field(False, title="Relative",
+                           description="Compare with the last passing run's value instead of absolutely.")
+    severity: Literal["fail", "warn"] = Field("fail", title="Severity",
+                                              description="What a violation makes the verdict.")
+    no_data: Literal["fail", "warn", "pass"] = Field(
+        "fail", title="If no data", description="Outcome when the run produced no value for the metric.")
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _threshold_type(cls, value: Any) -> Any:
+        if not isinstance(value, (bool, int, float)) or (isinstance(value, float) and not math.isfinite(value)):
+            raise ValueError(f"must be a finite number or true/false (got {_show(value)})")
+        return value
+
+    @field_validator("rule")
+    @classmethod
+    def _rule(cls, value: str) -> str:
+        if not _RULE.match(value):
+            raise ValueError(f"must be a dotted report key such as load.error_rate (got {_show(value)})")
+        section, key = value.split(".", 1)
+        if section in REPORT_KEYS:
+            if key not in REPORT_KEYS[section]:
+                raise ValueError(f"{value!r} is not a report key (known {section} keys: "
+                                 f"{', '.join(sorted(REPORT_KEYS[section]))})")
+        elif section not in OPEN_REPORT_SECTIONS:
+            raise ValueError(f"section {section!r} unknown (allowed: "
+                             f"{', '.join([*REPORT_KEYS, *OPEN_REPORT_SECTIONS])})")
+        return value
+
+    @model_validator(mode="after")
+    def _op(self) -> SloRule:
+        if isinstance(self.threshold, bool):
+            if self.op != "==":
+                raise _FieldError("op", f"must be == for a true/false threshold (got {self.op!r})")
+            if self.relative:
+                raise _FieldError("relative", "cannot apply to a true/false threshold")
+        return self
+
+
+def _default_slo() -> list[SloRule]:
+    return [
+        SloRule(rule="load.error_rate", op="<=", threshold=0.01),
+        SloRule(rule="load.ttft_p95_ms", op="<=", threshold=2000.0),
+        SloRule(rule="elasticity.cloud_pods_max", op=">=", threshold=1),
+        SloRule(rule="elasticity.scale_in_back_to_idc", op="==", threshold=True),
+        SloRule(rule="elasticity.time_to_first_cloud_pod_ready_s", op="<=", threshold=180.0,
+                severity="warn"),
+    ]

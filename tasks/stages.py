@@ -1,0 +1,213 @@
+"""The stage chain: one ordered list of stages, each a plain function of the ``RunContext``.
+
+``STAGES`` is the only list of stages: the flow runs it in order (``flows.validation``), the
+CLI's ``--stages`` and the spec's ``stages`` are checked against it (``normalize_stages``), the
+report's ``stages`` block and JUnit list it, and Prefect names each task run after its
+``task_name``. A stage reads the context slots it ``needs``, writes the ones it ``produces``
+and the report block of the same name, and returns one line for the report. Expected
+failures raise a ``TidegateError`` (``StageFailed`` / ``GateFailed``: exit 1; anything else:
+exit 2); the domain work lives in the stage's own module (``tasks.staging``, ``tasks.cluster``,
+``tasks.deploy``, ``tasks.smoke``, ``tasks.elastic``, ``tasks.cost``, ``tasks.gate``).
+
+The chain: stage -> prepare -> deploy -> smoke -> spike -> verify -> gate -> teardown. The
+report is not a stage: it is always written (``report`` is accepted and ignored in a list).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from tasks import staging
+from tasks.cluster import apply_all, preflight, run_object_names, teardown
+from tasks.context import RunContext
+from tasks.cost import cost_of_run
+from tasks.deploy import deploy
+from tasks.elastic import describe_elasticity, run_spike, verify_spike
+from tasks.errors import GateFailed, SpecError, StageFailed
+from tasks.gate import describe, evaluate, failure_message, last_passing_report, verdict
+from tasks.names import ALWAYS_RUN, STAGE_ALIASES, STAGE_NAMES
+from tasks.render import render_manifests, render_oss_secret
+from tasks.report import reports_root
+from tasks.report_model import (
+    CostBlock,
+    ElasticityBlock,
+    FindingBlock,
+    LoadBlock,
+    PhaseBlock,
+    StagingBlock,
+)
+from tasks.smoke import smoke
+
+RBAC_KINDS = frozenset({"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"})
+SERVICE_KINDS = frozenset({"InferenceService", "HorizontalPodAutoscaler"})
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the chain."""
+
+    name: str                      # what --stages, the report and JUnit call it
+    task_name: str                 # the Prefect task run's name
+    run: Callable[[RunContext], str]
+    needs: tuple[str, ...]         # RunContext slots it reads (from earlier stages)
+    produces: tuple[str, ...]      # RunContext slots and report blocks it writes
+    creates_objects: bool = False  # it changes the cluster (teardown is owed when it ran)
+    summary: str = ""
+
+
+# -- the stage functions ---------------------------------------------------------------------------
+def stage_model(ctx: RunContext) -> str:
+    staged = staging.stage_model_for_spec(ctx.spec, run_id=ctx.run_id)
+    ctx.staged = staged
+    ctx.report.staging = StagingBlock.model_validate(staged.report_block())
+    return staged.summary()
+
+
+def _credentials_secret(ctx: RunContext) -> dict | None:
+    """The OSS CSI driver's Secret, built from the resolved credentials at apply time (never
+    rendered into a plan or a file)."""
+    st = ctx.spec.storage
+    if st.kind != "oss" or not st.oss.credentials.create_secret:
+        return None
+    key_id, key_secret = st.oss.credentials.resolve(ctx.profile.credentials_file)  # names where it looked
+    ctx.secrets += [key_id.get_secret_value(), key_secret.get_secret_value()]
+    return render_oss_secret(ctx.spec, ctx.run_id, key_id, key_secret)
+
+
+def prepare_cluster(ctx: RunContext) -> str:
+    kube = ctx.connect()
+    report = preflight(kube, ctx.spec)
+    objs = [o for o in render_manifests(ctx.spec, ctx.run_id) if o["kind"] not in SERVICE_KINDS]
+    if ctx.spec.cluster.in_cluster or not kube.can_i("create", "roles", group="rbac.authorization.k8s.io",
+                                                     namespace=ctx.spec.cluster.namespace):
+        # running as the pipeline's own ServiceAccount: an admin applied the RBAC once; the run
+        # neither needs nor may write it (and must never delete the identity it runs as)
+        objs = [o for o in objs if o["kind"] not in RBAC_KINDS]
+        report.warnings.append("RBAC not applied: this identity may not write RBAC (applied by an admin)")
+    if any(o["kind"] == "Namespace" for o in objs):
+        ctx.created_namespaces.append(ctx.spec.cluster.namespace)
+    secret = _credentials_secret(ctx)
+    if secret:
+        objs.insert(next((i for i, o in enumerate(objs) if o["kind"] == "PersistentVolume"), len(objs)), secret)
+    report.applied = apply_all(kube, objs)
+    ctx.cluster = report
+    w = f"; warnings: {'; '.join(report.warnings)}" if report.warnings else ""
+    return (f"{report.server_version}; IDC {report.idc.ready_nodes} nodes/{report.idc.gpus_allocatable} GPUs, "
+            f"elastic {report.elastic.nodes} nodes (autoscaler group known: {report.elastic.autoscaler_group_known}); "
+            f"applied {len(report.applied)} objects{w}")
+
+
+def deploy_service(ctx: RunContext) -> str:
+    kube = ctx.connect()
+    objs = [o for o in render_manifests(ctx.spec, ctx.run_id) if o["kind"] in SERVICE_KINDS]
+    handle = deploy(kube, objs, ctx.spec)
+    ctx.service = handle
+    return f"{handle.namespace}/{handle.name} Ready in {handle.ready_seconds}s with {handle.replicas} replica(s)"
+
+
+def smoke_test(ctx: RunContext) -> str:
+    result = smoke(ctx.spec)
+    ctx.smoke = result
+    ctx.report.smoke = result.report_block()
+    return result.describe()
+
+
+def spike(ctx: RunContext) -> str:
+    kube = ctx.connect()
+
+    def stopped(_load, timeline) -> None:  # the timeline is kept also when the load failed
+        ctx.timeline = timeline
+
+    run = run_spike(kube, ctx.spec, ctx.run_id, reports_root() / ctx.run_id, on_stopped=stopped)
+    result = run.load
+    ctx.load, ctx.observed_until = result, run.ended_at
+    ctx.report.load = LoadBlock.model_validate(result.report_block())
+    ctx.report.phases = [PhaseBlock(name=p.name, start=p.start.isoformat(), end=p.end.isoformat())
+                         for p in result.phases]
+    if not result.summary.get("requests"):
+        raise StageFailed(f"spike: no request completed against {ctx.spec.ingress.url} "
+                          f"(Host {ctx.spec.ingress.host})")
+    return f"{result.describe()}; {len(run.timeline.df)} timeline entries; spill-back wait {run.settle_s}s"
+
+
+def verify_elasticity(ctx: RunContext) -> str:
+    if ctx.load is None or ctx.timeline is None:
+        raise StageFailed("verify needs the spike stage's load data and timeline: select spike with verify")
+    el = verify_spike(ctx.spec, ctx.load, ctx.timeline, ctx.observed_until)
+    ctx.elasticity = el
+    ctx.report.elasticity = ElasticityBlock.model_validate(el.block())
+    ctx.report.findings = [FindingBlock.model_validate(f) for f in el.findings_block()]
+    ctx.cost = cost_of_run(ctx.spec, ctx.load, ctx.timeline, ctx.observed_until)
+    ctx.report.cost = CostBlock.model_validate(ctx.cost.block())
+    head = f"{describe_elasticity(el)}; cost: {ctx.cost.describe()}"
+    missing = [f.detail for f in el.findings if not f.ok]
+    return head + ("; missing: " + "; ".join(missing) if missing else "")
+
+
+def gate(ctx: RunContext) -> str:
+    """Judge the report so far by the spec's rules; GateFailed when the verdict is fail."""
+    doc = ctx.report.to_dict()
+    baseline = None
+    if any(r.relative for r in ctx.spec.slo):
+        baseline = last_passing_report(reports_root(), ctx.spec.name, exclude_run=ctx.run_id)
+    results = evaluate(ctx.spec.slo, doc, baseline=baseline)
+    ctx.gate = results
+    ctx.report.gate = [r.report_block() for r in results]
+    v = verdict(results)
+    if v == "fail":
+        raise GateFailed(failure_message(results, [f.detail for f in ctx.report.findings if not f.ok]))
+    return f"{v}: {describe(results)}"
+
+
+def teardown_run(ctx: RunContext) -> str:
+    kube = ctx.connect()
+    namespaces = sorted({ctx.spec.cluster.namespace, *ctx.created_namespaces})
+    deleted = teardown(kube, ctx.run_id, namespaces, timeout_s=ctx.spec.teardown.timeout_s,
+                       known=run_object_names(ctx.spec, ctx.run_id))
+    return f"deleted {len(deleted)} objects labelled with run {ctx.run_id}"
+
+
+# -- the chain -------------------------------------------------------------------------------------
+STAGES: tuple[Stage, ...] = (
+    Stage("stage", "stage_model", stage_model, (), ("staged", "staging"),
+          summary="model weights to OSS (oss2) or NAS, with a manifest of sizes and hashes"),
+    Stage("prepare", "prepare_cluster", prepare_cluster, (), ("cluster",), creates_objects=True,
+          summary="preflight checks, then the run's namespace, RBAC, PV/PVC, ResourcePolicy"),
+    Stage("deploy", "deploy_service", deploy_service, (), ("service",), creates_objects=True,
+          summary="InferenceService and HPA as `arena serve kserve` writes them; wait Ready"),
+    Stage("smoke", "smoke", smoke_test, (), ("smoke",),
+          summary="OpenAI-compatible checks through the ingress"),
+    Stage("spike", "spike", spike, (), ("load", "timeline", "observed_until", "phases"),
+          summary="the load shape with Locust while the observer watches the cluster"),
+    Stage("verify", "verify", verify_elasticity, ("load", "timeline", "observed_until"),
+          ("elasticity", "findings", "cost"),
+          summary="spill-over and spill-back from the timeline; the run's cost"),
+    Stage("gate", "gate", gate, (), ("gate",), summary="the spec's SLO rules against the report"),
+    Stage("teardown", "teardown", teardown_run, (), (),
+          summary="delete what the run created (also after a failure)"),
+)
+BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
+if tuple(BY_NAME) != STAGE_NAMES:  # pragma: no cover - a programming error, caught by every test
+    raise AssertionError(f"tasks.stages.STAGES {tuple(BY_NAME)} != tasks.names.STAGE_NAMES {STAGE_NAMES}")
+
+
+def normalize_stages(stages: Iterable[str] | str | None) -> list[str]:
+    """The selected stage names in chain order (all of them when none are given); aliases
+    (``load``, ``cleanup``...) map to their stage; ``report`` is ignored (always written)."""
+    if not stages:
+        return list(STAGE_NAMES)
+    if isinstance(stages, str):
+        stages = [s for s in stages.split(",") if s.strip()]
+    out = []
+    for s in stages:
+        name = STAGE_ALIASES.get(s.strip(), s.strip())
+        if name in ALWAYS_RUN:
+            continue
+        if name not in BY_NAME:
+            raise SpecError(f"--stages: unknown stage {s!r} (stages: {', '.join(STAGE_NAMES)})")
+        out.append(name)
+    return [s for s in STAGE_NAMES if s in out]
+
+
+__all__ = ["BY_NAME", "STAGES", "Stage", "normalize_stages"]
