@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export GOTOOLCHAIN ?= local
 
-.PHONY: setup testbed-build testbed-up testbed-down testbed-status demo demo-tidal test test-unit bench bench-load bench-staging clean
+.PHONY: setup lint testbed-build testbed-up testbed-down testbed-status demo demo-tidal test test-unit bench bench-load bench-staging clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -35,8 +35,13 @@ test-unit: setup
 
 # the whole suite: unit, integration and e2e (the test bed is started by the session fixture
 # if it is not running, and stopped again at the end)
-test: setup testbed-build
+test: setup testbed-build lint
 	$(PY) -m pytest -q tests
+
+# the layering (import-linter contracts in pyproject.toml) and the committed report contract
+lint: setup
+	$(VENV)/bin/lint-imports
+	$(TG) report schema --check reports/schema/report.schema.json
 
 demo: testbed-up
 	$(TG) validate --spec examples/qwen-chat.local.yaml

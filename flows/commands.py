@@ -1,4 +1,4 @@
-"""The run subcommands of ``tidegate``: validate, plan, stage, cleanup. Each returns an exit
+"""The run subcommands of ``tidegate``: validate, plan, stage, cleanup, report. Each returns an exit
 code or raises a TidegateError. (``testbed`` is in flows/testbed_cmd.py, ``gate`` in
 flows/gatecmd.py, the Prefect server's ``deployments``, ``blocks``, ``automations`` and
 ``worker`` in flows/prefect_admin.py.)"""
@@ -8,7 +8,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
+from tasks.errors import SpecError
+from tasks.names import STAGE_NAMES
 from tasks.profile import LOCAL_KUBECONFIG, local_profile_dir, resolve_profile
 
 
@@ -27,7 +30,8 @@ def _setup_logging(verbose: bool = False) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     spec = _load(args)
-    from flows.validation import normalize_stages, run_local
+    from flows.validation import run_local
+    from tasks.stages import normalize_stages
 
     stages = normalize_stages(args.stages)
     _setup_logging(args.verbose)
@@ -81,6 +85,29 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """``tidegate report schema``: the JSON Schema of report.json (``--check FILE``: exit 1 when
+    FILE, e.g. reports/schema/report.schema.json, differs from it)."""
+    from tasks.report_model import report_schema_text
+
+    text = report_schema_text()
+    if args.check:
+        try:
+            committed = Path(args.check).read_text()
+        except OSError as exc:
+            raise SpecError(f"--check: cannot read {args.check}: {exc.strerror}",
+                            hint="write it with `tidegate report schema > FILE`") from None
+        if committed != text:
+            print(f"tidegate: {args.check} differs from the report model (tasks/report_model.py); "
+                  f"regenerate it with `tidegate report schema > {args.check}` and review the change",
+                  file=sys.stderr)
+            return 1
+        print(f"tidegate: {args.check} matches the report model", file=sys.stderr)
+        return 0
+    sys.stdout.write(text)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     def spec_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--spec", required=True, help="RolloutSpec YAML file")
@@ -90,7 +117,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("validate", help="run the validation flow end to end")
     spec_args(p)
-    p.add_argument("--stages", help="comma-separated subset: stage,prepare,deploy,smoke,spike,verify,gate,teardown")
+    p.add_argument("--stages", help=f"comma-separated subset: {','.join(STAGE_NAMES)}")
     p.add_argument("--no-prefect", action="store_true", help="run the stages without Prefect (debugging)")
     p.set_defaults(func=cmd_validate)
 
@@ -112,3 +139,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", "--namespace", action="append")
     p.add_argument("-A", "--all-namespaces", action="store_true")
     p.set_defaults(func=cmd_cleanup)
+
+    p = sub.add_parser("report", help="the report contract: `report schema` prints report.json's JSON Schema")
+    p.add_argument("action", choices=["schema"])
+    p.add_argument("--check", metavar="FILE", help="exit 1 if FILE differs from the schema (CI)")
+    p.set_defaults(func=cmd_report)

@@ -42,8 +42,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from flows.hooks import on_crashed, on_failure
 from flows.release import release_spec, spec_parameters
 from flows.runid import new_run_id
-from flows.validation import elastic_rollout_validation, execute, normalize_stages
+from flows.validation import elastic_rollout_validation, execute
 from tasks.spec import RolloutSpec, StageName, load_spec
+from tasks.stages import normalize_stages
 
 FLOW_NAME = "elastic-rollout-validation"
 PROJECT_DIR = Path(__file__).resolve().parent.parent

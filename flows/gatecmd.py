@@ -24,7 +24,6 @@ import json
 import secrets as _secrets
 import sys
 import time
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,25 +181,17 @@ def _report_exit_code(report_json: Path, code: int) -> int:
 
 def junit_from_result(result: GateResult, ui_url: str | None = None) -> str:
     """A one-case JUnit document for a run that wrote no report (or whose report is elsewhere)."""
-    suites = ET.Element("testsuites")
-    failures = "1" if result.exit_code == 1 else "0"
-    errors = "1" if result.exit_code not in (0, 1) else "0"
-    suite = ET.SubElement(suites, "testsuite", name=f"tidegate.gate.{result.deployment}", tests="1",
-                          failures=failures, errors=errors, skipped="0",
-                          timestamp=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
-    case = ET.SubElement(suite, "testcase", classname="tidegate.gate", name=result.deployment,
-                         time=f"{result.seconds:.3f}")
+    from tasks.report import JUnitCase, junit_document
+
     message = f"{result.state_name}: {result.message}" if result.message else result.state_name
-    if result.exit_code == 1:
-        ET.SubElement(case, "failure", message=message, type=result.state_type)
-    elif result.exit_code != 0:
-        ET.SubElement(case, "error", message=message, type=result.state_type)
-    out = ET.SubElement(case, "system-out")
+    outcome = "passed" if result.exit_code == 0 else "failure" if result.exit_code == 1 else "error"
     link = f"\n{ui_url.rstrip('/')}/runs/flow-run/{result.flow_run_id}" if ui_url else ""
-    out.text = (f"flow run {result.flow_run_name} ({result.flow_run_id}) ended {result.state_name}"
-                f"{'; run id ' + result.run_id if result.run_id else ''}{link}")
-    ET.indent(suites)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+    case = JUnitCase("tidegate.gate", result.deployment, result.seconds, outcome,
+                     message if outcome != "passed" else "", result.state_type,
+                     output=(f"flow run {result.flow_run_name} ({result.flow_run_id}) ended {result.state_name}"
+                             f"{'; run id ' + result.run_id if result.run_id else ''}{link}"))
+    return junit_document(f"tidegate.gate.{result.deployment}", [case],
+                          dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
 
 
 def write_junit(result: GateResult, path: Path) -> str:

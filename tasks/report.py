@@ -13,9 +13,10 @@ import html
 import json
 import os
 import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape
 
 from tasks.report_model import RunReport
 
@@ -43,34 +44,51 @@ def redact(text: str, secrets: list[str]) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class JUnitCase:
+    """One test case of a JUnit document: ``outcome`` passed, failure, error or skipped."""
+
+    classname: str
+    name: str
+    seconds: float = 0.0
+    outcome: str = "passed"
+    message: str = ""
+    kind: str = ""
+    output: str = ""
+
+
+def junit_document(suite: str, cases: list[JUnitCase], timestamp: str) -> str:
+    """The one JUnit writer: a ``<testsuites>`` with one suite of ``cases`` (the run's stages and
+    gate rules, or the one case ``tidegate gate`` writes for a flow run without a report)."""
+    root = ET.Element("testsuites")
+    count = {o: sum(c.outcome == o for c in cases) for o in ("failure", "error", "skipped")}
+    el = ET.SubElement(root, "testsuite", name=suite, tests=str(len(cases)), failures=str(count["failure"]),
+                       errors=str(count["error"]), skipped=str(count["skipped"]), timestamp=timestamp)
+    for c in cases:
+        case = ET.SubElement(el, "testcase", classname=c.classname, name=c.name, time=f"{c.seconds:.3f}")
+        if c.outcome != "passed":
+            attrs = {"message": c.message, **({"type": c.kind} if c.kind else {})}
+            ET.SubElement(case, c.outcome, **attrs)
+        if c.output:
+            ET.SubElement(case, "system-out").text = c.output
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+_STAGE_OUTCOME = {"failed": "failure", "error": "error", "skipped": "skipped", "not_run": "skipped"}
+
+
 def junit_xml(report: RunReport) -> str:
-    cases = []
-    failures = errors = skipped = 0
-    for name, st in report.stages.items():
-        body = ""
-        if st.status == "failed":
-            failures += 1
-            body = f'<failure message="{escape(st.detail, {chr(34): "&quot;"})}"/>'
-        elif st.status == "error":
-            errors += 1
-            body = f'<error message="{escape(st.detail, {chr(34): "&quot;"})}"/>'
-        elif st.status in ("skipped", "not_run"):
-            skipped += 1
-            body = f'<skipped message="{escape(st.detail or st.status, {chr(34): "&quot;"})}"/>'
-        cases.append(f'  <testcase classname="tidegate.stage" name="{escape(name)}" time="{st.seconds:.3f}">{body}</testcase>')
+    """junit.xml of a run: one case per stage, then one per gate rule."""
+    cases = [JUnitCase("tidegate.stage", name, st.seconds, _STAGE_OUTCOME.get(st.status, "passed"),
+                       st.detail or (st.status if st.status in ("skipped", "not_run") else ""))
+             for name, st in report.stages.items()]
     for rule in report.gate:
-        body = ""
         msg = f"{rule.rule} = {rule.value} (threshold {rule.op} {rule.threshold})"
-        if rule.status == "fail":
-            failures += 1
-            body = f'<failure message="{escape(msg, {chr(34): "&quot;"})}"/>'
-        elif rule.status == "warn":
-            body = f"<system-out>{escape('warn: ' + msg)}</system-out>"
-        cases.append(f'  <testcase classname="tidegate.gate" name="{escape(rule.rule)}" time="0">{body}</testcase>')
-    total = len(cases)
-    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<testsuites>\n<testsuite name="tidegate.{escape(report.run_id)}" '
-            f'tests="{total}" failures="{failures}" errors="{errors}" skipped="{skipped}" '
-            f'timestamp="{escape(report.started_at)}">\n' + "\n".join(cases) + "\n</testsuite>\n</testsuites>\n")
+        cases.append(JUnitCase("tidegate.gate", rule.rule, 0.0, "failure" if rule.status == "fail" else "passed",
+                               msg if rule.status == "fail" else "",
+                               output=f"warn: {msg}" if rule.status == "warn" else ""))
+    return junit_document(f"tidegate.{report.run_id}", cases, report.started_at)
 
 
 def markdown_summary(report: RunReport) -> str:

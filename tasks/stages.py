@@ -58,6 +58,9 @@ class Stage:
 
 # -- the stage functions ---------------------------------------------------------------------------
 def stage_model(ctx: RunContext) -> str:
+    if ctx.spec.storage.kind == "oss":  # the key is redacted from every file the run writes
+        key_id, key_secret = ctx.spec.storage.oss.credentials.resolve(ctx.profile.credentials_file)
+        ctx.secrets += [key_id.get_secret_value(), key_secret.get_secret_value()]
     staged = staging.stage_model_for_spec(ctx.spec, run_id=ctx.run_id)
     ctx.staged = staged
     ctx.report.staging = StagingBlock.model_validate(staged.report_block())

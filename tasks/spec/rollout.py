@@ -9,6 +9,7 @@ from typing import Literal
 import yaml
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from tasks.names import SPEC_STAGE_NAMES
 from tasks.spec.base import MAX_STRING_CHARS, DnsLabel, _FieldError, _Strict
 from tasks.spec.cluster import ClusterSpec
 from tasks.spec.cost import CostSpec
@@ -17,8 +18,8 @@ from tasks.spec.service import IngressSpec, ServiceSpec, _flag
 from tasks.spec.slo import SloRule, _default_slo
 from tasks.spec.storage import ModelSpec, StorageSpec
 
-STAGE_NAMES = ("stage", "prepare", "deploy", "smoke", "spike", "verify", "report", "gate", "teardown")
-StageName = Literal["stage", "prepare", "deploy", "smoke", "spike", "verify", "report", "gate", "teardown"]
+STAGE_NAMES = SPEC_STAGE_NAMES
+StageName = Literal[SPEC_STAGE_NAMES]  # type: ignore[valid-type]
 
 
 class TeardownSpec(_Strict):

@@ -76,3 +76,24 @@ def test_a_resource_metric_needs_metrics_server(kube, ns):
     message = _refused(kube, _spec(ns, "service.scale_metric=cpu", "service.scale_target=60",
                                    "service.hpa_scale_down_stabilization_s=null"))
     assert message.startswith("service.scale_metric: 'cpu' needs the resource metrics API (metrics.k8s.io)"), message
+
+
+def test_preflight_reads_the_pools_by_the_specs_own_node_pool_label(kube, ns):
+    """A cluster whose pools carry another label than ACK's: preflight finds them by
+    cluster.nodepool_label (it used to hard-code alibabacloud.com/nodepool-id and said "no Ready
+    node")."""
+    label = "pools.example.com/id"
+    spec = _spec(ns, f"cluster.nodepool_label={label}")
+    message = _refused(kube, spec)  # no node carries the label yet: named with the spec's label
+    assert message.startswith(f"cluster.idc_pool_id: no Ready node has {label}=np-idc"), message
+    idc = [n["metadata"]["name"] for n in
+           kube.list("v1", "Node", label_selector=f"alibabacloud.com/nodepool-id={spec.cluster.idc_pool_id}")]
+    assert idc
+    try:
+        for name in idc:
+            kube.patch("v1", "Node", name, {"metadata": {"labels": {label: spec.cluster.idc_pool_id}}})
+        report = preflight(kube, spec)
+        assert report.idc.ready_nodes == len(idc) and report.idc.pool_id == "np-idc"
+    finally:
+        for name in idc:
+            kube.patch("v1", "Node", name, {"metadata": {"labels": {label: None}}})
