@@ -44,7 +44,7 @@ class ClusterSpec(_Strict):
     kubeconfig: str | None = Field(
         None, title="Kubeconfig",
         description="Path of the kubeconfig file; empty means $KUBECONFIG / ~/.kube/config "
-                    "(for the local profile the CLI uses the test bed's).")
+                    "(profile local: the one `tidegate testbed up` writes, tasks/profile.py).")
     context: str | None = Field(None, title="Context", max_length=253,
                                 description="Kubeconfig context; empty means the current one.")
     in_cluster: bool = Field(False, title="In-cluster",
