@@ -41,10 +41,26 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    """Render every manifest and the preflight's checks; then (unless ``--offline``) run the
+    read-only preflight against the cluster, as validate would: exit 2 on a failed check."""
     spec = _load(args)
     from tasks.render import render_plan
+    from tasks.stages import check_inputs, normalize_stages
 
-    print(render_plan(spec, "plan"))
+    print(render_plan(spec, "plan"), flush=True)
+    if args.offline:
+        return 0
+    check_inputs(spec, normalize_stages(spec.stages))  # this machine: the model source, the load shape
+    from tasks.cluster import preflight
+    from tasks.kube import Kube
+
+    c = spec.cluster
+    kube = Kube.connect(kubeconfig=resolve_profile(spec).kubeconfig, context=c.context, in_cluster=c.in_cluster)
+    report = preflight(kube, spec)  # read-only: ClusterError (exit 2) names the failed check
+    warn = f"; warnings: {'; '.join(report.warnings)}" if report.warnings else ""
+    print(f"tidegate: preflight passed on {report.server} ({report.server_version}): IDC "
+          f"{report.idc.ready_nodes} Ready nodes/{report.idc.gpus_allocatable} GPUs, elastic {report.elastic.nodes} "
+          f"nodes (autoscaler group known: {report.elastic.autoscaler_group_known}){warn}", file=sys.stderr)
     return 0
 
 
@@ -121,8 +137,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-prefect", action="store_true", help="run the stages without Prefect (debugging)")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("plan", help="render every manifest and the preflight; touches nothing")
+    p = sub.add_parser("plan", help="render every manifest and run the read-only preflight; changes nothing")
     spec_args(p)
+    p.add_argument("--offline", action="store_true", help="only render: do not connect to the cluster")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("stage", help="only stage the model weights")

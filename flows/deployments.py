@@ -43,6 +43,7 @@ from flows.hooks import on_crashed, on_failure
 from flows.release import release_spec, spec_parameters
 from flows.runid import new_run_id
 from flows.validation import elastic_rollout_validation, execute
+from tasks.errors import SpecError
 from tasks.spec import RolloutSpec, StageName, load_spec
 from tasks.stages import normalize_stages
 
@@ -125,6 +126,12 @@ def release_gate(spec_path: str = DEFAULT_SPEC, image: str | None = None, model_
     """
     resolved = release_spec(spec_path, image, model_source, overrides, spec)
     selected = normalize_stages(stages or resolved.stages)
+    # a release gate that judges nothing would be a pass without evidence
+    if "gate" not in selected:
+        raise SpecError(f"stages: a release gate must run the gate stage (got {','.join(selected)})",
+                        hint="leave stages empty to run the full chain")
+    if not resolved.slo:
+        raise SpecError("slo: a release gate needs at least one rule (the spec's slo is empty)")
     rid = run_id or new_run_id(resolved)
     print(f"release gate run {rid}: spec {resolved.name}, image {resolved.service.image}, "
           f"model {resolved.model.source}, stages {','.join(selected)}")

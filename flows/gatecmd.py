@@ -176,7 +176,9 @@ def _report_exit_code(report_json: Path, code: int) -> int:
         report = json.loads(report_json.read_text())
     except (OSError, ValueError):
         return code
-    return 1 if report.get("verdict") == "fail" else code
+    if report.get("verdict") == "fail":
+        return 1
+    return 3 if report.get("verdict") == "inconclusive" and code == 0 else code
 
 
 def junit_from_result(result: GateResult, ui_url: str | None = None) -> str:

@@ -11,7 +11,8 @@ _EXC_IN_MESSAGE = re.compile(r"encountered an exception:\s*([A-Za-z_][A-Za-z0-9_
 
 
 def exit_code_for_state(state_type: str, message: str | None) -> int:
-    """0 Completed; 1 when the flow failed with GateFailed/StageFailed; 2 for everything else."""
+    """0 Completed; 1 when the flow failed with GateFailed/StageFailed; 3 with RunInconclusive; 2 for
+    everything else."""
     if state_type == "COMPLETED":
         return 0
     if state_type != "FAILED":
@@ -28,11 +29,13 @@ def exit_code_for_state(state_type: str, message: str | None) -> int:
 
 
 def outcome_for_state(state_type: str, message: str | None) -> str:
-    """gate-failed | stage-failed | error | crashed | cancelled: the event's tidegate.outcome."""
+    """gate-failed | stage-failed | inconclusive | error | crashed | cancelled: the event's
+    tidegate.outcome."""
     if state_type == "CRASHED":
         return "crashed"
     if state_type in ("CANCELLED", "CANCELLING"):
         return "cancelled"
     m = _EXC_IN_MESSAGE.search(message or "")
     name = m.group(1).rsplit(".", 1)[-1] if m else ""
-    return {"GateFailed": "gate-failed", "StageFailed": "stage-failed"}.get(name, "error")
+    return {"GateFailed": "gate-failed", "StageFailed": "stage-failed",
+            "RunInconclusive": "inconclusive"}.get(name, "error")

@@ -27,14 +27,13 @@ from flows.hooks import on_crashed, on_failure
 from flows.runid import new_run_id, run_id_for_flow_run
 from tasks import report as reporting
 from tasks.context import RunContext
-from tasks.errors import GateFailed, StageFailed, TidegateError
-from tasks.gate import verdict
-from tasks.load import check_capacity, shape_for
+from tasks.errors import GateFailed, RunInconclusive, StageFailed, TidegateError
+from tasks.gate import inconclusive_reasons, verdict
 from tasks.names import FLOW_NAME
 from tasks.profile import resolve_profile
 from tasks.report_model import RunReport, StageRecord
 from tasks.spec import RolloutSpec
-from tasks.stages import BY_NAME, STAGES, normalize_stages
+from tasks.stages import BY_NAME, STAGES, check_inputs, normalize_stages
 
 log = logging.getLogger("tidegate")
 
@@ -105,9 +104,7 @@ def _call_stage(ctx: RunContext, name: str, use_prefect: bool) -> None:
 
 def execute(spec: RolloutSpec, stages: list[str], run_id: str, *, use_prefect: bool = True) -> RunOutcome:
     """Run the selected stages; always write the report; decide the outcome."""
-    if "spike" in stages:
-        # a load shape this machine cannot drive (or a bad traffic CSV) is refused before anything runs
-        check_capacity(shape_for(spec.load), spec.load.workers)
+    check_inputs(spec, stages)  # a bad load shape or model source is refused before anything runs
     report = RunReport(run_id=run_id, spec=spec.name, profile=spec.profile, started_at=reporting.now_iso())
     ctx = RunContext(spec=spec, run_id=run_id, report=report, profile=resolve_profile(spec))
     for s in STAGES:
@@ -136,7 +133,11 @@ def execute(spec: RolloutSpec, stages: list[str], run_id: str, *, use_prefect: b
         report.stages["teardown"] = StageRecord(
             status="skipped", detail=f"teardown policy {policy}" if created_anything else "nothing was created")
     report.finished_at = reporting.now_iso()
-    report.verdict = verdict(ctx.gate, failed=failure is not None)
+    gate_ran = report.stages["gate"].status in ("passed", "failed")
+    gaps = evidence_gaps(ctx)
+    report.verdict = verdict(ctx.gate, failed=failure is not None, gate_ran=gate_ran, evidence_gaps=gaps)
+    if report.verdict == "inconclusive":
+        report.inconclusive_reasons = inconclusive_reasons(ctx.gate, gate_ran=gate_ran, evidence_gaps=gaps)
     report.fill_definitions()
     html_doc = reporting.render_html(report, load=ctx.load, timeline=ctx.timeline, spec=spec, cost=ctx.cost)
     out_dir = reporting.write(report, secrets=ctx.secrets, tables=ctx.tables(), html_doc=html_doc)
@@ -146,7 +147,24 @@ def execute(spec: RolloutSpec, stages: list[str], run_id: str, *, use_prefect: b
     if report.verdict == "fail":
         bad = [r.rule for r in report.gate if r.status == "fail"]
         raise GateFailed(f"gate failed: {', '.join(bad)} (report {out_dir / 'report.html'})")
+    if report.verdict == "inconclusive":
+        raise RunInconclusive(f"inconclusive: {'; '.join(report.inconclusive_reasons)} "
+                              f"(report {out_dir / 'report.html'})")
     return RunOutcome(run_id, report.verdict, str(out_dir), 0)
+
+
+def evidence_gaps(ctx: RunContext) -> list[str]:
+    """What this run's evidence lacks although its stages passed: events the observer lost, a
+    load generator that could not hold the load."""
+    gaps = []
+    if ctx.timeline is not None and ctx.timeline.gaps:
+        gaps.append(f"the observer lost events it could not re-list: {'; '.join(ctx.timeline.gaps)}")
+    gen = (ctx.load.summary.get("generator") or {}) if ctx.load is not None else {}
+    if gen.get("records_dropped"):
+        gaps.append(f"the load generator dropped {gen['records_dropped']} request records")
+    if gen.get("deadline_hit"):
+        gaps.append("the load generator hit its time bound before the shape ended")
+    return gaps
 
 
 def _publish_artifacts(report: RunReport, out_dir: Path, use_prefect: bool) -> None:
@@ -190,6 +208,7 @@ def run_local(spec: RolloutSpec, stages: list[str] | None, *, use_prefect: bool 
     if use_prefect is None:
         use_prefect = os.environ.get("TIDEGATE_NO_PREFECT") != "1"
     selected = normalize_stages(stages)
+    check_inputs(spec, selected)  # refused before a run id exists
     rid = new_run_id(spec)
     # known before anything is created, so that a run killed mid-way can be cleaned up by id
     print(f"tidegate: run {rid} started", file=sys.stderr, flush=True)

@@ -49,6 +49,13 @@ class StageNotImplemented(TidegateError, NotImplementedError):
     """A selected stage does not exist yet: fail loudly instead of passing."""
 
 
+class RunInconclusive(TidegateError, RuntimeError):
+    """The run could not decide (no gate, no rule evaluated, no data, no baseline, events lost):
+    never a pass."""
+
+    exit_code = 3
+
+
 class GateFailed(TidegateError, AssertionError):
     """The SLO gate judged the run as failed."""
 

@@ -1,12 +1,17 @@
-"""The release gate: the spec's SLO rules against the report, pass / warn / fail per rule.
+"""The release gate: the spec's SLO rules against the report, and the run's one verdict.
 
 A rule reads a dotted key of report.json (``load.ttft_p95_ms``, ``elasticity.cloud_pods_max``,
 ``cost.cloud_cost_per_day``...). Absolute rules compare the value with the threshold;
-relative rules compare the change in percent against the last *passing* run of the same spec
-found under ``reports/`` (regression against the last good run). A rule whose value is
-missing takes its ``no_data`` outcome, so a metric that silently disappeared cannot pass by
-default. The overall verdict is fail if any rule with severity fail failed, warn if any rule
-failed with severity warn (or warned), else pass.
+relative rules compare the change in percent against the baseline: the last run of the same
+spec that passed the *full* chain (a partial or unjudged run never becomes a baseline). A rule
+whose value is missing, or a relative rule without a comparable baseline, takes its
+``on_no_data`` outcome (inconclusive by default, fail for a critical rule): no evidence is
+never a pass.
+
+The verdict (``verdict``, the only place it is decided; Argo Rollouts' four outcomes):
+``fail`` if a stage failed or a rule failed; ``inconclusive`` if the run could not decide (the
+gate did not run, no rule was evaluated, a rule had no data, the observer lost events, the
+load generator could not hold the load); ``warn`` if a rule warned; else ``pass``.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tasks.names import STAGE_NAMES
 from tasks.report_model import GateRuleResult
 
 OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt, "==": operator.eq}
@@ -25,7 +31,7 @@ OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt,
 @dataclass
 class RuleResult:
     rule: str
-    status: str  # pass | warn | fail
+    status: str  # pass | warn | fail | inconclusive
     value: Any
     threshold: Any
     op: str
@@ -48,8 +54,15 @@ def lookup(report: dict[str, Any], dotted: str) -> Any:
     return node
 
 
+def full_chain_passed(doc: dict[str, Any]) -> bool:
+    """The run passed and every stage of the chain ran and passed (a baseline may be made of it)."""
+    stages = doc.get("stages") or {}
+    return doc.get("verdict") == "pass" and all((stages.get(n) or {}).get("status") == "passed"
+                                                for n in STAGE_NAMES)
+
+
 def last_passing_report(root: Path, spec_name: str, exclude_run: str | None = None) -> dict[str, Any] | None:
-    """The newest report.json under ``root`` of the same spec whose verdict was pass."""
+    """The newest report.json under ``root`` of the same spec that passed the full chain."""
     best: tuple[str, dict] | None = None
     if not root.exists():
         return None
@@ -58,7 +71,7 @@ def last_passing_report(root: Path, spec_name: str, exclude_run: str | None = No
             doc = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if doc.get("spec") != spec_name or doc.get("verdict") != "pass" or doc.get("run_id") == exclude_run:
+        if doc.get("spec") != spec_name or not full_chain_passed(doc) or doc.get("run_id") == exclude_run:
             continue
         key = doc.get("finished_at") or ""
         if best is None or key > best[0]:
@@ -71,8 +84,7 @@ def evaluate(rules, report: dict[str, Any], *, baseline: dict[str, Any] | None =
     for r in rules:
         value = lookup(report, r.rule)
         if value is None:
-            status = r.no_data if r.no_data != "pass" else "pass"
-            out.append(RuleResult(r.rule, status if status != "fail" else r.severity, None, r.threshold, r.op,
+            out.append(RuleResult(r.rule, _no_data_status(r), None, r.threshold, r.op,
                                   "no data for this metric in the run"))
             continue
         compared = value
@@ -80,8 +92,9 @@ def evaluate(rules, report: dict[str, Any], *, baseline: dict[str, Any] | None =
         if r.relative:
             base = lookup(baseline or {}, r.rule)
             if base in (None, 0) or isinstance(base, bool):
-                out.append(RuleResult(r.rule, "pass", value, r.threshold, r.op,
-                                      "no previous passing run to compare with"))
+                why = "no baseline: no earlier run of this spec passed the full chain" if base is None \
+                    else f"no comparable baseline (the baseline's value is {base!r})"
+                out.append(RuleResult(r.rule, _no_data_status(r), value, r.threshold, r.op, why))
                 continue
             compared = round((float(value) - float(base)) / abs(float(base)) * 100, 2)
             detail = f"{compared:+.1f}% vs last passing run ({base})"
@@ -94,11 +107,32 @@ def evaluate(rules, report: dict[str, Any], *, baseline: dict[str, Any] | None =
     return out
 
 
-def verdict(results: list[RuleResult], *, failed: bool = False) -> str:
+def _no_data_status(rule) -> str:
+    return rule.severity if rule.no_data_outcome == "fail" else "inconclusive"
+
+
+def inconclusive_reasons(results: list[RuleResult], *, gate_ran: bool,
+                         evidence_gaps: list[str] = ()) -> list[str]:
+    """Why the run could not decide (empty: it could)."""
+    reasons = []
+    if not gate_ran:
+        reasons.append("the gate did not run (select the gate stage to judge the run)")
+    elif not results:
+        reasons.append("no gate rule was evaluated (the spec's slo is empty)")
+    reasons += [f"{r.rule}: {r.detail}" for r in results if r.status == "inconclusive"]
+    reasons += list(evidence_gaps)
+    return reasons
+
+
+def verdict(results: list[RuleResult], *, failed: bool = False, gate_ran: bool = True,
+            evidence_gaps: list[str] = ()) -> str:
     """The run's verdict (the only place it is decided): fail if a stage failed (``failed``) or a
-    rule failed, warn if a rule warned, else pass."""
+    rule failed; inconclusive if the run could not decide (``inconclusive_reasons``); warn if a
+    rule warned; else pass."""
     if failed or any(r.status == "fail" for r in results):
         return "fail"
+    if inconclusive_reasons(results, gate_ran=gate_ran, evidence_gaps=evidence_gaps):
+        return "inconclusive"
     if any(r.status == "warn" for r in results):
         return "warn"
     return "pass"
@@ -116,5 +150,5 @@ def failure_message(results: list[RuleResult], findings: list[str]) -> str:
     return f"gate failed: {'; '.join(bad)}{why}"
 
 
-__all__ = ["OPS", "RuleResult", "describe", "evaluate", "failure_message", "last_passing_report", "lookup",
-           "verdict"]
+__all__ = ["OPS", "RuleResult", "describe", "evaluate", "failure_message", "full_chain_passed",
+           "inconclusive_reasons", "last_passing_report", "lookup", "verdict"]

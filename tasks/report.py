@@ -85,8 +85,9 @@ def junit_xml(report: RunReport) -> str:
              for name, st in report.stages.items()]
     for rule in report.gate:
         msg = f"{rule.rule} = {rule.value} (threshold {rule.op} {rule.threshold})"
-        cases.append(JUnitCase("tidegate.gate", rule.rule, 0.0, "failure" if rule.status == "fail" else "passed",
-                               msg if rule.status == "fail" else "",
+        outcome = {"fail": "failure", "inconclusive": "skipped"}.get(rule.status, "passed")
+        message = {"fail": msg, "inconclusive": f"inconclusive: {rule.detail}"}.get(rule.status, "")
+        cases.append(JUnitCase("tidegate.gate", rule.rule, 0.0, outcome, message,
                                output=f"warn: {msg}" if rule.status == "warn" else ""))
     return junit_document(f"tidegate.{report.run_id}", cases, report.started_at)
 

@@ -24,11 +24,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = "1.1.0"
+SCHEMA_VERSION = "1.2.0"
 
 StageStatus = Literal["passed", "failed", "skipped", "error", "not_run", "running"]
-Verdict = Literal["pass", "warn", "fail"]
-RuleStatus = Literal["pass", "warn", "fail"]
+Verdict = Literal["pass", "warn", "fail", "inconclusive"]
+RuleStatus = Literal["pass", "warn", "fail", "inconclusive"]
 
 
 def _contract(description: str, default: Any = None) -> Any:
@@ -237,7 +237,7 @@ class GateRuleResult(_Block):
     """One SLO rule judged against the report."""
 
     rule: str = Field(description="Dotted report key, e.g. load.ttft_p95_ms.")
-    status: RuleStatus = Field(description="pass, warn or fail.")
+    status: RuleStatus = Field(description="pass, warn, fail, or inconclusive (no data, no baseline).")
     value: Any = Field(None, description="The run's value (null: no data).")
     threshold: bool | int | float | None = Field(None, description="The rule's threshold.")
     op: str = Field("", description="The comparator.")
@@ -265,7 +265,10 @@ class RunReport(BaseModel):
     model_config = ConfigDict(extra="forbid", title="tidegate run report", validate_assignment=True)
 
     schema_version: str = Field(SCHEMA_VERSION, description="Version of this contract.")
-    verdict: Verdict = Field("fail", description="pass / warn (exit 0), fail (exit 1).")
+    verdict: Verdict = Field("fail", description="pass / warn (exit 0), fail (exit 1), inconclusive (exit 3: "
+                                                 "the run could not decide; see inconclusive_reasons).")
+    inconclusive_reasons: list[str] = Field(default_factory=list,
+                                            description="Why the run could not decide (empty unless inconclusive).")
     run_id: str = Field(description="Label of everything the run created; the report's directory name.")
     spec: str = Field(description="The spec's name; runs of one spec are compared with each other.")
     profile: str = Field(description="local (the test bed) or ack.")

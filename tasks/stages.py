@@ -24,8 +24,9 @@ from tasks.context import RunContext
 from tasks.cost import cost_of_run
 from tasks.deploy import deploy
 from tasks.elastic import describe_elasticity, run_spike, verify_spike
-from tasks.errors import GateFailed, SpecError, StageFailed
+from tasks.errors import GateFailed, SpecError, StageFailed, StagingError
 from tasks.gate import describe, evaluate, failure_message, last_passing_report, verdict
+from tasks.load import check_capacity, shape_for
 from tasks.names import ALWAYS_RUN, STAGE_ALIASES, STAGE_NAMES
 from tasks.render import render_manifests, render_oss_secret
 from tasks.report import reports_root
@@ -38,6 +39,7 @@ from tasks.report_model import (
     StagingBlock,
 )
 from tasks.smoke import smoke
+from tasks.spec import RolloutSpec
 
 RBAC_KINDS = frozenset({"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"})
 SERVICE_KINDS = frozenset({"InferenceService", "HorizontalPodAutoscaler"})
@@ -131,6 +133,11 @@ def spike(ctx: RunContext) -> str:
     if not result.summary.get("requests"):
         raise StageFailed(f"spike: no request completed against {ctx.spec.ingress.url} "
                           f"(Host {ctx.spec.ingress.host})")
+    error_rate = result.summary.get("error_rate") or 0.0
+    if error_rate > ctx.spec.load.max_error_rate:
+        errors = "; ".join(f"{n}x {text}" for text, n in list((result.summary.get("errors") or {}).items())[:3])
+        raise StageFailed(f"spike: {error_rate:.0%} of {result.summary['requests']} requests failed (more than "
+                          f"load.max_error_rate {ctx.spec.load.max_error_rate:.0%}): {errors or 'no error text'}")
     return f"{result.describe()}; {len(run.timeline.df)} timeline entries; spill-back wait {run.settle_s}s"
 
 
@@ -195,6 +202,20 @@ if tuple(BY_NAME) != STAGE_NAMES:  # pragma: no cover - a programming error, cau
     raise AssertionError(f"tasks.stages.STAGES {tuple(BY_NAME)} != tasks.names.STAGE_NAMES {STAGE_NAMES}")
 
 
+def check_inputs(spec: RolloutSpec, stages: Iterable[str]) -> None:
+    """What the selected stages need from this machine, checked before anything runs (SpecError
+    naming the field): a load shape the generator can drive (and a readable traffic CSV), a
+    local model source that exists."""
+    stages = set(stages)
+    if "spike" in stages:
+        check_capacity(shape_for(spec.load), spec.load.workers)
+    if "stage" in stages:
+        try:
+            staging.resolve_source(spec.model.source)
+        except StagingError as exc:
+            raise SpecError(f"model.source: {exc}", hint=exc.hint) from None
+
+
 def normalize_stages(stages: Iterable[str] | str | None) -> list[str]:
     """The selected stage names in chain order (all of them when none are given); aliases
     (``load``, ``cleanup``...) map to their stage; ``report`` is ignored (always written)."""
@@ -213,4 +234,4 @@ def normalize_stages(stages: Iterable[str] | str | None) -> list[str]:
     return [s for s in STAGE_NAMES if s in out]
 
 
-__all__ = ["BY_NAME", "STAGES", "Stage", "normalize_stages"]
+__all__ = ["BY_NAME", "STAGES", "Stage", "check_inputs", "normalize_stages"]

@@ -126,4 +126,4 @@ def _show_url(value: str) -> str:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_max_length=MAX_STRING_CHARS)
+    model_config = ConfigDict(extra="forbid", str_max_length=MAX_STRING_CHARS, strict=True)

@@ -14,7 +14,7 @@ MAX_PRICE = 1_000_000.0
 class PoolPrice(BaseModel):
     """What one node pool costs: a GPU-hour or a node-hour price, and GPUs per node."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     price_per_gpu_hour: float | None = Field(
         None, ge=0, le=MAX_PRICE, title="Price per GPU-hour",
@@ -72,7 +72,7 @@ def _idc_price() -> PoolPrice:
 class CostSpec(BaseModel):
     """What the GPU pools cost: the IDC and cloud prices, how the cloud bills, the currency."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     currency: str = Field("CNY", title="Currency", min_length=3, max_length=3,
                           description="ISO 4217 code of every price and cost, e.g. CNY, USD.")

@@ -41,6 +41,10 @@ class LoadSpec(_Strict):
                     "HPA scale-down stabilization and the autoscaler's scale-down time.")
     max_tokens: int = Field(128, ge=1, le=32_768, title="Max tokens",
                             description="max_tokens of every chat request.")
+    max_error_rate: float = Field(
+        0.5, ge=0, le=1, title="Max error rate of the spike stage",
+        description="The spike stage fails when a larger share of its requests failed: the service did "
+                    "not hold the load, whatever the gate's rules say (they judge finer).")
     prompt: str = Field("Explain in three sentences why the tide rises and falls.", title="Prompt",
                         min_length=1, description="User message of every chat request.")
     stream: bool = Field(True, title="Stream", description="Send streamed chat requests (needed for TTFT).")

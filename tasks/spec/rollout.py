@@ -37,7 +37,7 @@ class RolloutSpec(_Strict):
     """One validation run: the model, where it is staged, the cluster, the service, the load,
     the SLO gate and the teardown."""
 
-    model_config = ConfigDict(extra="forbid", str_max_length=MAX_STRING_CHARS,
+    model_config = ConfigDict(extra="forbid", str_max_length=MAX_STRING_CHARS, strict=True,
                               title="Rollout spec")
 
     name: DnsLabel = Field("qwen-chat", title="Spec name",
@@ -94,6 +94,10 @@ class RolloutSpec(_Strict):
             if served is not None and served != self.model.served_name:
                 raise _FieldError("model.served_name", f"{self.model.served_name!r} differs from "
                                                        f"--served-model-name {served!r} in service.command")
+            model_len = _flag(argv, "--max-model-len")
+            if model_len is not None and model_len.isdigit() and self.load.max_tokens > int(model_len):
+                raise _FieldError("load.max_tokens", f"{self.load.max_tokens} is above --max-model-len={model_len} "
+                                                     "of service.command: vLLM would refuse every request")
             model_path = _flag(argv, "--model")
             if model_path and model_path.startswith("/"):
                 mount = st.mount_path.rstrip("/") + "/"

@@ -133,6 +133,9 @@ class ServiceSpec(_Strict):
         if self.scale_metric.lower() in ("cpu", "memory") and self.scale_target > 100:
             raise _FieldError("scale_target", f"is a utilization percentage for {self.scale_metric} "
                                               f"and must be <= 100 (got {self.scale_target})")
+        if self.gpus == 0 and self.scale_metric.upper().startswith(GPU_METRIC_PREFIXES):
+            raise _FieldError("gpus", f"is 0, but service.scale_metric {self.scale_metric!r} is a GPU metric: "
+                                      "a replica without a GPU never reports it and the HPA never scales")
         if not self.custom_metric and self.hpa_scale_down_stabilization_s is not None:
             raise _FieldError("hpa_scale_down_stabilization_s",
                               f"needs a custom scale_metric: with {self.scale_metric!r} KServe builds "
@@ -149,6 +152,10 @@ class ServiceSpec(_Strict):
             if port != str(self.port):
                 raise _FieldError("command", f"--port {port} differs from service.port {self.port}")
         return self
+
+
+# metrics that only a replica holding a GPU reports (DCGM exporter)
+GPU_METRIC_PREFIXES = ("DCGM_",)
 
 
 def _flag(argv: list[str], name: str) -> str | None:

@@ -33,8 +33,18 @@ class SloRule(_Strict):
                            description="Compare with the last passing run's value instead of absolutely.")
     severity: Literal["fail", "warn"] = Field("fail", title="Severity",
                                               description="What a violation makes the verdict.")
-    no_data: Literal["fail", "warn", "pass"] = Field(
-        "fail", title="If no data", description="Outcome when the run produced no value for the metric.")
+    critical: bool = Field(False, title="Critical",
+                           description="A figure the release cannot go without: no data for it fails the run "
+                                       "(on_no_data defaults to fail).")
+    on_no_data: Literal["fail", "inconclusive"] | None = Field(
+        None, title="If no data",
+        description="Outcome when the run produced no value for the metric (or a relative rule has no "
+                    "comparable baseline): inconclusive (the run could not decide; the default) or fail "
+                    "(the default for a critical rule). No data is never a pass.")
+
+    @property
+    def no_data_outcome(self) -> str:
+        return self.on_no_data or ("fail" if self.critical else "inconclusive")
 
     @field_validator("threshold", mode="before")
     @classmethod

@@ -255,6 +255,10 @@ class NasSpec(_Strict):
         return value
 
 
+SYSTEM_DIRS = frozenset({"/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/root", "/run", "/sbin",
+                         "/sys", "/tmp", "/usr", "/var", "/home", "/opt", "/mnt"})
+
+
 class StorageSpec(_Strict):
     """Where the weights are staged and how pods mount them (a static PV + PVC)."""
 
@@ -270,9 +274,18 @@ class StorageSpec(_Strict):
                     "that runs in different namespaces do not collide.")
     mount_path: AbsPath = Field(
         "/mnt/models/Qwen", title="Mount path",
-        description="Where the model is mounted in the container (vLLM's --model).")
+        description="Where the model is mounted in the container (vLLM's --model); a directory of its "
+                    "own, never / or a system directory.")
     capacity: Quantity = Field("30Gi", title="Capacity",
                                description="Nominal size of the PV and the PVC's request.")
     checkpoint_dir: str = Field(
         ".tidegate/staging", title="Staging checkpoint directory",
         description="Local directory for staging's resume records and hash cache.")
+
+    @field_validator("mount_path")
+    @classmethod
+    def _mount_path(cls, value: str) -> str:
+        # the volume would hide the container's own files (and on NAS staging writes there)
+        if value == "/" or value in SYSTEM_DIRS or value.startswith(("/proc/", "/sys/", "/dev/")):
+            raise ValueError(f"must be a directory of its own such as /mnt/models/<name> (got {value!r})")
+        return value

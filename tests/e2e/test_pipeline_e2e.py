@@ -34,14 +34,24 @@ def _gateway_set(testbed) -> list[str]:
     return ["--set", f"ingress.url=http://127.0.0.1:{testbed.ports.gateway}"]
 
 
+SMOKE_RULES = 'slo=[{rule: smoke.ok, op: "==", threshold: true}, {rule: smoke.ttft_ms, op: "<=", threshold: 5000}]'
+
+
 def test_e2e_prepare_deploy_smoke_teardown_twice(testbed, kube, tmp_path):
+    """Twice on the same bed: without the gate the run cannot decide (exit 3, inconclusive, never a
+    pass); with the gate judging the smoke checks it passes (exit 0)."""
     reports = tmp_path / "reports"
-    for attempt in (1, 2):
+    for attempt, extra, (code, verdict) in ((1, [], (3, "inconclusive")),
+                                            (2, ["--stages", "prepare,deploy,smoke,gate,teardown",
+                                                 "--set", SMOKE_RULES], (0, "pass"))):
         r = _tidegate("validate", "--spec", str(LOCAL), "--stages", "prepare,deploy,smoke,teardown",
-                      *_gateway_set(testbed), env={"TIDEGATE_REPORTS_DIR": str(reports)})
-        assert r.returncode == 0, f"attempt {attempt}: {r.stderr[-2000:]}"
+                      *_gateway_set(testbed), *extra, env={"TIDEGATE_REPORTS_DIR": str(reports)})
+        assert r.returncode == code, f"attempt {attempt}: {r.stderr[-2000:]}"
         rep = _report(reports)
-        assert rep["verdict"] == "pass"
+        assert rep["verdict"] == verdict
+        if verdict == "inconclusive":
+            assert rep["inconclusive_reasons"][0].startswith("the gate did not run"), rep["inconclusive_reasons"]
+            assert r.stderr.strip().splitlines()[-1].startswith("tidegate: inconclusive: the gate did not run")
         assert [rep["stages"][s]["status"] for s in ("prepare", "deploy", "smoke", "teardown")] == ["passed"] * 4
         assert leftovers(kube, rep["run_id"], ["default"]) == []
         junit = (reports / "latest" / "junit.xml").read_text()

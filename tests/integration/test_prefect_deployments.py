@@ -285,7 +285,7 @@ def failed_gate(prefect_server, worker, notification_hook, tmp_path_factory):
     junit = tmp / "junit.xml"
     t0 = time.monotonic()
     r = prefect_server.cli("gate", "--deployment", "release-gate", "--param", f"spec_path={spec}",
-                           "--param", 'stages=["prepare","teardown"]', "--junit", str(junit),
+                           "--param", 'stages=["prepare","gate","teardown"]', "--junit", str(junit),
                            "--timeout", "240", "--poll", "0.5")
     seconds = time.monotonic() - t0
     print(f"failing gate: exit {r.returncode} after {seconds:.1f}s\n{r.stdout}{r.stderr}")
@@ -336,7 +336,7 @@ def test_release_gate_failing_stage_exits_1(prefect_server, worker, tmp_path):
     junit = tmp_path / "junit.xml"
     r = prefect_server.cli("gate", "--deployment", "release-gate",
                            "--param", "overrides=" + json.dumps([f"ingress.url=http://127.0.0.1:{_free_port()}"]),
-                           "--param", 'stages=["smoke"]', "--junit", str(junit), "--timeout", "240",
+                           "--param", 'stages=["smoke","gate"]', "--junit", str(junit), "--timeout", "240",
                            "--poll", "0.5")
     assert r.returncode == 1, r.stdout + r.stderr
     assert r.stdout.startswith("tidegate: FAIL ") and "StageFailed" in r.stdout
@@ -354,15 +354,20 @@ def test_deployment_run_watch_exits_nonzero_on_failure(prefect_server, worker, t
     assert "Failed" in r.stdout + r.stderr
 
 
+SMOKE_RULES = 'slo=[{rule: smoke.ok, op: "==", threshold: true}, {rule: smoke.ttft_ms, op: "<=", threshold: 5000}]'
+
+
 @pytest.fixture(scope="module")
-def passing_gate(prefect_server, worker, tmp_path_factory):
-    """One release-gate run that passes without a cluster (stages: teardown; nothing created)."""
+def passing_gate(prefect_server, worker, testbed, tmp_path_factory):
+    """One release-gate run that passes on evidence: the service deployed on the test bed answers
+    the smoke checks, and the gate judges them (a run that judged nothing is never a pass)."""
     junit = tmp_path_factory.mktemp("gate-passing") / "junit.xml"
     t0 = time.monotonic()
     r = prefect_server.cli("gate", "--deployment", f"{FLOW}/release-gate",
                            "--param", "image=registry.example.com/vllm-openai:v0.7.0",
-                           "--param", 'stages=["teardown"]', "--junit", str(junit),
-                           "--timeout", "240", "--poll", "0.5")
+                           "--param", "overrides=" + json.dumps([SMOKE_RULES]),
+                           "--param", 'stages=["prepare","deploy","smoke","gate","teardown"]', "--junit", str(junit),
+                           "--timeout", "400", "--poll", "0.5")
     print(f"passing gate: exit {r.returncode} after {time.monotonic() - t0:.1f}s")
     assert r.returncode == 0, r.stdout + r.stderr
     return r, junit, _flow_run(_run_ids(r.stderr))
@@ -408,19 +413,32 @@ def test_release_gate_without_worker_gives_clear_message(prefect_server, registe
     assert error.get("type") == "NOT_STARTED"
 
 
+def test_release_gate_refuses_to_judge_nothing(prefect_server, worker, tmp_path):
+    """A release gate without the gate stage, or with a spec without rules, would pass without
+    evidence: refused before anything runs (exit 2, the field named)."""
+    for params, field in ((['--param', 'stages=["prepare","teardown"]'], "stages: a release gate must run the gate"),
+                          (["--param", "overrides=" + json.dumps(["slo=[]"])], "slo: a release gate needs")):
+        r = prefect_server.cli("gate", "--deployment", "release-gate", *params, "--timeout", "120", "--poll", "0.5")
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "SpecError" in r.stdout and field in r.stdout, r.stdout
+
+
 @pytest.mark.integration
 def test_release_gate_on_testbed_prepare_and_teardown(prefect_server, worker, testbed, kube, tmp_path):
-    """A real pass on the test bed: prepare applies the run's objects, teardown removes them."""
+    """A real run on the test bed without load: prepare applies the run's objects, teardown removes
+    them; the gate has nothing to judge, so the run is inconclusive (exit 3), never a pass."""
     ns = f"tg-prefect-{uuid.uuid4().hex[:6]}"
     junit = tmp_path / "junit.xml"
     r = prefect_server.cli("gate", "--deployment", "release-gate",
                            "--param", "overrides=" + json.dumps([f"cluster.namespace={ns}",
                                                                   "cluster.create_namespace=true"]),
-                           "--param", 'stages=["prepare","teardown"]', "--junit", str(junit),
+                           "--param", 'stages=["prepare","gate","teardown"]', "--junit", str(junit),
                            "--timeout", "300", "--poll", "0.5")
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.returncode == 3, r.stdout + r.stderr
     cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
     assert cases["prepare"].find("error") is None and cases["teardown"].find("error") is None
+    skipped = [c for c in cases.values() if c.get("classname") == "tidegate.gate" and c.find("skipped") is not None]
+    assert skipped and "inconclusive: no data" in skipped[0].find("skipped").get("message")
     run_id = _flow_run(_run_ids(r.stderr)).parameters["run_id"]
     assert kube.list("v1", "PersistentVolumeClaim", ns, label_selector=f"tidegate.dev/run-id={run_id}") == []
 

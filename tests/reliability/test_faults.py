@@ -87,7 +87,8 @@ def test_apiserver_restart_mid_spike(clean_bed, tmp_path, case):
                  f"{len(hpa_after)} HPA rows, {len(ready_after)} PodReady rows; cloud pods max "
                  f"{e.get('cloud_pods_max')}; observer gaps: {gaps or 'none'}; teardown "
                  f"{stages['teardown']}")
-    assert rc in (0, 1), cli.stderr[-2000:]
+    # events the observer could not re-list make the run inconclusive (exit 3), never a pass
+    assert rc in (0, 1) or (rc == 3 and gaps and rep["verdict"] == "inconclusive"), cli.stderr[-2000:]
     assert stages["spike"] == "passed" and stages["verify"] == "passed" and stages["teardown"] == "passed", stages
     assert dup_events.empty, dup_events[["reason", "object", "uid", "count"]].to_string()
     assert dup_rows.empty, dup_rows[["kind", "object", "reason", "time"]].to_string()
@@ -393,7 +394,7 @@ def test_staging_killed_mid_upload_resumes(clean_bed, tmp_path, case):
                      f"{staging['uploaded_bytes'] / 2**20:.0f} "
                      f"MiB, verified {staging['verified']}; object size/CRC64 match: "
                      f"{(head.content_length, head.server_crc) == (len(data), st.crc64(data))}")
-        assert second.rc == 0, second.stderr[-1500:]
+        assert second.rc == 3, second.stderr[-1500:]  # staging alone: nothing judged, inconclusive
         assert staging["verified"] is True and staging["resumed_bytes"] >= 3 * 8 * 2**20
         assert staging["uploaded_bytes"] < staging["bytes"]
         assert (head.content_length, head.server_crc) == (len(data), st.crc64(data))

@@ -261,7 +261,7 @@ def test_cleanup_as_the_service_account(bed, sa_run, tmp_path, case):
     case.seconds = cli.seconds + clean.seconds
     case.observe(f"run exit {cli.rc} left {len(before)} objects ({', '.join(before)}); cleanup as the account exit "
                  f"{clean.rc}; left: {left or 'nothing'}")
-    assert cli.rc == 0, cli.stderr[-1500:]
+    assert cli.rc == 3, cli.stderr[-1500:]  # stopped after prepare: nothing judged, inconclusive
     assert "Secret/default/tidegate-oss-credentials" in before
     assert clean.rc == 0, clean.stderr[-1500:]
     assert left == []

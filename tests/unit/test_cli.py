@@ -26,8 +26,8 @@ current-context: ctx
     return kc
 
 
-def test_cli_plan_renders_without_a_cluster(capsys):
-    assert main(["plan", "--spec", ACK]) == 0
+def test_cli_plan_offline_renders_without_a_cluster(capsys):
+    assert main(["plan", "--offline", "--spec", ACK]) == 0
     out = capsys.readouterr().out
     assert "kind: ResourcePolicy" in out and "DCGM_CUSTOM_PROCESS_SM_UTIL" in out
     assert "kind: InferenceService" in out and "serving.kserve.io/autoscalerClass: external" in out

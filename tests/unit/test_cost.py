@@ -325,7 +325,10 @@ def test_gate_rules_on_cost_keys():
     results = evaluate(rules, {"cost": b})
     assert [(r.status, r.value) for r in results] == [("pass", pytest.approx(125.59)), ("pass", 70.5)]
     results = evaluate(rules, {"cost": run(spec, factor=None).block()})
-    assert results[0].status == "fail" and results[0].detail == "no data for this metric in the run"
+    # no data is never a pass: inconclusive by default, fail for a critical rule
+    assert results[0].status == "inconclusive" and results[0].detail == "no data for this metric in the run"
+    critical = [r.model_copy(update={"critical": True}) for r in rules]
+    assert evaluate(critical, {"cost": run(spec, factor=None).block()})[0].status == "fail"
 
 
 def test_cost_plot_is_an_agg_figure():

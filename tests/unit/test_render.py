@@ -213,7 +213,8 @@ def test_spec_values_reach_the_objects():
 
 
 def test_zero_gpus_like_arena():
-    isvc = render_inferenceservice(variant(ACK, "service.gpus=0"), RUN)
+    # a GPU metric needs a GPU (the spec refuses gpus: 0 with one): scale on CPU here
+    isvc = render_inferenceservice(variant(ACK, "service.gpus=0", "service.scale_metric=cpu"), RUN)
     container = isvc["spec"]["predictor"]["containers"][0]
     assert "nvidia.com/gpu" not in container["resources"]["limits"]
     assert "nvidia.com/gpu" not in container["resources"]["requests"]

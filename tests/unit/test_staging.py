@@ -495,6 +495,7 @@ def test_stage_model_for_spec_resolves_credentials(fake, model, tmp_path, monkey
                                                "credentials": {"access_key_id_env": "T_KEY_ID",
                                                                "access_key_secret_env": "T_KEY_SECRET"}}}})
     monkeypatch.delenv("T_KEY_ID", raising=False)
+    monkeypatch.setenv("TIDEGATE_TESTBED_DIR", str(tmp_path / "no-testbed"))  # no local credentials file
     with pytest.raises(CredentialsError, match="T_KEY_ID"):
         st.stage_model_for_spec(spec, source=model)
     monkeypatch.setenv("T_KEY_ID", KEY_ID)
