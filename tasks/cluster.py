@@ -18,9 +18,17 @@ from dataclasses import dataclass, field
 
 from tasks.errors import ClusterError
 from tasks.kube import Kube, condition_true
-from tasks.names import KSERVE_CRD, MANAGED_BY, RESOURCEPOLICY_CRD, RUN_LABEL
+from tasks.names import (
+    AUTOSCALER_NAMESPACE,
+    AUTOSCALER_STATUS,
+    KSERVE_CRD,
+    MANAGED_BY,
+    RESOURCEPOLICY_CRD,
+    RUN_LABEL,
+)
+from tasks.observe import parse_autoscaler_status
 
-CA_STATUS = ("kube-system", "cluster-autoscaler-status")
+CA_STATUS = (AUTOSCALER_NAMESPACE, AUTOSCALER_STATUS)
 
 # kinds a run may create, in deletion order (dependents first)
 RUN_KINDS_NAMESPACED = [
@@ -76,13 +84,14 @@ def _pool(kube: Kube, label: str, pool_id: str) -> PoolInfo:
     return PoolInfo(pool_id, len(nodes), len(ready), gpus)
 
 
-def _autoscaler_knows(kube: Kube, group_hint: str) -> bool:
+def autoscaler_groups(kube: Kube) -> list[str]:
+    """The node groups the cluster-autoscaler's status ConfigMap lists ([] when unreadable)."""
     try:
         cm = kube.get("v1", "ConfigMap", CA_STATUS[1], CA_STATUS[0])
     except ClusterError:
-        return False
-    status = ((cm or {}).get("data") or {}).get("status", "")
-    return bool(status) and (group_hint in status or "NodeGroups" in status or "nodeGroups" in status)
+        return []
+    _, groups = parse_autoscaler_status(((cm or {}).get("data") or {}).get("status", ""))
+    return [g.name for g in groups]
 
 
 def custom_metric_served(kube: Kube, namespace: str, metric: str) -> bool:
@@ -167,15 +176,20 @@ def preflight(kube: Kube, spec) -> ClusterReport:
     label = spec.cluster.nodepool_label
     idc = _pool(kube, label, spec.cluster.idc_pool_id)
     elastic = _pool(kube, label, spec.cluster.elastic_pool_id)
-    elastic.autoscaler_group_known = _autoscaler_knows(kube, spec.cluster.elastic_pool_id)
+    groups = autoscaler_groups(kube)
+    elastic.autoscaler_group_known = spec.cluster.elastic_group in groups
     report = ClusterReport(kube.server, version, ns, True, served, idc, elastic)
     if idc.ready_nodes == 0:
         raise ClusterError(f"cluster.idc_pool_id: no Ready node has {label}={spec.cluster.idc_pool_id}",
                            hint="check the IDC node pool id")
     if elastic.nodes == 0 and not elastic.autoscaler_group_known:
+        known = f"its node groups: {', '.join(groups)}" if groups else "it reports no node group"
         raise ClusterError(f"cluster.elastic_pool_id: no node has {label}={spec.cluster.elastic_pool_id} "
-                           "and the cluster-autoscaler reports no node group",
-                           hint="check the elastic node pool id and that the autoscaler runs")
+                           f"and the cluster-autoscaler has no node group {spec.cluster.elastic_group!r} ({known})",
+                           hint="check the elastic node pool id, cluster.autoscaler_group, and that the autoscaler runs")
+    if not elastic.autoscaler_group_known:
+        report.warnings.append(f"the cluster-autoscaler's status does not list node group {spec.cluster.elastic_group!r}: "
+                               "scale-ups of the elastic pool cannot be attributed (set cluster.autoscaler_group)")
     _check_storage(kube, spec)
     if spec.service.gpus and idc.gpus_allocatable < spec.service.gpus:
         report.warnings.append(f"the IDC pool has {idc.gpus_allocatable} GPUs, less than one replica needs "

@@ -393,6 +393,7 @@ class Observer:
         self._node_pool: dict[str, str | None] = {}
         self._hpa_last: tuple | None = None
         self._hpa_metric_last: float | None = None
+        self._hpa_conditions_last: dict[str, tuple] = {}
         self._groups_last: dict[str, NodeGroupStatus] = {}
         self._seen_rv: dict[str, int] = {}
 
@@ -591,6 +592,7 @@ class Observer:
             return  # created, not yet synced by the HPA controller
         metric, target = self._hpa_metric(hpa)
         when = _status_update_time(hpa) or _ts(status.get("lastScaleTime"))
+        self._hpa_conditions(hpa, name, when)
         if (current, desired) != self._hpa_last:
             self._hpa_last = (current, desired)
             self._hpa_metric_last = metric
@@ -610,6 +612,25 @@ class Observer:
                       message=f"{self.spec.service.scale_metric} {metric:g} (target {target})",
                       uid=meta.get("uid"), source="watch/HPA", replicas=current, desired_replicas=desired,
                       metric_value=metric)
+
+    def _hpa_conditions(self, hpa: Obj, name: str, when: pd.Timestamp | None) -> None:
+        """A row per change of the HPA's ScalingActive / AbleToScale conditions: ScalingActive
+        False is the HPA that cannot read its metric (``<unknown>`` in kubectl)."""
+        for c in (hpa.get("status") or {}).get("conditions") or []:
+            ctype = c.get("type")
+            if ctype not in ("ScalingActive", "AbleToScale"):
+                continue
+            key = (c.get("status"), c.get("reason"))
+            if self._hpa_conditions_last.get(ctype) == key:
+                continue
+            first = ctype not in self._hpa_conditions_last
+            self._hpa_conditions_last[ctype] = key
+            if first and c.get("status") == "True":
+                continue  # the normal state, not a change worth a row
+            self._add(time=_ts(c.get("lastTransitionTime")) or when, kind="HPA", obj=name,
+                      object_kind="HorizontalPodAutoscaler", reason="HPACondition",
+                      message=f"{ctype}={c.get('status')} ({c.get('reason')}): {c.get('message') or ''}".strip(),
+                      uid=(hpa.get("metadata") or {}).get("uid"), source="watch/HPA")
 
     def _hpa_metric(self, hpa: Obj) -> tuple[float | None, Any]:
         target = None
@@ -704,7 +725,9 @@ class Observer:
             if self._groups_last.get(g.name) == g:
                 continue
             self._groups_last[g.name] = g
-            pool = g.name if g.name in (self.spec.cluster.elastic_pool_id, self.spec.cluster.idc_pool_id) else None
+            c = self.spec.cluster
+            pool = c.elastic_pool_id if g.name == c.elastic_group else (c.idc_pool_id if g.name == c.idc_pool_id
+                                                                         else None)
             self._add(time=when, kind="Autoscaler", obj=f"{AUTOSCALER_NAMESPACE}/{AUTOSCALER_STATUS}",
                       object_kind="ConfigMap", reason="AutoscalerStatus", message=g.describe(),
                       uid=meta.get("uid"), source="cluster-autoscaler", pool=pool,

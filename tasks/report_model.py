@@ -36,6 +36,11 @@ def _contract(description: str, default: Any = None) -> Any:
     return Field(default, description=description, json_schema_extra={"contract": True})
 
 
+def _gated(description: str, default: Any = None) -> Any:
+    """A detail that gate rules may name (beyond the contract's core)."""
+    return Field(default, description=description, json_schema_extra={"gate": True})
+
+
 def _detail(description: str, default: Any = None, **kw: Any) -> Any:
     if "default_factory" in kw:
         return Field(description=description, **kw)
@@ -176,6 +181,19 @@ class ElasticityBlock(_Block):
     spill_over_traffic_time: str | None = _detail("Tidal shape: the first cloud pod Ready, on the replayed "
                                                   "traffic day.")
     spill_back_traffic_time: str | None = _detail("Tidal shape: the cloud pods gone, on the replayed traffic day.")
+    cloud_pods_preexisting: int = _gated("Service pods already Ready on the elastic pool when the spike began: "
+                                         "named, never counted as spill-over.", 0)
+    elastic_nodes_preexisting: int = _gated("Elastic nodes that existed when the spike began.", 0)
+    hpa_metric_failures: int = _gated(
+        "Times the HPA could not read its metric in the run (ScalingActive=False, FailedGetPodsMetric / "
+        "FailedComputeMetricsReplicas events): the HPA was blind.", 0)
+    not_trigger_scale_up_events: int = _gated("NotTriggerScaleUp events on the service's pods: the autoscaler "
+                                              "saw them Pending and decided not to add a node.", 0)
+    elastic_pool_at_max_while_pending: bool | None = _gated(
+        "Pods of the service waited for a GPU while the elastic pool was at its max size (stockout or a "
+        "max too small); null when the group's max is unknown.")
+    nodes_not_ready_in_time: int = _gated("Elastic nodes not Ready within cluster.max_node_provision_time_s of "
+                                          "their creation.", 0)
 
 
 class CostBlock(_Block):
@@ -245,12 +263,15 @@ class GateRuleResult(_Block):
 
 
 class FindingBlock(_Block):
-    """One step of the spill-over / spill-back sequence, with the timeline rows it rests on."""
+    """One step of the spill-over / spill-back sequence (or a link of the autoscaling plumbing),
+    with the timeline rows it rests on."""
 
     name: str
     ok: bool
     detail: str
     evidence: list[str] = Field(default_factory=list)
+    inconclusive: bool = Field(False, description="Not observed, but the observer lost events: it may have "
+                                                  "happened unseen.")
 
 
 class PhaseBlock(_Block):
@@ -312,10 +333,16 @@ RULES_ON_CONTRACT_ONLY = ("staging", "load", "elasticity")
 OPEN_RULE_SECTIONS = ("stages",)
 
 
+GATED_KEYS: dict[str, tuple[str, ...]] = {
+    name: tuple(f for f, info in model.model_fields.items()
+                if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("gate"))
+    for name, model in BLOCKS.items()}
+
+
 def rule_keys() -> dict[str, tuple[str, ...]]:
     """block -> the keys of that block a gate rule may name."""
-    return {name: CONTRACT_KEYS[name] if name in RULES_ON_CONTRACT_ONLY else tuple(model.model_fields)
-            for name, model in BLOCKS.items()}
+    return {name: CONTRACT_KEYS[name] + GATED_KEYS[name] if name in RULES_ON_CONTRACT_ONLY
+            else tuple(model.model_fields) for name, model in BLOCKS.items()}
 
 
 def definitions() -> dict[str, str]:

@@ -88,6 +88,7 @@ class Finding:
     ok: bool
     detail: str
     evidence: list[str] = field(default_factory=list)
+    inconclusive: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,6 +122,12 @@ class Elasticity:
     time_to_cloud_pods_gone_s: float | None = None
     spill_over_traffic_time: str | None = None
     spill_back_traffic_time: str | None = None
+    cloud_pods_preexisting: int = 0
+    elastic_nodes_preexisting: int = 0
+    hpa_metric_failures: int = 0
+    not_trigger_scale_up_events: int = 0
+    elastic_pool_at_max_while_pending: bool | None = None
+    nodes_not_ready_in_time: int = 0
     findings: list[Finding] = field(default_factory=list)
 
     def block(self, *, extras: bool = True) -> dict[str, Any]:
@@ -226,13 +233,39 @@ def verify(timeline: Timeline, spec: RolloutSpec, *, spike_started_at: datetime 
     pods_per_pool = timeline.pods_per_pool()
     nodes_per_pool = timeline.nodes_per_pool()
     el.idc_pods_max = _max_in_window(pods_per_pool, v.idc, v.start, end, "pods")
-    el.cloud_pods_max = _max_in_window(pods_per_pool, v.elastic, v.start, end, "pods")
+    # only this run's evidence: cloud pods Ready before the spike are named, never counted
+    el.cloud_pods_preexisting = Timeline.value_at(pods_per_pool, v.elastic, v.start, "pods")
+    el.elastic_nodes_preexisting = Timeline.value_at(nodes_per_pool, v.elastic, v.start, "nodes")
+    own = _without_preexisting_cloud_pods(v, timeline) if el.cloud_pods_preexisting else pods_per_pool
+    el.cloud_pods_max = _max_in_window(own, v.elastic, v.start, end, "pods")
     el.elastic_nodes_max = _max_in_window(nodes_per_pool, v.elastic, v.start, end, "nodes")
+    if el.cloud_pods_preexisting or el.elastic_nodes_preexisting:
+        before = v.pods[(v.pods["reason"] == "PodReady") & (v.pods["pool"] == v.elastic) & (v.pods["time"] < v.start)]
+        findings.append(Finding(
+            "preexisting_cloud_capacity", True,
+            f"{el.cloud_pods_preexisting} pod(s) of the service and {el.elastic_nodes_preexisting} elastic node(s) "
+            f"were already on the elastic pool before {v.since}: named here, not counted "
+            f"as this run's spill-over", rows_lines(before.tail(EVIDENCE_LINES), EVIDENCE_LINES)))
     _spill_over(v, el, findings)
     _spill_back(v, el, findings, nodes_per_pool)
-    _when(v, el, pods_per_pool, load, traffic_clock)
+    _when(v, el, own, load, traffic_clock)
+    _plumbing(v, el, findings, nodes_per_pool)
+    if timeline.gaps:
+        for f in findings:
+            if not f.ok and f.name != "observer_complete":
+                f.inconclusive = True
+                f.detail += " (inconclusive: the observer lost events, it may have happened unseen)"
     el.findings = findings
     return el
+
+
+def _without_preexisting_cloud_pods(v: _View, timeline: Timeline) -> pd.DataFrame:
+    """Ready pods per pool, leaving out the pods that were Ready on the elastic pool before the
+    window (so that they never count as this run's spill-over)."""
+    pods = v.pods
+    early = set(pods[(pods["reason"] == "PodReady") & (pods["pool"] == v.elastic) & (pods["time"] < v.start)]["object"])
+    df = timeline.df
+    return Timeline(df=df[~((df["kind"] == "Pod") & df["object"].isin(early))]).pods_per_pool()
 
 
 def _when(v: _View, el: Elasticity, pods_per_pool: pd.DataFrame, load: Any,
@@ -325,9 +358,9 @@ def _spill_over(v: _View, el: Elasticity, findings: list[Finding]) -> None:
     el.triggered_scale_up = len(triggered)
     group_events = v.events(("ScaledUpGroup",))
     group_events = group_events[group_events["object"].str.endswith(f"/{AUTOSCALER_STATUS}", na=False)]
-    decisions = group_events[group_events["message"].str.contains("setting group", na=False)]
-    if not len(decisions):
-        decisions = group_events
+    # only the elastic pool's own node group (cluster.autoscaler_group) counts as its scale-up
+    group = v.spec.cluster.elastic_group
+    decisions = group_events[group_events["message"].str.contains(f"setting group {group} ", regex=False, na=False)]
     el.scaled_up_group = len(decisions)
     if el.triggered_scale_up:
         el.scale_up_events, el.scale_up_events_source = el.triggered_scale_up, "TriggeredScaleUp"
@@ -567,6 +600,89 @@ def summary(el: Elasticity) -> str:
     lines = [", ".join(f"{k}={el.block()[k]}" for k in CONTRACT_KEYS)]
     lines += [f"not observed: {f.name}: {f.detail}" for f in el.findings if not f.ok]
     return "\n".join(lines)
+
+
+# -- the autoscaling plumbing: each link that fails silently, as a finding and a figure ---------
+_HPA_METRIC_FAILURES = ("FailedGetPodsMetric", "FailedComputeMetricsReplicas", "FailedGetResourceMetric",
+                        "FailedGetExternalMetric", "FailedGetObjectMetric")
+_GROUP_MAX = re.compile(r"\bmax=(\d+)")
+
+
+def _plumbing(v: _View, el: Elasticity, findings: list[Finding], nodes_per_pool: pd.DataFrame) -> None:
+    metric = v.spec.service.scale_metric
+    # 1. the HPA could read its metric (ScalingActive=False is kubectl's `<unknown>`)
+    conds = v.df[(v.df["kind"] == "HPA") & (v.df["object"] == v.hpa_object) & (v.df["reason"] == "HPACondition")]
+    active = conds[conds["message"].str.startswith("ScalingActive=", na=False)]
+    inactive = active[active["message"].str.startswith("ScalingActive=False", na=False)
+                      & (active["time"] >= v.start) & (active["time"] <= v.end)]
+    before = active[active["time"] < v.start]
+    carried = bool(len(before)) and str(before.iloc[-1]["message"]).startswith("ScalingActive=False")
+    events = v.win[(v.win["kind"] == "Event") & (v.win["object"] == v.hpa_object)
+                   & v.win["reason"].isin(_HPA_METRIC_FAILURES)]
+    el.hpa_metric_failures = len(inactive) + int(carried) + len(events)
+    if el.hpa_metric_failures:
+        rows = pd.concat([before.tail(1) if carried else before.head(0), inactive, events]).sort_values("time")
+        last = f"{rows.iloc[-1]['reason']}: {rows.iloc[-1]['message'] or ''}"
+        findings.append(Finding(
+            "hpa_metric_available", False,
+            f"the HPA {v.hpa_object} could not read {metric} ({el.hpa_metric_failures} time(s)"
+            f"{', already before ' + v.since if carried else ''}): it was blind to the "
+            f"load; is the metrics pipeline (DCGM exporter -> Prometheus -> metrics adapter) up? Last: {last}",
+            rows_lines(rows, EVIDENCE_LINES)))
+    else:
+        seen = v.win[(v.win["kind"] == "HPA") & (v.win["object"] == v.hpa_object) & v.win["metric_value"].notna()]
+        findings.append(Finding(
+            "hpa_metric_available", bool(len(seen)),
+            f"the HPA read {metric} {len(seen)} time(s) in the run, with no ScalingActive=False or FailedGet* event"
+            if len(seen) else f"the HPA {v.hpa_object} was never seen with a value of {metric}",
+            rows_lines(seen.tail(2), 2)))
+
+    # 2. the autoscaler saw Pending pods and declined
+    declined = v.events("NotTriggerScaleUp", frame=v.pod_events)
+    el.not_trigger_scale_up_events = len(declined)
+    if len(declined):
+        reasons = declined["message"].fillna("").map(lambda m: m[:160]).value_counts()
+        findings.append(Finding(
+            "autoscaler_declined", False,
+            f"the cluster-autoscaler declined to scale up {len(declined)} time(s) (NotTriggerScaleUp); most "
+            f"often: {reasons.index[0]}", rows_lines(declined, EVIDENCE_LINES)))
+
+    # 3. the elastic pool at its max while pods waited (stockout, or a max too small)
+    status = v.df[(v.df["kind"] == "Autoscaler") & (v.df["pool"] == v.elastic) & (v.df["time"] <= v.end)]
+    maxes = [int(m.group(1)) for m in (_GROUP_MAX.search(str(x)) for x in status["message"]) if m]
+    pending = v.events("FailedScheduling", frame=v.pod_events)
+    if maxes:
+        group_max = maxes[-1]
+        at_max = pending[[Timeline.value_at(nodes_per_pool, v.elastic, t, "nodes") >= group_max
+                          for t in pending["time"]]] if len(pending) else pending
+        el.elastic_pool_at_max_while_pending = bool(len(at_max))
+        if len(at_max):
+            findings.append(Finding(
+                "elastic_pool_capacity", False,
+                f"{len(at_max)} time(s) a pod of the service waited for a GPU while the elastic pool "
+                f"({v.spec.cluster.elastic_group}) was at its max of {group_max} node(s): a stockout, or a max "
+                f"too small for the peak", rows_lines(pd.concat([at_max, status.tail(1)]), EVIDENCE_LINES)))
+
+    # 4. elastic nodes Ready within the autoscaler's max-node-provision-time
+    limit = float(v.spec.cluster.max_node_provision_time_s)
+    nodes = v.df[(v.df["kind"] == "Node") & (v.df["pool"] == v.elastic)]
+    created = nodes[(nodes["reason"] == "NodeCreated") & (nodes["time"] >= v.start) & (nodes["time"] <= v.end)]
+    late = []
+    for r in created.itertuples(index=False):
+        ready = nodes[(nodes["node"] == r.node) & (nodes["reason"] == "NodeReady") & (nodes["time"] >= r.time)]
+        became = ready["time"].iloc[0] if len(ready) else None
+        waited = ((became if became is not None else v.end) - r.time).total_seconds()
+        if waited > limit:
+            late.append((r.node, waited, became))
+    el.nodes_not_ready_in_time = len(late)
+    if late:
+        node, waited, became = late[0]
+        findings.append(Finding(
+            "nodes_provisioned", False,
+            f"{len(late)} elastic node(s) not Ready within cluster.max_node_provision_time_s ({limit:.0f} s): "
+            f"{node} {'became Ready after' if became is not None else 'was still not Ready after'} {waited:.0f} s "
+            f"(GPU driver, image or join trouble; the autoscaler gives such a node up)",
+            rows_lines(nodes[nodes["node"].isin([n for n, _, _ in late])], EVIDENCE_LINES)))
 
 
 __all__ = ["CONTRACT_KEYS", "EXTRA_KEYS", "Elasticity", "Finding", "summary", "verify"]

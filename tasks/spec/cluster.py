@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tasks.spec.base import DnsLabel, LabelValue, QualifiedName, _FieldError, _Strict
+from tasks.spec.base import DnsLabel, LabelValue, QualifiedName, SafeName, _FieldError, _Strict
 
 
 class ResourcePolicyOptions(_Strict):
@@ -63,6 +63,14 @@ class ClusterSpec(_Strict):
                                     description="Node pool id of the on-premise (IDC) GPU pool.")
     elastic_pool_id: LabelValue = Field("np-elastic", title="Elastic pool id",
                                         description="Node pool id of the autoscaled cloud GPU pool.")
+    autoscaler_group: SafeName | None = Field(
+        None, title="Autoscaler node group", max_length=253,
+        description="Name of the elastic pool's node group in the cluster-autoscaler's status (on ACK the "
+                    "scaling group id); empty means elastic_pool_id. Only its scale-ups count as spill-over.")
+    max_node_provision_time_s: int = Field(
+        900, ge=1, le=86_400, title="Max node provision time (s)",
+        description="The cluster-autoscaler's max-node-provision-time: an elastic node not Ready this long "
+                    "after it was created is reported as a provisioning failure (upstream default 15 min).")
     placement: Literal["resourcepolicy", "affinity"] = Field(
         "resourcepolicy", title="Placement",
         description="resourcepolicy: ACK's ResourcePolicy (IDC unit, then elastic unit); "
@@ -71,6 +79,11 @@ class ClusterSpec(_Strict):
     resource_policy: ResourcePolicyOptions = Field(
         default_factory=ResourcePolicyOptions, title="ResourcePolicy",
         description="Unit options when placement is resourcepolicy.")
+
+    @property
+    def elastic_group(self) -> str:
+        """The elastic pool's node group name in the autoscaler's status."""
+        return self.autoscaler_group or self.elastic_pool_id
 
     @model_validator(mode="after")
     def _cluster(self) -> ClusterSpec:

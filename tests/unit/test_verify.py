@@ -99,7 +99,8 @@ def test_recorded_spill_findings_cite_their_events():
     el = _verify(_timeline())
     names = [f.name for f in el.findings]
     assert names == ["hpa_scaled_out", "idc_pool_full", "autoscaler_scaled_up", "cloud_node_ready", "cloud_pod_ready",
-                     "cloud_pods_removed_first", "pods_left_on_idc", "elastic_pool_back_to_min"]
+                     "cloud_pods_removed_first", "pods_left_on_idc", "elastic_pool_back_to_min",
+                     "hpa_metric_available"]  # the plumbing's links that are not steps of the sequence
     assert all(f.ok for f in el.findings), [f for f in el.findings if not f.ok]
     full = el.finding("idc_pool_full")
     assert full.evidence[0] == (
@@ -279,3 +280,90 @@ def test_no_cloud_pod_leaves_the_spill_times_empty():
     assert el.time_to_cloud_pods_gone_s is None
     assert el.spill_over_traffic_time is None and el.spill_back_traffic_time is None
     assert el.first_cloud_pod_ready_phase is None
+
+
+# -- only this run's evidence, and the plumbing's silent failures ---------------------------------
+HPA = f"{NS}/qwen-chat-hpa"
+
+
+def test_a_blind_hpa_is_named_with_its_condition_and_counted():
+    def edit(rows):
+        return rows + [
+            _row("2026-11-28T21:45:40.000000Z", "HPA", HPA, "HPACondition",
+                 "ScalingActive=False (FailedGetPodsMetric): the HPA was unable to compute the replica count: "
+                 "unable to get metric DCGM_CUSTOM_PROCESS_SM_UTIL", object_kind="HorizontalPodAutoscaler"),
+            _row("2026-11-28T21:46:01.000000Z", "Event", HPA, "FailedGetPodsMetric",
+                 "unable to get metric DCGM_CUSTOM_PROCESS_SM_UTIL: no metrics returned",
+                 object_kind="HorizontalPodAutoscaler")]
+
+    el = _verify(_timeline(edit))
+    f = el.finding("hpa_metric_available")
+    assert el.hpa_metric_failures == 2 and not f.ok
+    assert "could not read DCGM_CUSTOM_PROCESS_SM_UTIL (2 time(s), already before the spike started)" in f.detail
+    assert "FailedGetPodsMetric" in f.detail
+    assert any("ScalingActive=False (FailedGetPodsMetric)" in e for e in f.evidence)
+
+
+def test_stockout_not_triggered_and_a_node_that_never_became_ready_are_findings():
+    def edit(rows):
+        out = []
+        for r in rows:
+            if r["kind"] == "Autoscaler" and r.get("pool") == "np-elastic":
+                r = {**r, "message": (r["message"] or "").replace("max=3", "max=0")}
+            if r.get("node") == CLOUD_NODE and r["reason"] == "NodeReady":
+                continue  # created, never Ready
+            out.append(r)
+        out.append(_row("2026-11-28T21:46:30.000000Z", "Event", CLOUD_POD, "NotTriggerScaleUp",
+                        "pod didn't trigger scale-up: 1 max node group size reached"))
+        return out
+
+    el = _verify(_timeline(edit))
+    assert el.not_trigger_scale_up_events == 1
+    assert "max node group size reached" in el.finding("autoscaler_declined").detail
+    assert el.elastic_pool_at_max_while_pending is True
+    assert "at its max of 0 node(s)" in el.finding("elastic_pool_capacity").detail
+    spec = load_spec(ROOT / "examples" / "qwen-chat.local.yaml",
+                     [f"cluster.namespace={NS}", "cluster.max_node_provision_time_s=10"])
+    late = verify(_timeline(edit), spec, **MARKS)
+    assert late.nodes_not_ready_in_time == 1
+    assert f"{CLOUD_NODE} was still not Ready after" in late.finding("nodes_provisioned").detail
+    assert _verify(_timeline(edit)).nodes_not_ready_in_time == 0  # within the default 900 s
+
+
+def test_only_the_elastic_groups_own_scale_ups_count():
+    def edit(rows):
+        rows = [r for r in rows if r["reason"] != "TriggeredScaleUp"]
+        for r in rows:
+            if r["reason"] == "ScaledUpGroup":
+                r["message"] = (r["message"] or "").replace("group np-elastic ", "group np-other ")
+        return rows
+
+    el = _verify(_timeline(edit))
+    assert el.scaled_up_group == 0 and el.scale_up_events == 0
+
+
+def test_cloud_pods_ready_before_the_spike_are_named_not_counted():
+    def edit(rows):
+        early = f"{NS}/qwen-chat-predictor-546cc8969b-early"
+        return rows + [
+            _row("2026-11-28T21:40:00.000000Z", "Node", CLOUD_NODE + "x", "NodeCreated", "node created",
+                 object_kind="Node", node=CLOUD_NODE + "x", pool="np-elastic"),
+            _row("2026-11-28T21:40:10.000000Z", "Pod", early, "PodScheduled", "scheduled", node=CLOUD_NODE + "x",
+                 pool="np-elastic"),
+            _row("2026-11-28T21:40:20.000000Z", "Pod", early, "PodReady", "Ready", node=CLOUD_NODE + "x",
+                 pool="np-elastic")]
+
+    el = _verify(_timeline(edit))
+    assert (el.cloud_pods_preexisting, el.elastic_nodes_preexisting) == (1, 1)
+    assert el.cloud_pods_max == 1  # the run's own cloud pod only, not 2
+    assert "not counted as this run's spill-over" in el.finding("preexisting_cloud_capacity").detail
+
+
+def test_a_step_not_seen_while_events_were_lost_is_inconclusive():
+    def edit(rows):
+        return [r for r in rows if r["reason"] != "TriggeredScaleUp" and r["reason"] != "ScaledUpGroup"]
+
+    tl = _timeline(edit)
+    tl.gaps = ["Event watch in default: re-list failed"]
+    f = _verify(tl).finding("autoscaler_scaled_up")
+    assert not f.ok and f.inconclusive and "inconclusive: the observer lost events" in f.detail
