@@ -205,7 +205,7 @@ def parse_autoscaler_status(text: str) -> tuple[pd.Timestamp | None, list[NodeGr
                 name=str(g.get("name")), health=health.get("status"), ready=_int(counts.get("ready", zero)),
                 registered=_int(counts.get("total", zero)),
                 target=_int(health.get("cloudProviderTarget", zero)),
-                min_size=_int(health.get("minSize", zero)), max_size=_int(health.get("maxSize")),
+                min_size=_int(health.get("minSize", zero)), max_size=_int(health.get("maxSize", zero)),
                 scale_up=(g.get("scaleUp") or {}).get("status"),
                 scale_down=(g.get("scaleDown") or {}).get("status")))
         return _ts(doc.get("time")), groups

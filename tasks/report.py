@@ -137,7 +137,7 @@ def basic_html(report: RunReport, figures: list[tuple[str, str]] | None = None) 
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>tidegate {html.escape(report.run_id)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:70em}} table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:4px 8px}} .passed,.pass{{background:#d4f7d4}} .failed,.fail,.error{{background:#f7d4d4}}
-.warn,.skipped,.not_run{{background:#f7f0d4}} img{{max-width:100%}}</style></head><body>
+.warn,.skipped,.not_run,.inconclusive{{background:#f7f0d4}} img{{max-width:100%}}</style></head><body>
 <h1>tidegate run {html.escape(report.run_id)}: <span class="{html.escape(report.verdict)}">{html.escape(report.verdict.upper())}</span></h1>
 <p>spec {html.escape(report.spec)} &middot; profile {html.escape(report.profile)} &middot; {html.escape(report.started_at)} &rarr; {html.escape(report.finished_at)}</p>
 <h2>stages</h2><table><tr><th>stage</th><th>status</th><th>s</th><th>detail</th></tr>{rows}</table>

@@ -62,6 +62,10 @@ def test_e2e_no_elastic_capacity_fails_the_gate(testbed, kube, tmp_path):
         assert rep["verdict"] == "fail"
         assert rep["elasticity"]["cloud_pods_max"] == 0
         assert any(g["rule"] == "elasticity.cloud_pods_max" and g["status"] == "fail" for g in rep["gate"])
+        # the cause, not just the missing spill-over: pods waited while the pool was at its max (0)
+        assert rep["elasticity"]["elastic_pool_at_max_while_pending"] is True
+        capacity = next(f for f in rep["findings"] if f["name"] == "elastic_pool_capacity")
+        assert not capacity["ok"] and "at its max of 0 node(s)" in capacity["detail"]
         assert leftovers(kube, rep["run_id"], ["default"]) == []
     finally:
         reconfigure_autoscaler(testbed)

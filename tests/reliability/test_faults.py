@@ -251,6 +251,37 @@ def test_autoscaler_stopped_before_spike(clean_bed, tmp_path, case):
     assert stages["teardown"] == "passed" and left == []
 
 
+# -- the metric pipeline broken: the HPA is blind ------------------------------------------------
+def test_metrics_adapter_stopped_before_spike_names_the_blind_hpa(clean_bed, tmp_path, case):
+    bed = clean_bed
+    case.describe("the custom-metrics adapter stopped after preflight, as the load generator starts",
+                  "exit 1; the finding hpa_metric_available names the HPA that could not read its metric "
+                  "(ScalingActive=False / FailedGetPodsMetric) and elasticity.hpa_metric_failures counts it; "
+                  "the gate's failure line says why; teardown still runs")
+    cli = Cli(bed, validate_args(bed, "--set", "load.baseline_s=15", "--set", "load.spike_s=40", "--set",
+                                 "load.hold_s=10", "--set", "load.cooldown_s=20", stages=FULL), tmp_path / "reports")
+    rid = cli.run_id()
+    try:
+        cli.wait_for_spike()
+        assert cluster.stop_component(bed.cfg, "metrics-adapter")
+        rc = cli.wait(900)
+    finally:
+        restarted = cluster.start_component(bed.cfg, "metrics-adapter")
+    case.seconds = cli.seconds
+    rep = cli.report()
+    finding = next((f for f in rep.get("findings") or [] if f["name"] == "hpa_metric_available"), {})
+    last = stderr_lines(cli.stderr)[-1]
+    left = bed.leftovers(rid)
+    case.observe(f"exit {rc}; hpa_metric_failures {rep['elasticity'].get('hpa_metric_failures')}; finding: "
+                 f"{_short(finding.get('detail', 'none'), 200)}; {_short(last, 160)}; left: {left or 'nothing'} "
+                 f"(adapter back in {restarted:.0f}s)")
+    assert rc == 1, cli.stderr[-2000:]
+    assert finding.get("ok") is False and "could not read DCGM_CUSTOM_PROCESS_SM_UTIL" in finding["detail"], finding
+    assert rep["elasticity"]["hpa_metric_failures"] >= 1
+    assert last.startswith("tidegate: gate failed") and "could not read" in last, last
+    assert rep["verdict"] == "fail" and _stage_status(rep)["teardown"] == "passed" and left == []
+
+
 def test_autoscaler_down_before_the_run_is_refused_at_preflight(clean_bed, tmp_path, case):
     bed = clean_bed
     case.describe("cluster-autoscaler down before the run starts",

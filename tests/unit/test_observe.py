@@ -252,6 +252,28 @@ def test_hpa_rows_for_replica_and_metric_changes_only():
     assert last["message"] == "current 1, desired 2; DCGM_CUSTOM_PROCESS_SM_UTIL 80.742 (target 50)"
 
 
+def test_hpa_condition_changes_are_rows_the_normal_state_is_not():
+    obs = Observer(FakeKube({}), _spec(), run_id="t")
+
+    def hpa(rv, active, reason, t):
+        return {"metadata": {"name": "qwen-chat-hpa", "namespace": NS, "uid": "hpa-uid", "resourceVersion": rv},
+                "spec": {"metrics": []},
+                "status": {"currentReplicas": 1, "desiredReplicas": 1, "conditions": [
+                    {"type": "AbleToScale", "status": "True", "reason": "ReadyForNewScale", "lastTransitionTime": t},
+                    {"type": "ScalingActive", "status": active, "reason": reason, "lastTransitionTime": t,
+                     "message": "the HPA was unable to compute the replica count"}]}}
+
+    obs._on_hpa("ADDED", hpa("1", "True", "ValidMetricFound", "2026-11-28T21:39:00Z"))
+    obs._on_hpa("MODIFIED", hpa("2", "False", "FailedGetPodsMetric", "2026-11-28T21:39:30Z"))
+    obs._on_hpa("MODIFIED", hpa("3", "False", "FailedGetPodsMetric", "2026-11-28T21:39:30Z"))
+    obs._on_hpa("MODIFIED", hpa("4", "True", "ValidMetricFound", "2026-11-28T21:40:00Z"))
+    rows = obs.timeline().df
+    rows = rows[rows["reason"] == "HPACondition"]
+    assert [m.split(":")[0] for m in rows["message"]] == ["ScalingActive=False (FailedGetPodsMetric)",
+                                                          "ScalingActive=True (ValidMetricFound)"]
+    assert rows.iloc[0]["time"] == pd.Timestamp("2026-11-28 21:39:30", tz="UTC")
+
+
 def test_event_series_time_and_old_history_left_out():
     obs = Observer(FakeKube({}), _spec(), run_id="t", event_history_s=60)
     obs._started_at = pd.Timestamp("2026-11-28 21:40:00", tz="UTC")
