@@ -11,6 +11,7 @@ import socket
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -219,22 +220,30 @@ def test_gateway_unreachable_at_smoke(clean_bed, tmp_path, case):
     assert left == []
 
 
-# -- the cluster-autoscaler stopped before the spike ---------------------------------------------
+# -- a component stopped after preflight, as the load generator starts --------------------------
+def _run_with_component_stopped(bed, reports: Path, component: str, cooldown_s: int) -> tuple[Cli, int, float, float]:
+    """A full run whose ``component`` is stopped once the spike's generator starts (after the
+    preflight saw it healthy), and started again afterwards: (cli, exit code, seconds the stop
+    took, seconds the restart took)."""
+    cli = Cli(bed, validate_args(bed, "--set", "load.baseline_s=15", "--set", "load.spike_s=40", "--set",
+                                 "load.hold_s=10", "--set", f"load.cooldown_s={cooldown_s}", stages=FULL), reports)
+    try:
+        cli.wait_for_spike()
+        t0 = time.monotonic()
+        assert cluster.stop_component(bed.cfg, component)
+        stop_s = time.monotonic() - t0
+        rc = cli.wait(900)
+    finally:
+        restarted = cluster.start_component(bed.cfg, component)
+    return cli, rc, stop_s, restarted
+
+
 def test_autoscaler_stopped_before_spike(clean_bed, tmp_path, case):
     bed = clean_bed
     case.describe("cluster-autoscaler stopped after preflight, before the spike (as the load generator starts)",
                   "exit 1; spill-over fails naming the missing scale-up (TriggeredScaleUp); teardown still runs")
-    cli = Cli(bed, validate_args(bed, "--set", "load.baseline_s=15", "--set", "load.spike_s=40", "--set",
-                                 "load.hold_s=10", "--set", "load.cooldown_s=30", stages=FULL), tmp_path / "reports")
+    cli, rc, stop_s, restarted = _run_with_component_stopped(bed, tmp_path / "reports", "cluster-autoscaler", 30)
     rid = cli.run_id()
-    try:
-        cli.wait_for_spike()
-        t0 = time.monotonic()
-        assert cluster.stop_component(bed.cfg, "cluster-autoscaler")
-        stop_s = time.monotonic() - t0
-        rc = cli.wait(900)
-    finally:
-        restarted = cluster.start_component(bed.cfg, "cluster-autoscaler")
     case.seconds = cli.seconds
     rep = cli.report()
     stages = _stage_status(rep)
@@ -258,15 +267,8 @@ def test_metrics_adapter_stopped_before_spike_names_the_blind_hpa(clean_bed, tmp
                   "exit 1; the finding hpa_metric_available names the HPA that could not read its metric "
                   "(ScalingActive=False / FailedGetPodsMetric) and elasticity.hpa_metric_failures counts it; "
                   "the gate's failure line says why; teardown still runs")
-    cli = Cli(bed, validate_args(bed, "--set", "load.baseline_s=15", "--set", "load.spike_s=40", "--set",
-                                 "load.hold_s=10", "--set", "load.cooldown_s=20", stages=FULL), tmp_path / "reports")
+    cli, rc, _, restarted = _run_with_component_stopped(bed, tmp_path / "reports", "metrics-adapter", 20)
     rid = cli.run_id()
-    try:
-        cli.wait_for_spike()
-        assert cluster.stop_component(bed.cfg, "metrics-adapter")
-        rc = cli.wait(900)
-    finally:
-        restarted = cluster.start_component(bed.cfg, "metrics-adapter")
     case.seconds = cli.seconds
     rep = cli.report()
     finding = next((f for f in rep.get("findings") or [] if f["name"] == "hpa_metric_available"), {})
