@@ -15,6 +15,7 @@ from typing import Any
 from flows.outcomes import exit_code_for_state, outcome_for_state
 from flows.runid import run_id_for_flow_run
 from tasks.errors import TidegateError
+from tasks.names import CREATES_OBJECTS
 
 FAILED_EVENT = "tidegate.run.failed"
 
@@ -43,7 +44,7 @@ def _nothing_created(run_id: str) -> bool:
         return False
     if stages.get("teardown", {}).get("status") == "passed":
         return True
-    return all(stages.get(s, {}).get("status") in ("skipped", "not_run", None) for s in ("prepare", "deploy"))
+    return all(stages.get(s, {}).get("status") in ("skipped", "not_run", None) for s in CREATES_OBJECTS)
 
 
 def teardown_run(spec, run_id: str) -> str:

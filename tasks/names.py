@@ -13,6 +13,8 @@ FLOW_NAME = "elastic-rollout-validation"
 # stage: the report is always written; the spec and --stages accept it and ignore it.
 STAGE_NAMES = ("stage", "prepare", "deploy", "smoke", "spike", "verify", "gate", "teardown")
 ALWAYS_RUN = ("report",)
+# the stages that change the cluster: when one of them ran, teardown is owed (also by the hooks)
+CREATES_OBJECTS = ("prepare", "deploy")
 # what a spec's ``stages`` may list (the report where it is built: after verify, before the gate)
 SPEC_STAGE_NAMES = (*STAGE_NAMES[:STAGE_NAMES.index("gate")], *ALWAYS_RUN, *STAGE_NAMES[STAGE_NAMES.index("gate"):])
 STAGE_ALIASES = {"stage_model": "stage", "staging": "stage", "prepare_cluster": "prepare",

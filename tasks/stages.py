@@ -27,7 +27,7 @@ from tasks.elastic import describe_elasticity, run_spike, verify_spike
 from tasks.errors import GateFailed, SpecError, StageFailed, StagingError
 from tasks.gate import describe, evaluate, failure_message, last_passing_report, verdict
 from tasks.load import check_capacity, shape_for
-from tasks.names import ALWAYS_RUN, STAGE_ALIASES, STAGE_NAMES
+from tasks.names import ALWAYS_RUN, CREATES_OBJECTS, STAGE_ALIASES, STAGE_NAMES
 from tasks.render import render_manifests, render_oss_secret
 from tasks.report import reports_root
 from tasks.report_model import (
@@ -198,8 +198,8 @@ STAGES: tuple[Stage, ...] = (
           summary="delete what the run created (also after a failure)"),
 )
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
-if tuple(BY_NAME) != STAGE_NAMES:  # pragma: no cover - a programming error, caught by every test
-    raise AssertionError(f"tasks.stages.STAGES {tuple(BY_NAME)} != tasks.names.STAGE_NAMES {STAGE_NAMES}")
+if tuple(BY_NAME) != STAGE_NAMES or tuple(s.name for s in STAGES if s.creates_objects) != CREATES_OBJECTS:
+    raise AssertionError("tasks.stages.STAGES disagrees with tasks.names")  # pragma: no cover - caught by every test
 
 
 def check_inputs(spec: RolloutSpec, stages: Iterable[str]) -> None:
