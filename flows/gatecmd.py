@@ -51,7 +51,7 @@ class GateResult:
     report_junit: Path | None
 
     def one_line(self) -> str:
-        verdict = {0: "PASS", 1: "FAIL"}.get(self.exit_code, "ERROR")
+        verdict = {0: "PASS", 1: "FAIL", 3: "INCONCLUSIVE"}.get(self.exit_code, "ERROR")
         msg = f": {self.message}" if self.message else ""
         return (f"{verdict} {self.deployment} run {self.flow_run_name} ended {self.state_name} "
                 f"after {self.seconds:.1f}s{msg}")

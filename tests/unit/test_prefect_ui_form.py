@@ -175,6 +175,8 @@ def test_release_gate_bad_image_is_a_spec_error():
     ("COMPLETED", "", 0, "error"),
     ("FAILED", "Flow run encountered an exception: GateFailed: gate failed: load.error_rate", 1, "gate-failed"),
     ("FAILED", "Flow run encountered an exception: StageFailed: smoke models: unreachable", 1, "stage-failed"),
+    ("FAILED", "Flow run encountered an exception: RunInconclusive: inconclusive: the gate did not run", 3,
+     "inconclusive"),
     ("FAILED", "Flow run encountered an exception: ClusterError: cluster.kubeconfig: cannot load", 2, "error"),
     ("FAILED", "Flow run encountered an exception: SpecError: spec x: name: bad", 2, "error"),
     ("FAILED", "Flow run encountered an exception: KeyError: 'x'", 2, "error"),
