@@ -75,9 +75,11 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
+    from flows.runid import check_run_id
     from tasks.cluster import run_object_names, teardown
     from tasks.kube import Kube
 
+    check_run_id(args.run_id)
     kubeconfig = args.kubeconfig
     known: list[str] = []
     if not kubeconfig and args.spec:

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from flows.outcomes import exit_code_for_state, outcome_for_state
-from flows.runid import run_id_for_flow_run
+from flows.runid import check_run_id, run_id_for_flow_run
 from tasks.errors import TidegateError
 from tasks.names import CREATES_OBJECTS
 
@@ -65,9 +65,15 @@ def _after_failure(flow, flow_run, state, kind: str) -> None:
 
     logger = flow_run_logger(flow_run)
     params = dict(flow_run.parameters or {})
-    run_id = params.get("run_id")
+    run_id, invalid = params.get("run_id"), False
+    try:
+        run_id = check_run_id(run_id) if run_id else None
+    except TidegateError:  # the flow refused it before creating anything
+        logger.warning("%s hook: run_id parameter %r is not a valid run id; nothing to tear down by it",
+                       kind, str(run_id)[:80])
+        run_id, invalid = None, True
     spec = _spec_from_parameters(params)
-    if not run_id and spec is not None:
+    if not run_id and spec is not None and not invalid:
         run_id = run_id_for_flow_run(spec.name, flow_run.id)
     teardown_note = "skipped"
     if run_id and spec is not None and spec.teardown.policy == "always" and not _nothing_created(run_id):

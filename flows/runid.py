@@ -7,8 +7,11 @@ Used by the flows (flows/validation.py, flows/deployments.py) and by the failure
 from __future__ import annotations
 
 import datetime as dt
+import re
 import secrets as _secrets
 from typing import TYPE_CHECKING
+
+from tasks.errors import SpecError
 
 if TYPE_CHECKING:
     from tasks.spec import RolloutSpec
@@ -24,3 +27,16 @@ def new_run_id(spec: RolloutSpec) -> str:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     base = spec.name[:40].rstrip("-")
     return f"{base}-{stamp}-{_secrets.token_hex(2)}"
+
+
+_RUN_ID = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def check_run_id(run_id: str) -> str:
+    """A run id names ``reports/<run id>/`` and labels every object: a DNS-1123 label (lower-case
+    letters, digits and '-', at most 63), never a path. SpecError otherwise, before anything runs."""
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+        shown = repr(run_id)[:80].replace("\\x00", "\\0")
+        raise SpecError(f"run_id: {shown} is not a valid run id (lower-case letters, digits and '-', "
+                        "at most 63 characters, starting and ending with a letter or digit)")
+    return run_id

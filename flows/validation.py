@@ -24,7 +24,7 @@ from prefect import flow, task
 from prefect.cache_policies import NONE as NO_CACHE
 
 from flows.hooks import on_crashed, on_failure
-from flows.runid import new_run_id, run_id_for_flow_run
+from flows.runid import check_run_id, new_run_id, run_id_for_flow_run
 from tasks import report as reporting
 from tasks.context import RunContext
 from tasks.errors import GateFailed, RunInconclusive, StageFailed, TidegateError
@@ -104,6 +104,7 @@ def _call_stage(ctx: RunContext, name: str, use_prefect: bool) -> None:
 
 def execute(spec: RolloutSpec, stages: list[str], run_id: str, *, use_prefect: bool = True) -> RunOutcome:
     """Run the selected stages; always write the report; decide the outcome."""
+    check_run_id(run_id)  # it becomes a path (reports/<run id>/) and a label
     check_inputs(spec, stages)  # a bad load shape or model source is refused before anything runs
     report = RunReport(run_id=run_id, spec=spec.name, profile=spec.profile, started_at=reporting.now_iso())
     ctx = RunContext(spec=spec, run_id=run_id, report=report, profile=resolve_profile(spec))

@@ -53,6 +53,9 @@ class ModelSpec(_Strict):
                 raise ValueError(f"URI scheme must be file, oss, http or https (got {scheme!r})")
             if not rest:
                 raise ValueError(f"URI has nothing after {scheme}:// ")
+            if "@" in rest.split("/", 1)[0]:
+                raise ValueError(f"must not carry credentials (got {_show_url(value)}): the spec holds no "
+                                 "secret; give the weights' location without user:password@")
         return value
 
 

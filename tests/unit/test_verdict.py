@@ -106,3 +106,19 @@ def test_plan_runs_the_preflight_unless_offline(tmp_path, capsys):
     assert main(["plan", "--spec", LOCAL, "--set", f"cluster.kubeconfig={tmp_path / 'absent'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("tidegate: ") and "kubeconfig" in err[0]
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/b", "x\x00y", "A" * 300, "Upper", "-lead", "trail-", ""])
+def test_a_run_id_that_is_not_a_dns_label_is_refused_before_anything_is_written(bad, tmp_path, monkeypatch):
+    from flows.runid import check_run_id
+    from flows.validation import execute
+    from tasks.errors import SpecError
+    from tasks.spec import load_spec
+
+    monkeypatch.setenv("TIDEGATE_REPORTS_DIR", str(tmp_path / "reports"))
+    with pytest.raises(SpecError, match="run_id: .* is not a valid run id"):
+        check_run_id(bad)
+    with pytest.raises(SpecError, match="run_id"):
+        execute(load_spec(LOCAL), ["gate"], bad, use_prefect=False)
+    assert not (tmp_path / "reports").exists() and not (tmp_path / "x").exists()
+    assert main(["cleanup", f"--run-id={bad}", "--kubeconfig", str(tmp_path / "kc")]) == 2
