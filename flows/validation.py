@@ -85,7 +85,7 @@ def _stage_task(ctx: RunContext, name: str):
         _run_stage(ctx, name)
     except TidegateError as exc:
         ctx.failure = exc
-        return Failed(message=exc.one_line())
+        return Failed(message=reporting.redact(exc.one_line(), reporting.secret_values(ctx.secrets)))
     return None
 
 
@@ -108,6 +108,12 @@ def execute(spec: RolloutSpec, stages: list[str], run_id: str, *, use_prefect: b
     check_inputs(spec, stages)  # a bad load shape or model source is refused before anything runs
     report = RunReport(run_id=run_id, spec=spec.name, profile=spec.profile, started_at=reporting.now_iso())
     ctx = RunContext(spec=spec, run_id=run_id, report=report, profile=resolve_profile(spec))
+    with reporting.redacting_logs(ctx.secrets):  # the secrets the run learns are redacted from its logs
+        return _run(ctx, stages, use_prefect)
+
+
+def _run(ctx: RunContext, stages: list[str], use_prefect: bool) -> RunOutcome:
+    spec, report, run_id = ctx.spec, ctx.report, ctx.run_id
     for s in STAGES:
         report.stages[s.name] = StageRecord(status="skipped" if s.name not in stages else "not_run",
                                             detail="not selected" if s.name not in stages else "")
@@ -142,7 +148,7 @@ def execute(spec: RolloutSpec, stages: list[str], run_id: str, *, use_prefect: b
     report.fill_definitions()
     html_doc = reporting.render_html(report, load=ctx.load, timeline=ctx.timeline, spec=spec, cost=ctx.cost)
     out_dir = reporting.write(report, secrets=ctx.secrets, tables=ctx.tables(), html_doc=html_doc)
-    _publish_artifacts(report, out_dir, use_prefect)
+    _publish_artifacts(report, out_dir, use_prefect, ctx.secrets)
     if failure is not None:
         raise failure
     if report.verdict == "fail":
@@ -168,14 +174,15 @@ def evidence_gaps(ctx: RunContext) -> list[str]:
     return gaps
 
 
-def _publish_artifacts(report: RunReport, out_dir: Path, use_prefect: bool) -> None:
+def _publish_artifacts(report: RunReport, out_dir: Path, use_prefect: bool, secrets: list[str]) -> None:
     if not use_prefect:
         return
     try:
         from prefect.artifacts import create_markdown_artifact
 
         key = "tidegate-" + "".join(ch if ch.isalnum() else "-" for ch in report.spec.lower())[:40]
-        create_markdown_artifact(markdown=reporting.markdown_summary(report), key=key.strip("-"),
+        markdown = reporting.redact(reporting.markdown_summary(report), reporting.secret_values(secrets))
+        create_markdown_artifact(markdown=markdown, key=key.strip("-"),
                                  description=f"tidegate report {report.run_id} ({out_dir})")
     except Exception as exc:  # noqa: BLE001 - artifacts are a convenience, never the verdict
         log.warning("could not publish Prefect artifacts: %s", exc)

@@ -8,7 +8,9 @@ from the environment and the spec's credentials are replaced by ``***``).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import logging
 import html
 import json
 import os
@@ -42,6 +44,48 @@ def redact(text: str, secrets: list[str]) -> str:
     for s in secrets:
         text = text.replace(s, "***")
     return text
+
+
+class RedactingFilter(logging.Filter):
+    """Replaces every secret value (``secret_values(known)``, read at each record, so values a run
+    learns later count too) in a log record's text: installed on the handlers of tidegate's and
+    Prefect's loggers for the length of a run (``redacting_logs``)."""
+
+    def __init__(self, known: list[str]):
+        super().__init__()
+        self.known = known
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        secrets = secret_values(self.known)
+        text = record.getMessage()
+        clean = redact(text, secrets)
+        if clean != text:
+            record.msg, record.args = clean, None
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            shown = redact(str(exc), secrets)
+            if shown != str(exc):  # the traceback would print the secret: keep only the redacted text
+                record.msg, record.args = f"{record.msg} ({type(exc).__name__}: {shown})", None
+                record.exc_info, record.exc_text = None, None
+        return True
+
+
+LOGGERS_REDACTED = ("", "tidegate", "prefect", "prefect.flow_runs", "prefect.task_runs")
+
+
+@contextlib.contextmanager
+def redacting_logs(known: list[str]):
+    """Redact secrets from everything logged through the handlers of tidegate's, Prefect's and the
+    root logger while the block runs (the Prefect API handler included: what reaches its database)."""
+    filt = RedactingFilter(known)
+    handlers = {h for name in LOGGERS_REDACTED for h in logging.getLogger(name).handlers}
+    for h in handlers:
+        h.addFilter(filt)
+    try:
+        yield filt
+    finally:
+        for h in handlers:
+            h.removeFilter(filt)
 
 
 @dataclass(frozen=True)

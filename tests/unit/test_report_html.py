@@ -25,3 +25,34 @@ def test_cost_block_and_figure_titles_are_on_the_page():
 def test_no_cost_section_without_a_cost_block():
     report = RunReport(run_id="r2", spec="s", profile="local", started_at="2026-11-29T00:00:00+00:00")
     assert "<h2>cost</h2>" not in basic_html(report)
+
+
+def test_log_records_are_redacted_while_a_run_holds_secrets(monkeypatch):
+    """Secrets a run learns (the OSS key it resolved) never reach a log handler: the message, its
+    arguments and an exception's text are redacted; outside the block nothing is filtered."""
+    import io
+    import logging
+
+    from tasks.report import redacting_logs
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    log = logging.getLogger("tidegate")
+    log.addHandler(handler)
+    monkeypatch.setenv("TIDEGATE_TEST_TOKEN", "tok-from-env-123")
+    known: list[str] = []
+    try:
+        with redacting_logs(known):
+            known.append("LTAIsecretkeyvalue")  # learned mid-run
+            log.warning("staging with %s and %s", "LTAIsecretkeyvalue", "tok-from-env-123")
+            try:
+                raise RuntimeError("rejected key LTAIsecretkeyvalue")
+            except RuntimeError:
+                log.exception("upload failed")
+        log.warning("after the run: %s", "LTAIsecretkeyvalue")
+    finally:
+        log.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "staging with *** and ***"
+    assert lines[1] == "upload failed (RuntimeError: rejected key ***)" and len(lines) == 3
+    assert lines[2] == "after the run: LTAIsecretkeyvalue"  # the filter is gone with the run
