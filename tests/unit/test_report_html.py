@@ -27,6 +27,7 @@ def test_no_cost_section_without_a_cost_block():
     assert "<h2>cost</h2>" not in basic_html(report)
 
 
+@pytest.mark.filterwarnings("ignore:Logger 'tidegate' attempted to send logs to the API")  # Prefect's handler
 def test_log_records_are_redacted_while_a_run_holds_secrets(monkeypatch):
     """Secrets a run learns (the OSS key it resolved) never reach a log handler: the message, its
     arguments and an exception's text are redacted; outside the block nothing is filtered."""
