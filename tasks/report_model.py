@@ -194,6 +194,8 @@ class ElasticityBlock(_Block):
         "max too small); null when the group's max is unknown.")
     nodes_not_ready_in_time: int = _gated("Elastic nodes not Ready within cluster.max_node_provision_time_s of "
                                           "their creation.", 0)
+    failed_create_events: int = _gated("FailedCreate events of the predictor's ReplicaSets: pods the HPA asked "
+                                       "for were never created (quota, admission).", 0)
 
 
 class CostBlock(_Block):

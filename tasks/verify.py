@@ -128,6 +128,7 @@ class Elasticity:
     not_trigger_scale_up_events: int = 0
     elastic_pool_at_max_while_pending: bool | None = None
     nodes_not_ready_in_time: int = 0
+    failed_create_events: int = 0
     findings: list[Finding] = field(default_factory=list)
 
     def block(self, *, extras: bool = True) -> dict[str, Any]:
@@ -663,7 +664,19 @@ def _plumbing(v: _View, el: Elasticity, findings: list[Finding], nodes_per_pool:
                 f"({v.spec.cluster.elastic_group}) was at its max of {group_max} node(s): a stockout, or a max "
                 f"too small for the peak", rows_lines(pd.concat([at_max, status.tail(1)]), EVIDENCE_LINES)))
 
-    # 4. elastic nodes Ready within the autoscaler's max-node-provision-time
+    # 4. the ReplicaSet could not create the pods the HPA asked for (quota, admission webhook, ...)
+    failed_create = v.events("FailedCreate")
+    failed_create = failed_create[failed_create["object"].str.startswith(
+        f"{v.ns}/{v.spec.service.predictor_name}-", na=False)]
+    el.failed_create_events = len(failed_create)
+    if len(failed_create):
+        reasons = failed_create["message"].fillna("").map(lambda m: m[:160]).value_counts()
+        findings.append(Finding(
+            "replicas_created", False,
+            f"the predictor's ReplicaSet could not create pods {len(failed_create)} time(s) (FailedCreate); "
+            f"most often: {reasons.index[0]}", rows_lines(failed_create, EVIDENCE_LINES)))
+
+    # 5. elastic nodes Ready within the autoscaler's max-node-provision-time
     limit = float(v.spec.cluster.max_node_provision_time_s)
     nodes = v.df[(v.df["kind"] == "Node") & (v.df["pool"] == v.elastic)]
     created = nodes[(nodes["reason"] == "NodeCreated") & (nodes["time"] >= v.start) & (nodes["time"] <= v.end)]

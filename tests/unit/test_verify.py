@@ -367,3 +367,14 @@ def test_a_step_not_seen_while_events_were_lost_is_inconclusive():
     tl.gaps = ["Event watch in default: re-list failed"]
     f = _verify(tl).finding("autoscaler_scaled_up")
     assert not f.ok and f.inconclusive and "inconclusive: the observer lost events" in f.detail
+
+
+def test_pods_the_replicaset_could_not_create_are_named():
+    def edit(rows):
+        return rows + [_row("2026-11-28T21:46:12.000000Z", "Event", f"{NS}/qwen-chat-predictor-546cc8969b",
+                            "FailedCreate", 'pods "qwen-chat-predictor-546cc8969b-x" is forbidden: exceeded quota: '
+                            "gpu-quota, requested: requests.nvidia.com/gpu=1", object_kind="ReplicaSet")]
+
+    el = _verify(_timeline(edit))
+    f = el.finding("replicas_created")
+    assert el.failed_create_events == 1 and not f.ok and "exceeded quota" in f.detail
