@@ -393,7 +393,7 @@ class Observer:
         self._node_pool: dict[str, str | None] = {}
         self._hpa_last: tuple | None = None
         self._hpa_metric_last: float | None = None
-        self._hpa_conditions_last: dict[str, tuple] = {}
+        self._hpa_conditions_last: dict[str, str | None] = {}
         self._groups_last: dict[str, NodeGroupStatus] = {}
         self._seen_rv: dict[str, int] = {}
 
@@ -620,7 +620,7 @@ class Observer:
             ctype = c.get("type")
             if ctype not in ("ScalingActive", "AbleToScale"):
                 continue
-            key = (c.get("status"), c.get("reason"))
+            key = c.get("status")  # a row per transition (its lastTransitionTime), not per reason change
             if self._hpa_conditions_last.get(ctype) == key:
                 continue
             first = ctype not in self._hpa_conditions_last

@@ -266,7 +266,8 @@ def test_hpa_condition_changes_are_rows_the_normal_state_is_not():
     obs._on_hpa("ADDED", hpa("1", "True", "ValidMetricFound", "2026-11-28T21:39:00Z"))
     obs._on_hpa("MODIFIED", hpa("2", "False", "FailedGetPodsMetric", "2026-11-28T21:39:30Z"))
     obs._on_hpa("MODIFIED", hpa("3", "False", "FailedGetPodsMetric", "2026-11-28T21:39:30Z"))
-    obs._on_hpa("MODIFIED", hpa("4", "True", "ValidMetricFound", "2026-11-28T21:40:00Z"))
+    obs._on_hpa("MODIFIED", hpa("4", "False", "FailedComputeMetricsReplicas", "2026-11-28T21:39:30Z"))  # same status
+    obs._on_hpa("MODIFIED", hpa("5", "True", "ValidMetricFound", "2026-11-28T21:40:00Z"))
     rows = obs.timeline().df
     rows = rows[rows["reason"] == "HPACondition"]
     assert [m.split(":")[0] for m in rows["message"]] == ["ScalingActive=False (FailedGetPodsMetric)",
