@@ -281,9 +281,12 @@ def _ca_proc(cfg: TestbedConfig) -> Proc:
 
 
 def _ca_ready(cfg: TestbedConfig) -> bool:
+    """Healthy, and its status lists the elastic node group (its first loop is done): before that
+    a run's preflight cannot tell the elastic pool exists."""
     if not _http_ok(f"http://127.0.0.1:{cfg.ports.autoscaler}/health-check"):
         return False
-    return kube(cfg).get("v1", "ConfigMap", "cluster-autoscaler-status", CA_NAMESPACE) is not None
+    cm = kube(cfg).get("v1", "ConfigMap", "cluster-autoscaler-status", CA_NAMESPACE)
+    return cm is not None and cfg.elastic.nodepool_id in ((cm.get("data") or {}).get("status") or "")
 
 
 def _pool_status(cfg: TestbedConfig) -> dict:
