@@ -609,6 +609,14 @@ _HPA_METRIC_FAILURES = ("FailedGetPodsMetric", "FailedComputeMetricsReplicas", "
 _GROUP_MAX = re.compile(r"\bmax=(\d+)")
 
 
+def _grouped(findings: list[Finding], name: str, events: pd.DataFrame, what: str, reason: str) -> None:
+    """A failed finding for ``events`` (when there are any), naming their most frequent message."""
+    if len(events):
+        top = events["message"].fillna("").map(lambda m: m[:160]).value_counts().index[0]
+        findings.append(Finding(name, False, f"{what} {len(events)} time(s) ({reason}); most often: {top}",
+                                rows_lines(events, EVIDENCE_LINES)))
+
+
 def _plumbing(v: _View, el: Elasticity, findings: list[Finding], nodes_per_pool: pd.DataFrame) -> None:
     metric = v.spec.service.scale_metric
     # 1. the HPA could read its metric (ScalingActive=False is kubectl's `<unknown>`)
@@ -641,12 +649,8 @@ def _plumbing(v: _View, el: Elasticity, findings: list[Finding], nodes_per_pool:
     # 2. the autoscaler saw Pending pods and declined
     declined = v.events("NotTriggerScaleUp", frame=v.pod_events)
     el.not_trigger_scale_up_events = len(declined)
-    if len(declined):
-        reasons = declined["message"].fillna("").map(lambda m: m[:160]).value_counts()
-        findings.append(Finding(
-            "autoscaler_declined", False,
-            f"the cluster-autoscaler declined to scale up {len(declined)} time(s) (NotTriggerScaleUp); most "
-            f"often: {reasons.index[0]}", rows_lines(declined, EVIDENCE_LINES)))
+    _grouped(findings, "autoscaler_declined", declined, "the cluster-autoscaler declined to scale up",
+             "NotTriggerScaleUp")
 
     # 3. the elastic pool at its max while pods waited (stockout, or a max too small)
     status = v.df[(v.df["kind"] == "Autoscaler") & (v.df["pool"] == v.elastic) & (v.df["time"] <= v.end)]
@@ -669,12 +673,8 @@ def _plumbing(v: _View, el: Elasticity, findings: list[Finding], nodes_per_pool:
     failed_create = failed_create[failed_create["object"].str.startswith(
         f"{v.ns}/{v.spec.service.predictor_name}-", na=False)]
     el.failed_create_events = len(failed_create)
-    if len(failed_create):
-        reasons = failed_create["message"].fillna("").map(lambda m: m[:160]).value_counts()
-        findings.append(Finding(
-            "replicas_created", False,
-            f"the predictor's ReplicaSet could not create pods {len(failed_create)} time(s) (FailedCreate); "
-            f"most often: {reasons.index[0]}", rows_lines(failed_create, EVIDENCE_LINES)))
+    _grouped(findings, "replicas_created", failed_create, "the predictor's ReplicaSet could not create pods",
+             "FailedCreate")
 
     # 5. elastic nodes Ready within the autoscaler's max-node-provision-time
     limit = float(v.spec.cluster.max_node_provision_time_s)
