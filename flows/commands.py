@@ -35,7 +35,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     stages = normalize_stages(args.stages)
     _setup_logging(args.verbose)
-    outcome = run_local(spec, stages, use_prefect=not args.no_prefect)
+    outcome = run_local(spec, stages, use_prefect=not args.no_prefect, adopt=args.adopt)
     print(f"tidegate: {outcome.verdict.upper()} run {outcome.run_id}; report {outcome.report_dir}/report.html")
     return outcome.exit_code
 
@@ -44,9 +44,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     """Render every manifest and the preflight's checks; then (unless ``--offline``) run the
     read-only preflight against the cluster, as validate would: exit 2 on a failed check."""
     spec = _load(args)
-    from tasks.render import render_plan
+    from tasks.render import render_admin_plan, render_manifests, render_plan
     from tasks.stages import check_inputs, normalize_stages
 
+    if args.admin:
+        print(render_admin_plan(spec), flush=True)
+        return 0
     print(render_plan(spec, "plan"), flush=True)
     if args.offline:
         return 0
@@ -57,6 +60,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     c = spec.cluster
     kube = Kube.connect(kubeconfig=resolve_profile(spec).kubeconfig, context=c.context, in_cluster=c.in_cluster)
     report = preflight(kube, spec)  # read-only: ClusterError (exit 2) names the failed check
+    from tasks.ownership import Ledger, check_free
+
+    # read-only too: an object of the run's names that exists stops here as it would stop the run
+    check_free(kube, [o for o in render_manifests(spec, "plan") if o["kind"] != "Namespace"], Ledger(None))
     warn = f"; warnings: {'; '.join(report.warnings)}" if report.warnings else ""
     print(f"tidegate: preflight passed on {report.server} ({report.server_version}): IDC "
           f"{report.idc.ready_nodes} Ready nodes/{report.idc.gpus_allocatable} GPUs, elastic {report.elastic.nodes} "
@@ -75,29 +82,30 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
+    """Delete what run ``--run-id`` recorded creating (its ledger, ``reports/<run id>/objects.json``),
+    by uid; nothing else."""
     from flows.runid import check_run_id
-    from tasks.cluster import run_object_names, teardown
     from tasks.kube import Kube
+    from tasks.ownership import Ledger, delete_owned
+    from tasks.report import reports_root
 
     check_run_id(args.run_id)
-    kubeconfig = args.kubeconfig
-    known: list[str] = []
-    if not kubeconfig and args.spec:
+    ledger = Ledger.load(reports_root() / args.run_id, args.run_id)
+    kubeconfig, context, in_cluster = args.kubeconfig, args.context, False
+    if args.spec:
         spec = _load(args)
-        kubeconfig = resolve_profile(spec).kubeconfig
-        namespaces = [spec.cluster.namespace]
-        # what the run applied, by name: an identity that may not list Secrets still finds its own
-        known = run_object_names(spec, args.run_id)
-    else:
-        namespaces = args.namespace or ["default"]
-    if not kubeconfig:
+        c = spec.cluster
+        kubeconfig = kubeconfig or resolve_profile(spec).kubeconfig
+        context, in_cluster = context or c.context, c.in_cluster
+    if not kubeconfig and not in_cluster:
         kubeconfig = str(local_profile_dir() / LOCAL_KUBECONFIG)
-    kube = Kube.connect(kubeconfig=kubeconfig, context=args.context)
+    if not ledger.entries:
+        print(f"tidegate: run {args.run_id} recorded no object; nothing to remove")
+        return 0
+    kube = Kube.connect(kubeconfig=kubeconfig, context=context, in_cluster=in_cluster)
     kube.ping()
-    if args.all_namespaces:
-        namespaces = [n["metadata"]["name"] for n in kube.list("v1", "Namespace")]
-    deleted = teardown(kube, args.run_id, namespaces, known=known)
-    print(f"tidegate: removed {len(deleted)} objects of run {args.run_id}")
+    deleted = delete_owned(kube, ledger, timeout_s=args.timeout)
+    print(f"tidegate: removed {len(deleted)} objects of run {args.run_id} (of {len(ledger.entries)} it created)")
     for d in deleted:
         print(f"  {d}")
     return 0
@@ -137,11 +145,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     spec_args(p)
     p.add_argument("--stages", help=f"comma-separated subset: {','.join(STAGE_NAMES)}")
     p.add_argument("--no-prefect", action="store_true", help="run the stages without Prefect (debugging)")
+    p.add_argument("--adopt", action="append", default=[], metavar="KIND/NAME",
+                   help="take over an existing object of the run's names (it is changed, then deleted at "
+                        "teardown; the report records it); without it an existing object stops the run")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("plan", help="render every manifest and run the read-only preflight; changes nothing")
     spec_args(p)
     p.add_argument("--offline", action="store_true", help="only render: do not connect to the cluster")
+    p.add_argument("--admin", action="store_true",
+                   help="print the administrator's part instead (ServiceAccount, least-privilege RBAC, the "
+                        "model's PV/PVC, how to create the OSS Secret), for `kubectl apply -f -`")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("stage", help="only stage the model weights")
@@ -149,14 +163,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--source", help="local directory of weights (overrides model.source)")
     p.set_defaults(func=cmd_stage)
 
-    p = sub.add_parser("cleanup", help="remove what a dead run left behind")
+    p = sub.add_parser("cleanup", help="remove what a dead run created (its ledger in reports/<run id>/), by uid")
     p.add_argument("--run-id", required=True)
-    p.add_argument("--spec", help="take kubeconfig and namespace from this spec")
+    p.add_argument("--spec", help="take the cluster connection from this spec")
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--kubeconfig")
     p.add_argument("--context")
-    p.add_argument("-n", "--namespace", action="append")
-    p.add_argument("-A", "--all-namespaces", action="store_true")
+    p.add_argument("--timeout", type=float, default=300, help="seconds to wait until the objects are gone")
     p.set_defaults(func=cmd_cleanup)
 
     p = sub.add_parser("report", help="the report contract: `report schema` prints report.json's JSON Schema")

@@ -48,15 +48,19 @@ def _nothing_created(run_id: str) -> bool:
 
 
 def teardown_run(spec, run_id: str) -> str:
-    """Delete what run ``run_id`` labelled in the spec's namespace (bounded by its timeout)."""
-    from tasks.cluster import teardown
+    """Delete what run ``run_id`` recorded creating (its ledger), by uid, bounded by its timeout."""
     from tasks.kube import Kube
+    from tasks.ownership import Ledger, delete_owned
     from tasks.profile import resolve_profile
+    from tasks.report import reports_root
 
+    ledger = Ledger.open(reports_root() / run_id)
+    if not ledger.entries:
+        return f"run {run_id} recorded no object"
     kube = Kube.connect(kubeconfig=resolve_profile(spec).kubeconfig, context=spec.cluster.context,
                         in_cluster=spec.cluster.in_cluster)
     kube.ping()
-    deleted = teardown(kube, run_id, [spec.cluster.namespace], timeout_s=spec.teardown.timeout_s)
+    deleted = delete_owned(kube, ledger, timeout_s=spec.teardown.timeout_s)
     return f"deleted {len(deleted)} objects of run {run_id}"
 
 

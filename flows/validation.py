@@ -30,8 +30,9 @@ from tasks.context import RunContext
 from tasks.errors import GateFailed, RunInconclusive, StageFailed, TidegateError
 from tasks.gate import inconclusive_reasons, verdict
 from tasks.names import FLOW_NAME
+from tasks.ownership import Ledger, parse_adopt
 from tasks.profile import resolve_profile
-from tasks.report_model import RunReport, StageRecord
+from tasks.report_model import OwnedBlock, RunReport, StageRecord
 from tasks.spec import RolloutSpec
 from tasks.stages import BY_NAME, STAGES, check_inputs, normalize_stages
 
@@ -102,12 +103,15 @@ def _call_stage(ctx: RunContext, name: str, use_prefect: bool) -> None:
         raise StageFailed(f"stage {name}: {state.message}")
 
 
-def execute(spec: RolloutSpec, stages: list[str], run_id: str, *, use_prefect: bool = True) -> RunOutcome:
+def execute(spec: RolloutSpec, stages: list[str], run_id: str, *, use_prefect: bool = True,
+            adopt: list[str] | None = None) -> RunOutcome:
     """Run the selected stages; always write the report; decide the outcome."""
     check_run_id(run_id)  # it becomes a path (reports/<run id>/) and a label
     check_inputs(spec, stages)  # a bad load shape or model source is refused before anything runs
+    adopted = parse_adopt(adopt)
     report = RunReport(run_id=run_id, spec=spec.name, profile=spec.profile, started_at=reporting.now_iso())
-    ctx = RunContext(spec=spec, run_id=run_id, report=report, profile=resolve_profile(spec))
+    ctx = RunContext(spec=spec, run_id=run_id, report=report, profile=resolve_profile(spec),
+                     ledger=Ledger.open(reporting.reports_root() / run_id), adopt=adopted)
     with reporting.redacting_logs(ctx.secrets):  # the secrets the run learns are redacted from its logs
         return _run(ctx, stages, use_prefect)
 
@@ -140,6 +144,8 @@ def _run(ctx: RunContext, stages: list[str], use_prefect: bool) -> RunOutcome:
         report.stages["teardown"] = StageRecord(
             status="skipped", detail=f"teardown policy {policy}" if created_anything else "nothing was created")
     report.finished_at = reporting.now_iso()
+    report.objects = [OwnedBlock.model_validate(e.block()) for e in ctx.ledger.entries]
+    report.adopt = sorted(ctx.adopt)
     gate_ran = report.stages["gate"].status in ("passed", "failed")
     gaps = evidence_gaps(ctx)
     report.verdict = verdict(ctx.gate, failed=failure is not None, gate_ran=gate_ran, evidence_gaps=gaps)
@@ -191,7 +197,7 @@ def _publish_artifacts(report: RunReport, out_dir: Path, use_prefect: bool, secr
 @flow(name=FLOW_NAME, log_prints=True, validate_parameters=True,
       on_failure=[on_failure], on_crashed=[on_crashed], on_cancellation=[on_failure])
 def elastic_rollout_validation(spec: RolloutSpec, stages: list[str] | None = None,
-                               run_id: str | None = None) -> dict:
+                               run_id: str | None = None, adopt: list[str] | None = None) -> dict:
     """Validate that the model service absorbs a spike by spilling to the elastic pool and back.
 
     Args:
@@ -199,6 +205,8 @@ def elastic_rollout_validation(spec: RolloutSpec, stages: list[str] | None = Non
         stages: Subset of stages to run (stage, prepare, deploy, smoke, spike, verify, gate,
             teardown); empty means the spec's own list, else all.
         run_id: Label of everything this run creates; derived from the flow run when empty.
+        adopt: Objects of the run's names that exist and that the run may take over (and delete
+            at teardown), as KIND/NAME or KIND/NAMESPACE/NAME; any other existing one stops the run.
     """
     selected = normalize_stages(stages or list(getattr(spec, "stages", None) or []) or None)
     if run_id:
@@ -207,23 +215,25 @@ def elastic_rollout_validation(spec: RolloutSpec, stages: list[str] | None = Non
         from prefect.runtime import flow_run
 
         rid = run_id_for_flow_run(spec.name, flow_run.id) if flow_run.id else new_run_id(spec)
-    outcome = execute(spec, selected, rid, use_prefect=True)
+    outcome = execute(spec, selected, rid, use_prefect=True, adopt=adopt)
     return {"run_id": outcome.run_id, "verdict": outcome.verdict, "report_dir": outcome.report_dir}
 
 
-def run_local(spec: RolloutSpec, stages: list[str] | None, *, use_prefect: bool | None = None) -> RunOutcome:
+def run_local(spec: RolloutSpec, stages: list[str] | None, *, use_prefect: bool | None = None,
+              adopt: list[str] | None = None) -> RunOutcome:
     """Entry point of ``tidegate validate``: the flow under Prefect (default) or plain."""
     if use_prefect is None:
         use_prefect = os.environ.get("TIDEGATE_NO_PREFECT") != "1"
     selected = normalize_stages(stages)
     check_inputs(spec, selected)  # refused before a run id exists
+    parse_adopt(adopt)
     rid = new_run_id(spec)
     # known before anything is created, so that a run killed mid-way can be cleaned up by id
     print(f"tidegate: run {rid} started", file=sys.stderr, flush=True)
     if not use_prefect:
-        return execute(spec, selected, rid, use_prefect=False)
+        return execute(spec, selected, rid, use_prefect=False, adopt=adopt)
     from flows import reaper
 
     reaper.start(os.getpid())  # stops Prefect's temporary server should this process be SIGKILLed
-    result = elastic_rollout_validation(spec=spec, stages=selected, run_id=rid)
+    result = elastic_rollout_validation(spec=spec, stages=selected, run_id=rid, adopt=adopt)
     return RunOutcome(result["run_id"], result["verdict"], result["report_dir"], 0)

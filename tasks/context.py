@@ -20,6 +20,7 @@ from tasks.gate import RuleResult
 from tasks.kube import Kube
 from tasks.load import LoadResult
 from tasks.observe import Timeline
+from tasks.ownership import Ledger
 from tasks.profile import Profile
 from tasks.report_model import RunReport
 from tasks.smoke import SmokeResult
@@ -37,8 +38,9 @@ class RunContext:
     kube: Kube | None = None
     # secret values this run handled (redacted from every file it writes)
     secrets: list[str] = field(default_factory=list)
-    # namespaces the run created (teardown looks there too)
-    created_namespaces: list[str] = field(default_factory=list)
+    # what the run created (teardown deletes exactly these) and what the user let it take over
+    ledger: Ledger = field(default_factory=lambda: Ledger(None))
+    adopt: frozenset[str] = frozenset()
     # the expected failure of the stage that ran last (Prefect task -> flow)
     failure: BaseException | None = None
 

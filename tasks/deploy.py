@@ -9,6 +9,7 @@ with the scheduler's own message, Running but not Ready (model loading / probe f
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tasks.errors import StageFailed
@@ -70,13 +71,14 @@ def diagnose(kube: Kube, namespace: str, predictor: str) -> str:
     return f"predictor {predictor}: pods exist but the InferenceService is not Ready"
 
 
-def deploy(kube: Kube, objects: list[dict], spec, *, timeout_s: float | None = None) -> ServiceHandle:
-    """Apply ``objects`` (the rendered InferenceService and HPA) and wait for Ready."""
+def deploy(kube: Kube, objects: list[dict], spec, *, create: Callable[[list[dict]], list[str]],
+           timeout_s: float | None = None) -> ServiceHandle:
+    """Create ``objects`` (the rendered InferenceService and HPA) with ``create`` (the run's
+    ``tasks.ownership.create_owned``) and wait for Ready."""
     timeout_s = timeout_s or spec.service.readiness_timeout_s
     ns = spec.cluster.namespace
     name = spec.service.name
-    for obj in objects:
-        kube.apply(obj)
+    create(objects)
     started = time.monotonic()
     try:
         kube.wait_for(ISVC_API, "InferenceService", name, ns, condition_true, timeout_s=timeout_s)

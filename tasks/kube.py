@@ -173,12 +173,14 @@ class Kube:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise ClusterError(f"{what}: API server {self.server} unreachable ({type(exc).__name__})") from exc
 
-    def apply(self, obj: Obj, *, field_manager: str = FIELD_MANAGER, dry_run: bool = False) -> Obj:
-        """Server-side apply (force conflicts: tidegate owns what it applies)."""
+    def apply(self, obj: Obj, *, field_manager: str = FIELD_MANAGER, dry_run: bool = False,
+              force: bool = False) -> Obj:
+        """Server-side apply. Conflicts with other field managers are errors unless ``force`` (only
+        for objects the caller owns or was told to take over: ``tasks.ownership``)."""
         api_version, kind = obj["apiVersion"], obj["kind"]
         meta = obj.get("metadata", {})
         res = self.resource(api_version, kind)
-        kwargs: dict[str, Any] = {"field_manager": field_manager, "force_conflicts": True}
+        kwargs: dict[str, Any] = {"field_manager": field_manager, "force_conflicts": force}
         if dry_run:
             kwargs["dry_run"] = "All"
         if res.namespaced:
@@ -207,12 +209,13 @@ class Kube:
         return self._call(what, lambda: res.patch(name=name, namespace=ns, body=patch,
                                                   content_type=content_type)).to_dict()
 
-    def create(self, obj: Obj) -> Obj:
+    def create(self, obj: Obj, *, field_manager: str = FIELD_MANAGER) -> Obj:
+        """Create (POST): an object of that name that exists already answers 409, never overwritten."""
         res = self.resource(obj["apiVersion"], obj["kind"])
         meta = obj.get("metadata") or {}  # reviews (SelfSubjectAccessReview, TokenReview) have none
         ns = meta.get("namespace", "default") if res.namespaced else None
         what = f"create {_describe(obj['apiVersion'], obj['kind'], meta.get('name'), ns)}"
-        return self._call(what, lambda: res.create(body=obj, namespace=ns)).to_dict()
+        return self._call(what, lambda: res.create(body=obj, namespace=ns, field_manager=field_manager)).to_dict()
 
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> Obj | None:
         res = self.resource(api_version, kind)
@@ -244,11 +247,15 @@ class Kube:
         return data.get("items", []), data.get("metadata", {}).get("resourceVersion", "")
 
     def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None, *,
-               propagation: str = "Background", grace_period_s: int | None = None) -> bool:
-        """Delete; False if it was already gone."""
+               propagation: str = "Background", grace_period_s: int | None = None,
+               uid: str | None = None) -> bool:
+        """Delete; False if it was already gone. With ``uid``, only that object (a precondition: an
+        object recreated under the name answers 409)."""
         res = self.resource(api_version, kind)
         ns = namespace if res.namespaced else None
         body: Obj = {"propagationPolicy": propagation}
+        if uid:
+            body["preconditions"] = {"uid": uid}
         if grace_period_s is not None:
             body["gracePeriodSeconds"] = grace_period_s
         try:

@@ -24,6 +24,7 @@ STAGE_ALIASES = {"stage_model": "stage", "staging": "stage", "prepare_cluster": 
 RUN_LABEL = "tidegate.dev/run-id"
 MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "tidegate"
+ADMIN_LABEL = "tidegate.dev/part"           # "admin": the administrator's objects (plan --admin), of no run
 FIELD_MANAGER = "tidegate"
 
 # node pools: the label whose value is a pool's id (ACK's; the spec's cluster.nodepool_label

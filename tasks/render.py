@@ -34,6 +34,7 @@ from pydantic import SecretStr
 
 from tasks.errors import SpecError
 from tasks.names import (
+    ADMIN_LABEL,
     AUTOSCALER_STATUS,
     CUSTOM_METRICS_APISERVICE,
     KSERVE_CRD,
@@ -105,15 +106,13 @@ def _role_names(spec: RolloutSpec) -> tuple[str, str, str]:
     return f"{sa}-{ns}", f"{sa}-{ns}-autoscaler-status", f"{sa}-{ns}-node-events"
 
 
-def _keep_rule(rule: Obj, spec: RolloutSpec) -> bool:
-    group, resource, verbs = rule["apiGroups"][0], rule["resources"][0], set(rule["verbs"])
+def _keep_rule(rule: Obj, spec: RolloutSpec, provisioner: bool) -> bool:
+    group, resource = rule["apiGroups"][0], rule["resources"][0]
+    oss = spec.storage.kind == "oss"
     if resource == "resourcepolicies":
         return spec.cluster.placement == "resourcepolicy"
-    if resource == "pods" and verbs == {"patch"}:
-        return spec.cluster.placement == "affinity"
     if resource == "secrets":
-        oss = spec.storage.kind == "oss"
-        return oss and (spec.storage.oss.credentials.create_secret or verbs != {"create"})
+        return oss and (not provisioner or spec.storage.oss.credentials.create_secret)
     if group == "custom.metrics.k8s.io":
         return spec.service.custom_metric
     if group == "metrics.k8s.io":
@@ -121,51 +120,82 @@ def _keep_rule(rule: Obj, spec: RolloutSpec) -> bool:
     return True
 
 
-def render_rbac(spec: RolloutSpec, run_id: str) -> list[Obj]:
-    """ServiceAccount, Role/RoleBinding (namespace, kube-system, and default for node events
-    when the namespace is another one), ClusterRole/Binding."""
+def _admin_meta(obj: Obj, name: str, namespace: str | None) -> Obj:
+    """Metadata of the administrator's objects: managed by tidegate, of no run (no run deletes them)."""
+    meta = obj.setdefault("metadata", {})
+    meta["name"] = name
+    if namespace is not None:
+        meta["namespace"] = namespace
+    meta["labels"] = {**(meta.get("labels") or {}), MANAGED_BY: MANAGED_BY_VALUE, ADMIN_LABEL: "admin"}
+    return obj
+
+
+def _fill_names(rule: Obj, spec: RolloutSpec) -> None:
+    st, c = spec.storage, spec.cluster
+    resource = rule["resources"][0]
+    if "resourceNames" in rule:
+        names = {"secrets": st.oss.credentials.secret_name, "persistentvolumeclaims": st.pvc_name,
+                 "persistentvolumes": st.pv_name, "namespaces": c.namespace}
+        if resource in names:
+            rule["resourceNames"] = [names[resource]]
+    if rule["apiGroups"][0] == "custom.metrics.k8s.io":
+        rule["resources"] = [f"pods/{spec.service.scale_metric}"]
+    elif resource == "customresourcedefinitions" and c.placement != "resourcepolicy":
+        rule["resourceNames"] = [KSERVE_CRD]
+
+
+def render_rbac(spec: RolloutSpec, run_id: str | None = None) -> list[Obj]:
+    """The pipeline's identity, the administrator's part: ServiceAccount, Role/RoleBinding
+    (namespace, kube-system, and default for node events when the namespace is another one),
+    ClusterRole/Binding, and with ``storage.provision`` the provisioner Role and ClusterRole. No run
+    applies or deletes these (``run_id`` is accepted for callers that name one and ignored)."""
     c = spec.cluster
     sa, ns = c.service_account, c.namespace
     cluster_role, status_role, node_events_role = _role_names(spec)
     subject = {"kind": "ServiceAccount", "name": sa, "namespace": ns}
+    docs = _skeletons("rbac.yaml")
+    main, provisioner = docs[:-4], docs[-4:]
+    if [d["kind"] for d in provisioner] != ["Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"]:
+        raise AssertionError("manifests/rbac.yaml must end with the provisioner Role, RoleBinding, ClusterRole "
+                             "and ClusterRoleBinding")  # pragma: no cover - a broken skeleton
     out: list[Obj] = []
-    for obj in _skeletons("rbac.yaml"):
+    for obj in main + (provisioner if spec.storage.provision else []):
         kind, meta_ns = obj["kind"], obj["metadata"].get("namespace")
+        is_provisioner = any(obj is d for d in provisioner)
         if kind == "ServiceAccount":
-            _meta(obj, sa, ns, run_id)
+            _admin_meta(obj, sa, ns)
+        elif is_provisioner:
+            _admin_meta(obj, f"{cluster_role}-provisioner", None if kind.startswith("Cluster") else ns)
         elif kind in ("Role", "RoleBinding") and meta_ns == "kube-system":
-            _meta(obj, status_role, "kube-system", run_id)
+            _admin_meta(obj, status_role, "kube-system")
         elif kind in ("Role", "RoleBinding") and meta_ns == NODE_EVENTS_NAMESPACE:
             if ns == NODE_EVENTS_NAMESPACE:
                 continue
-            _meta(obj, node_events_role, NODE_EVENTS_NAMESPACE, run_id)
+            _admin_meta(obj, node_events_role, NODE_EVENTS_NAMESPACE)
         elif kind in ("Role", "RoleBinding"):
-            _meta(obj, sa, ns, run_id)
+            _admin_meta(obj, sa, ns)
         else:
-            _meta(obj, cluster_role, None, run_id)
+            _admin_meta(obj, cluster_role, None)
         if kind.endswith("Binding"):
             obj["roleRef"]["name"] = obj["metadata"]["name"]
             obj["subjects"] = [dict(subject)]
         if "rules" in obj:
-            rules = [r for r in obj["rules"] if _keep_rule(r, spec)]
+            rules = [r for r in obj["rules"] if _keep_rule(r, spec, is_provisioner)]
             for rule in rules:
-                resource = rule["resources"][0]
-                if resource == "secrets" and "resourceNames" in rule:
-                    rule["resourceNames"] = [spec.storage.oss.credentials.secret_name]
-                    if not spec.storage.oss.credentials.create_secret:
-                        rule["verbs"] = ["get"]
-                elif rule["apiGroups"][0] == "custom.metrics.k8s.io":
-                    rule["resources"] = [f"pods/{spec.service.scale_metric}"]
-                elif resource == "namespaces":
-                    rule["resourceNames"] = [ns]
-                elif resource == "customresourcedefinitions" and c.placement != "resourcepolicy":
-                    rule["resourceNames"] = [KSERVE_CRD]
+                _fill_names(rule, spec)
             obj["rules"] = rules
         out.append(obj)
     return out
 
 
-def render_pv(spec: RolloutSpec, run_id: str) -> Obj:
+def _volume_meta(obj: Obj, name: str, namespace: str | None, spec: RolloutSpec, run_id: str | None) -> Obj:
+    """The PV and PVC are the run's with ``storage.provision`` (``run_id`` given), else the administrator's."""
+    if spec.storage.provision and run_id is not None:
+        return _meta(obj, name, namespace, run_id)
+    return _admin_meta(obj, name, namespace)
+
+
+def render_pv(spec: RolloutSpec, run_id: str | None = None) -> Obj:
     st = spec.storage
     pv_name = st.pv_name
     if st.kind == "oss":
@@ -173,23 +203,23 @@ def render_pv(spec: RolloutSpec, run_id: str) -> Obj:
         csi = obj["spec"]["csi"]
         csi["nodePublishSecretRef"] = {"name": st.oss.credentials.secret_name,
                                        "namespace": spec.cluster.namespace}
-        csi["volumeAttributes"] = {"bucket": st.oss.bucket, "url": st.oss.endpoint,
+        csi["volumeAttributes"] = {"bucket": st.oss.bucket, "url": st.oss.mount_endpoint,
                                    "path": "/" + st.oss.prefix, "otherOpts": st.oss.other_opts}
     else:
         obj = _skeleton("pv-nas.yaml")
         obj["spec"]["mountOptions"] = list(st.nas.mount_options)
         obj["spec"]["csi"]["volumeAttributes"] = {"server": st.nas.server, "path": st.nas.path,
                                                   "vers": st.nas.vers}
-    _meta(obj, pv_name, None, run_id)
+    _volume_meta(obj, pv_name, None, spec, run_id)
     obj["metadata"]["labels"]["alicloud-pvname"] = pv_name
     obj["spec"]["capacity"] = {"storage": st.capacity}
     obj["spec"]["csi"]["volumeHandle"] = pv_name
     return obj
 
 
-def render_pvc(spec: RolloutSpec, run_id: str) -> Obj:
+def render_pvc(spec: RolloutSpec, run_id: str | None = None) -> Obj:
     st = spec.storage
-    obj = _meta(_skeleton("pvc.yaml"), st.pvc_name, spec.cluster.namespace, run_id)
+    obj = _volume_meta(_skeleton("pvc.yaml"), st.pvc_name, spec.cluster.namespace, spec, run_id)
     obj["spec"]["accessModes"] = ["ReadOnlyMany"] if st.kind == "oss" else ["ReadWriteMany"]
     obj["spec"]["volumeName"] = st.pv_name
     obj["spec"]["resources"]["requests"]["storage"] = st.capacity
@@ -285,19 +315,38 @@ def render_hpa(spec: RolloutSpec, run_id: str) -> Obj:
 
 
 def render_manifests(spec: RolloutSpec, run_id: str) -> list[Obj]:
-    """Every object the run applies, in apply order, each labelled with the run id."""
+    """Every object the run creates, in creation order, each labelled with the run id (the OSS
+    Secret of ``storage.provision`` excepted: ``render_oss_secret`` at apply time). The
+    administrator's part (``render_admin``) is not among them."""
     run_labels(run_id)
     objs: list[Obj] = []
     if spec.cluster.create_namespace:
         objs.append(render_namespace(spec, run_id))
-    objs += render_rbac(spec, run_id)
-    objs.append(render_pv(spec, run_id))
-    objs.append(render_pvc(spec, run_id))
+    if spec.storage.provision:
+        objs.append(render_pv(spec, run_id))
+        objs.append(render_pvc(spec, run_id))
     if spec.cluster.placement == "resourcepolicy":
         objs.append(render_resourcepolicy(spec, run_id))
     objs.append(render_inferenceservice(spec, run_id))
     if spec.service.custom_metric:
         objs.append(render_hpa(spec, run_id))
+    return objs
+
+
+SYSTEM_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
+
+
+def render_admin(spec: RolloutSpec) -> list[Obj]:
+    """What an administrator applies once, before any run (``tidegate plan --admin``): the
+    namespace (unless it is a system one), the pipeline's ServiceAccount and RBAC, and unless
+    ``storage.provision`` the model PV and PVC. The OSS Secret holds keys: it is never rendered,
+    ``render_plan`` prints the command that creates it."""
+    objs: list[Obj] = []
+    if spec.cluster.namespace not in SYSTEM_NAMESPACES:
+        objs.append(_admin_meta(_skeleton("namespace.yaml"), spec.cluster.namespace, None))
+    objs += render_rbac(spec)
+    if not spec.storage.provision:
+        objs += [render_pv(spec), render_pvc(spec)]
     return objs
 
 
@@ -367,23 +416,29 @@ def preflight_checks(spec: RolloutSpec) -> list[PreflightCheck]:
                        "nodes of the pool exist, or the autoscaler status names its node group"),
     ]
     st = spec.storage
-    pv = st.pv_name  # filled by the spec (<pvc_name>-<namespace>) when not given
-    checks += [
-        PreflightCheck("model-pv", f"PV {pv} is free or tidegate's",
-                       f"GET /api/v1/persistentvolumes?fieldSelector=metadata.name={pv}",
-                       f"none, or labelled {MANAGED_BY}=tidegate"),
-        PreflightCheck("model-pvc", f"PVC {c.namespace}/{st.pvc_name} is free or tidegate's",
-                       f"GET /api/v1/namespaces/{c.namespace}/persistentvolumeclaims"
-                       f"?fieldSelector=metadata.name={st.pvc_name}",
-                       f"none, or labelled {MANAGED_BY}=tidegate"),
-    ]
+    if st.provision:
+        checks.append(PreflightCheck(
+            "ownership", "every object the run creates is free (or the run's own, or named with --adopt)",
+            "GET each of them by name (PV, PVC, OSS Secret, ResourcePolicy, InferenceService, HPA)",
+            "404: an object that exists and was not created by this run stops the run, nothing applied"))
+    else:
+        checks += [
+            PreflightCheck("model-pvc", f"PVC {c.namespace}/{st.pvc_name} exists (the administrator's part)",
+                           f"GET /api/v1/namespaces/{c.namespace}/persistentvolumeclaims/{st.pvc_name}",
+                           "200 (create it with `tidegate plan --admin`)"),
+            PreflightCheck("ownership", "every object the run creates is free (or the run's own, or named with "
+                           "--adopt)", "GET each of them by name (ResourcePolicy, InferenceService, HPA)",
+                           "404: an object that exists and was not created by this run stops the run, nothing "
+                           "applied"),
+        ]
     if st.kind == "oss":
         cred = st.oss.credentials
         source = (f"Prefect Secret block {cred.secret_block}" if cred.secret_block else
                   f"${cred.access_key_id_env} and ${cred.access_key_secret_env}")
+        creates = st.provision and cred.create_secret
         checks.append(PreflightCheck(
             "oss-credentials", f"OSS credentials for the CSI Secret {cred.secret_name}",
-            f"read {source} (after the checks above, before anything is applied)" if cred.create_secret else
+            f"read {source} (after the checks above, before anything is applied)" if creates else
             f"GET /api/v1/namespaces/{spec.cluster.namespace}/secrets/{cred.secret_name}",
             "present (the value is never printed)"))
     checks.append(PreflightCheck(
@@ -401,15 +456,55 @@ def _describe(obj: Obj) -> str:
     return f"{obj['kind']} {where}{meta['name']}"
 
 
+def _secret_command(spec: RolloutSpec) -> list[str]:
+    cred, ns = spec.storage.oss.credentials, spec.cluster.namespace
+    return [f"# The OSS CSI Secret holds keys, so it is not rendered here; create it with",
+            f"#   kubectl -n {ns} create secret generic {cred.secret_name} \\",
+            f"#     --from-literal=akId=\"${cred.access_key_id_env}\" --from-literal=akSecret=\"${cred.access_key_secret_env}\"",
+            f"#   kubectl -n {ns} label secret {cred.secret_name} {MANAGED_BY}={MANAGED_BY_VALUE} {ADMIN_LABEL}=admin"]
+
+
+def _documents(objs: list[Obj]) -> str:
+    text = ""
+    for i, obj in enumerate(objs, 1):
+        text += f"---\n# {i}/{len(objs)} {_describe(obj)}\n"
+        text += yaml.safe_dump(obj, sort_keys=False, width=100)
+    return text
+
+
+def render_admin_plan(spec: RolloutSpec) -> str:
+    """The administrator's part as multi-document YAML for ``kubectl apply -f -`` (and the command
+    that creates the OSS Secret, as a comment)."""
+    objs = render_admin(spec)
+    st = spec.storage
+    lines = [
+        f"# tidegate plan --admin: spec {spec.name} (profile {spec.profile})",
+        "# The administrator's part, applied once with an admin identity before any run:",
+        "#   tidegate plan --admin --offline --spec SPEC | kubectl apply -f -",
+        "# Runs never change or delete these objects. They make the pipeline's ServiceAccount",
+        f"# {spec.cluster.namespace}/{spec.cluster.service_account} and the least privilege it runs with"
+        + ("" if st.provision else ", and the model's PV and PVC") + ".",
+    ]
+    if st.kind == "oss" and not (st.provision and st.oss.credentials.create_secret):
+        lines += _secret_command(spec)
+    lines += ["#", f"# objects ({len(objs)}):"] + [f"#  {i:2d}. {_describe(o)}" for i, o in enumerate(objs, 1)]
+    return "\n".join(lines) + "\n" + _documents(objs)
+
+
 def render_plan(spec: RolloutSpec, run_id: str) -> str:
     """Everything a run would do, touching nothing: the preflight checks as a commented header,
-    then every object as multi-document YAML in apply order (valid for ``kubectl apply
-    --dry-run``)."""
+    then every object the run creates as multi-document YAML in creation order (valid for
+    ``kubectl apply --dry-run``). The administrator's part is ``render_admin_plan``."""
     objs = render_manifests(spec, run_id)
     lines = [
         f"# tidegate plan: spec {spec.name} (profile {spec.profile}), run id {run_id}",
         "# Nothing has been applied. First the read-only preflight checks, then every object the",
-        "# run would apply, in apply order (teardown deletes them in reverse).",
+        "# run would create, in order (teardown deletes exactly those, in reverse, by uid).",
+        "# Prerequisite, applied once by an administrator: `tidegate plan --admin` (the pipeline's",
+        "# ServiceAccount and RBAC" + ("" if spec.storage.provision else ", the model's PV and PVC")
+        + (", the OSS Secret" if spec.storage.kind == "oss" and not (spec.storage.provision and
+                                                                      spec.storage.oss.credentials.create_secret)
+           else "") + ").",
         "#",
         "# preflight (read-only; a failed check stops the run with exit 2 before anything is applied):",
     ]
@@ -419,19 +514,15 @@ def render_plan(spec: RolloutSpec, run_id: str) -> str:
                   f"#      expect:  {check.expect}"]
     lines += ["#", f"# objects ({len(objs)}):"]
     lines += [f"#  {i:2d}. {_describe(o)}" for i, o in enumerate(objs, 1)]
-    if spec.storage.kind == "oss" and spec.storage.oss.credentials.create_secret:
+    if spec.storage.kind == "oss" and spec.storage.provision and spec.storage.oss.credentials.create_secret:
         cred = spec.storage.oss.credentials
         lines.append(f"#  + Secret {spec.cluster.namespace}/{cred.secret_name} (akId, akSecret), "
                      f"created at apply time from the credentials; values never shown")
-    text = "\n".join(lines) + "\n"
-    for i, obj in enumerate(objs, 1):
-        text += f"---\n# {i}/{len(objs)} {_describe(obj)}\n"
-        text += yaml.safe_dump(obj, sort_keys=False, width=100)
-    return text
+    return "\n".join(lines) + "\n" + _documents(objs)
 
 
 __all__ = [
-    "PreflightCheck", "preflight_checks", "render_hpa", "render_inferenceservice",
+    "PreflightCheck", "preflight_checks", "render_admin", "render_admin_plan", "render_hpa", "render_inferenceservice",
     "render_manifests", "render_namespace", "render_oss_secret", "render_plan", "render_pv",
     "render_pvc", "render_rbac", "render_resourcepolicy", "run_labels",
 ]

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = "1.2.0"
+SCHEMA_VERSION = "1.3.0"
 
 StageStatus = Literal["passed", "failed", "skipped", "error", "not_run", "running"]
 Verdict = Literal["pass", "warn", "fail", "inconclusive"]
@@ -282,6 +282,17 @@ class PhaseBlock(_Block):
     end: str = Field(description="ISO time the phase ended.")
 
 
+class OwnedBlock(_Block):
+    """An object the run created (or took over with --adopt): teardown and `tidegate cleanup`
+    delete exactly these, by uid (the run's ledger, objects.json)."""
+
+    kind: str = Field(description="Kubernetes kind.")
+    namespace: str | None = Field(None, description="Namespace (none for cluster-scoped objects).")
+    name: str = Field(description="Object name.")
+    uid: str = Field(description="metadata.uid as the server returned it on creation.")
+    adopted: bool = Field(False, description="It existed and was taken over because --adopt named it.")
+
+
 class RunReport(BaseModel):
     """One run of tidegate: report.json."""
 
@@ -306,6 +317,9 @@ class RunReport(BaseModel):
     gate: list[GateRuleResult] = Field(default_factory=list, description="Every SLO rule judged.")
     findings: list[FindingBlock] = Field(default_factory=list, description=FindingBlock.__doc__)
     phases: list[PhaseBlock] = Field(default_factory=list, description="The load shape's phases as run.")
+    objects: list[OwnedBlock] = Field(default_factory=list, description=OwnedBlock.__doc__)
+    adopt: list[str] = Field(default_factory=list,
+                             description="--adopt as given: existing objects the run was allowed to take over.")
     definitions: dict[str, str] = Field(default_factory=dict,
                                         description="The definition of every figure in the report's blocks.")
     warnings: list[str] = Field(default_factory=list, description="What went wrong without deciding the verdict.")

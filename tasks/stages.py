@@ -19,10 +19,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from tasks import staging
-from tasks.cluster import apply_all, preflight, run_object_names, teardown
+from tasks.cluster import preflight
 from tasks.context import RunContext
 from tasks.cost import cost_of_run
 from tasks.deploy import deploy
+from tasks.ownership import check_free, create_owned, delete_owned
 from tasks.elastic import describe_elasticity, run_spike, verify_spike
 from tasks.errors import GateFailed, SpecError, StageFailed, StagingError
 from tasks.gate import describe, evaluate, failure_message, last_passing_report, verdict
@@ -41,7 +42,6 @@ from tasks.report_model import (
 from tasks.smoke import smoke
 from tasks.spec import RolloutSpec
 
-RBAC_KINDS = frozenset({"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"})
 SERVICE_KINDS = frozenset({"InferenceService", "HorizontalPodAutoscaler"})
 
 
@@ -70,43 +70,54 @@ def stage_model(ctx: RunContext) -> str:
 
 
 def _credentials_secret(ctx: RunContext) -> dict | None:
-    """The OSS CSI driver's Secret, built from the resolved credentials at apply time (never
-    rendered into a plan or a file)."""
+    """The OSS CSI driver's Secret when the run provisions the volume, built from the resolved
+    credentials at apply time (never rendered into a plan or a file)."""
     st = ctx.spec.storage
-    if st.kind != "oss" or not st.oss.credentials.create_secret:
+    if st.kind != "oss" or not (st.provision and st.oss.credentials.create_secret):
         return None
     key_id, key_secret = st.oss.credentials.resolve(ctx.profile.credentials_file)  # names where it looked
     ctx.secrets += [key_id.get_secret_value(), key_secret.get_secret_value()]
     return render_oss_secret(ctx.spec, ctx.run_id, key_id, key_secret)
 
 
-def prepare_cluster(ctx: RunContext) -> str:
-    kube = ctx.connect()
-    report = preflight(kube, ctx.spec)
-    objs = [o for o in render_manifests(ctx.spec, ctx.run_id) if o["kind"] not in SERVICE_KINDS]
-    if ctx.spec.cluster.in_cluster or not kube.can_i("create", "roles", group="rbac.authorization.k8s.io",
-                                                     namespace=ctx.spec.cluster.namespace):
-        # running as the pipeline's own ServiceAccount: an admin applied the RBAC once; the run
-        # neither needs nor may write it (and must never delete the identity it runs as)
-        objs = [o for o in objs if o["kind"] not in RBAC_KINDS]
-        report.warnings.append("RBAC not applied: this identity may not write RBAC (applied by an admin)")
-    if any(o["kind"] == "Namespace" for o in objs):
-        ctx.created_namespaces.append(ctx.spec.cluster.namespace)
+def _run_objects(ctx: RunContext) -> list[dict]:
+    """What this run creates, in creation order: its namespace when it creates one and it does not
+    exist yet, the OSS Secret (with storage.provision), then ``render_manifests``."""
+    kube, spec = ctx.connect(), ctx.spec
+    objs = render_manifests(spec, ctx.run_id)
+    ns = next((o for o in objs if o["kind"] == "Namespace"), None)
+    if ns is not None:
+        live = kube.get("v1", "Namespace", spec.cluster.namespace)
+        if live is not None and not ctx.ledger.owns(live):
+            objs.remove(ns)  # it exists: used, neither created nor ever deleted by this run
     secret = _credentials_secret(ctx)
     if secret:
         objs.insert(next((i for i, o in enumerate(objs) if o["kind"] == "PersistentVolume"), len(objs)), secret)
-    report.applied = apply_all(kube, objs)
+    return objs
+
+
+def prepare_cluster(ctx: RunContext) -> str:
+    kube = ctx.connect()
+    report = preflight(kube, ctx.spec)
+    objs = _run_objects(ctx)
+    # every object of the run, the deploy stage's included: a foreign one stops the run before
+    # anything is created
+    adopted = check_free(kube, objs, ctx.ledger, adopt=ctx.adopt)
+    report.warnings += [f"taking over {o['kind']}/{o['metadata']['name']} (--adopt)" for o in adopted]
+    report.applied = create_owned(kube, [o for o in objs if o["kind"] not in SERVICE_KINDS], ctx.ledger,
+                                  adopt=ctx.adopt)
     ctx.cluster = report
     w = f"; warnings: {'; '.join(report.warnings)}" if report.warnings else ""
     return (f"{report.server_version}; IDC {report.idc.ready_nodes} nodes/{report.idc.gpus_allocatable} GPUs, "
             f"elastic {report.elastic.nodes} nodes (autoscaler group known: {report.elastic.autoscaler_group_known}); "
-            f"applied {len(report.applied)} objects{w}")
+            f"created {len(report.applied)} object{'' if len(report.applied) == 1 else 's'}{w}")
 
 
 def deploy_service(ctx: RunContext) -> str:
     kube = ctx.connect()
     objs = [o for o in render_manifests(ctx.spec, ctx.run_id) if o["kind"] in SERVICE_KINDS]
-    handle = deploy(kube, objs, ctx.spec)
+    check_free(kube, objs, ctx.ledger, adopt=ctx.adopt)
+    handle = deploy(kube, objs, ctx.spec, create=lambda todo: create_owned(kube, todo, ctx.ledger, adopt=ctx.adopt))
     ctx.service = handle
     return f"{handle.namespace}/{handle.name} Ready in {handle.ready_seconds}s with {handle.replicas} replica(s)"
 
@@ -171,11 +182,10 @@ def gate(ctx: RunContext) -> str:
 
 
 def teardown_run(ctx: RunContext) -> str:
-    kube = ctx.connect()
-    namespaces = sorted({ctx.spec.cluster.namespace, *ctx.created_namespaces})
-    deleted = teardown(kube, ctx.run_id, namespaces, timeout_s=ctx.spec.teardown.timeout_s,
-                       known=run_object_names(ctx.spec, ctx.run_id))
-    return f"deleted {len(deleted)} objects labelled with run {ctx.run_id}"
+    if not ctx.ledger.entries:
+        return f"run {ctx.run_id} created nothing"
+    deleted = delete_owned(ctx.connect(), ctx.ledger, timeout_s=ctx.spec.teardown.timeout_s)
+    return f"deleted {len(deleted)} objects run {ctx.run_id} created ({', '.join(deleted)})"
 
 
 # -- the chain -------------------------------------------------------------------------------------
@@ -183,7 +193,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("stage", "stage_model", stage_model, (), ("staged", "staging"),
           summary="model weights to OSS (oss2) or NAS, with a manifest of sizes and hashes"),
     Stage("prepare", "prepare_cluster", prepare_cluster, (), ("cluster",), creates_objects=True,
-          summary="preflight checks, then the run's namespace, RBAC, PV/PVC, ResourcePolicy"),
+          summary="preflight and ownership checks, then the run's ResourcePolicy (and with storage.provision "
+                  "its PV, PVC, Secret)"),
     Stage("deploy", "deploy_service", deploy_service, (), ("service",), creates_objects=True,
           summary="InferenceService and HPA as `arena serve kserve` writes them; wait Ready"),
     Stage("smoke", "smoke", smoke_test, (), ("smoke",),
@@ -195,7 +206,7 @@ STAGES: tuple[Stage, ...] = (
           summary="spill-over and spill-back from the timeline; the run's cost"),
     Stage("gate", "gate", gate, (), ("gate",), summary="the spec's SLO rules against the report"),
     Stage("teardown", "teardown", teardown_run, (), (),
-          summary="delete what the run created (also after a failure)"),
+          summary="delete exactly what the run created, by uid (also after a failure)"),
 )
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
 if tuple(BY_NAME) != STAGE_NAMES or tuple(s.name for s in STAGES if s.creates_objects) != CREATES_OBJECTS:

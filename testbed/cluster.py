@@ -179,11 +179,11 @@ def _apply_autoscaler_config(cfg: TestbedConfig) -> None:
     }
     k.apply({"apiVersion": "v1", "kind": "ConfigMap",
              "metadata": {"name": "kwok-provider-config", "namespace": CA_NAMESPACE},
-             "data": {"config": yaml.safe_dump(provider_cfg)}}, field_manager="tidegate-testbed")
+             "data": {"config": yaml.safe_dump(provider_cfg)}}, field_manager="tidegate-testbed", force=True)
     templates = {"apiVersion": "v1", "kind": "List", "items": elastic_templates(cfg)}
     k.apply({"apiVersion": "v1", "kind": "ConfigMap",
              "metadata": {"name": "kwok-provider-templates", "namespace": CA_NAMESPACE},
-             "data": {"templates": yaml.safe_dump(templates)}}, field_manager="tidegate-testbed")
+             "data": {"templates": yaml.safe_dump(templates)}}, field_manager="tidegate-testbed", force=True)
 
 
 def _delete_leftover_elastic_nodes(cfg: TestbedConfig) -> None:
@@ -197,7 +197,7 @@ def _bootstrap(cfg: TestbedConfig) -> None:
     """Objects that must exist before kwok and the autoscaler start."""
     k = kube(cfg)
     for i in range(cfg.idc.nodes):
-        k.apply(idc_node(cfg, i), field_manager="tidegate-testbed")
+        k.apply(idc_node(cfg, i), field_manager="tidegate-testbed", force=True)
     _apply_autoscaler_config(cfg)
     _delete_leftover_elastic_nodes(cfg)
 

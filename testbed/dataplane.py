@@ -49,7 +49,7 @@ def _install_crds(cfg: TestbedConfig) -> None:
     docs = [yaml.safe_load(ensure_kserve_crd().read_text())]
     docs += [yaml.safe_load(p.read_text()) for p in sorted(CRD_DIR.glob("*.yaml"))]
     for crd in docs:
-        k.apply(crd, field_manager="tidegate-testbed")
+        k.apply(crd, field_manager="tidegate-testbed", force=True)
     for crd in docs:
         _wait_established(cfg, crd["metadata"]["name"])
 
@@ -68,7 +68,7 @@ def _daemon_ready(cfg: TestbedConfig) -> bool:
 def _register_webhook(cfg: TestbedConfig) -> None:
     ca = base64.b64encode((cfg.pki_dir / "ca.crt").read_bytes()).decode()
     url = f"https://127.0.0.1:{cfg.ports.webhook}/mutate-pods"
-    kube(cfg).apply(webhook_configuration(url, ca), field_manager="tidegate-testbed")
+    kube(cfg).apply(webhook_configuration(url, ca), field_manager="tidegate-testbed", force=True)
 
 
 def _daemon_status(cfg: TestbedConfig) -> dict:
@@ -92,10 +92,10 @@ def _adapter_proc(cfg: TestbedConfig) -> Proc:
 def _register_apiservice(cfg: TestbedConfig) -> None:
     k = kube(cfg)
     k.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": METRICS_NS}},
-            field_manager="tidegate-testbed")
+            field_manager="tidegate-testbed", force=True)
     k.apply({"apiVersion": "v1", "kind": "Service",
              "metadata": {"name": "custom-metrics-apiserver", "namespace": METRICS_NS},
-             "spec": {"type": "ExternalName", "externalName": "127.0.0.1"}}, field_manager="tidegate-testbed")
+             "spec": {"type": "ExternalName", "externalName": "127.0.0.1"}}, field_manager="tidegate-testbed", force=True)
     ca = base64.b64encode((cfg.pki_dir / "ca.crt").read_bytes()).decode()
     for version, prio in (("v1beta2", 200), ("v1beta1", 100)):
         k.apply({"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
@@ -104,7 +104,7 @@ def _register_apiservice(cfg: TestbedConfig) -> None:
                           "service": {"name": "custom-metrics-apiserver", "namespace": METRICS_NS,
                                       "port": cfg.ports.metrics_adapter},
                           "groupPriorityMinimum": 100, "versionPriority": prio}},
-                field_manager="tidegate-testbed")
+                field_manager="tidegate-testbed", force=True)
 
 
 def _adapter_ready(cfg: TestbedConfig) -> bool:

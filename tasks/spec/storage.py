@@ -32,9 +32,15 @@ class ModelSpec(_Strict):
     source: str = Field(
         "examples/models/tiny-qwen", title="Weights source",
         description="Where the weights are read from before staging: a local directory "
-                    "(relative paths are relative to the working directory) or a URI "
-                    "file://, oss://bucket/prefix, http(s)://.",
+                    "(relative paths are relative to the working directory), file://<dir>, "
+                    "oss://<bucket>/<prefix> (copied server-side into storage.oss, same endpoint "
+                    "and key; storage.kind oss only) or http(s)://<host>/<path>/<file> (one file, "
+                    "downloaded with resume, staged as <file> under the prefix).",
     )
+    sha256: str | None = Field(
+        None, title="SHA-256 of the downloaded file",
+        description="For an http(s):// source: the file's SHA-256 (64 hex digits); a download "
+                    "that does not match is refused and nothing is staged.")
     served_name: str = Field(
         "qwen", title="Served model name",
         description="The name the OpenAI-compatible API lists in /v1/models and expects in "
@@ -57,6 +63,20 @@ class ModelSpec(_Strict):
                 raise ValueError(f"must not carry credentials (got {_show_url(value)}): the spec holds no "
                                  "secret; give the weights' location without user:password@")
         return value
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha256(cls, value: str | None, info) -> str | None:  # info: pydantic's ValidationInfo
+        if value is None:
+            return value
+        digits = value.lower()
+        if len(digits) != 64 or any(c not in "0123456789abcdef" for c in digits):
+            raise ValueError(f"must be 64 hexadecimal digits (got {_show(value)})")
+        source = info.data.get("source")
+        if source is not None and not source.startswith(("http://", "https://")):
+            raise ValueError("applies to an http(s):// source (one file) only; model.source is "
+                             f"{_show_url(source)}")
+        return digits
 
 
 class OssCredentials(_Strict):
@@ -84,8 +104,9 @@ class OssCredentials(_Strict):
                     "PV's nodePublishSecretRef.")
     create_secret: bool = Field(
         True, title="Create the Secret",
-        description="Create the Secret from the resolved credentials when the run applies its "
-                    "manifests (and delete it at teardown); if false it must already exist.")
+        description="With storage.provision: true, create the Secret from the resolved credentials "
+                    "when the run creates the volume (and delete it at teardown); otherwise it must "
+                    "already exist (`tidegate plan --admin` says how to create it).")
 
     @field_validator("file")
     @classmethod
@@ -192,6 +213,12 @@ class OssSpec(_Strict):
     prefix: str = Field(
         "models/Qwen-7B-Chat-Int8", title="Prefix",
         description="Object key prefix the weights are staged under; mounted as the PV's path.")
+    volume_endpoint: str | None = Field(
+        None, title="Volume endpoint",
+        description="The endpoint the OSS CSI volume mounts from, on the cluster's nodes (usually the "
+                    "internal endpoint, oss-<region>-internal.aliyuncs.com), when it differs from "
+                    "endpoint (where staging uploads from, e.g. the public endpoint from a CI runner). "
+                    "Default: endpoint.")
     region: str | None = Field(
         None, title="Region", description="Region id such as cn-shanghai (optional; informational "
                                           "and for signature V4).")
@@ -201,7 +228,7 @@ class OssSpec(_Strict):
     credentials: OssCredentials = Field(default_factory=OssCredentials, title="Credentials",
                                         description="Where the access key is found.")
 
-    @field_validator("endpoint")
+    @field_validator("endpoint", "volume_endpoint")
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
         if value is None:
@@ -217,6 +244,11 @@ class OssSpec(_Strict):
         if not _HOSTNAME.match(hostname) or (port and not port.isdigit()) or "/" in host:
             raise ValueError(f"must be a host[:port] or http(s)://host[:port] (got {_show_url(value)})")
         return value.rstrip("/")
+
+    @property
+    def mount_endpoint(self) -> str | None:
+        """What the PV's ``url`` says: ``volume_endpoint``, else ``endpoint``."""
+        return self.volume_endpoint or self.endpoint
 
     @field_validator("bucket")
     @classmethod
@@ -249,6 +281,12 @@ class NasSpec(_Strict):
     mount_options: list[str] = Field(
         default_factory=lambda: ["nolock", "tcp", "noresvport"], title="Mount options",
         description="PV mountOptions (ACK's convention for NAS).")
+    local: bool = Field(
+        False, title="Local staging directory on purpose",
+        description="Staging writes into storage.mount_path on the machine that runs it, and first "
+                    "checks that this directory is an nfs/nfs4 mount of server:path (else the weights "
+                    "would land on a local disk the cluster never sees). true: the directory is a "
+                    "local one on purpose (a test bed); the check is skipped and the report says so.")
 
     @field_validator("server")
     @classmethod
@@ -279,6 +317,14 @@ class StorageSpec(_Strict):
         "/mnt/models/Qwen", title="Mount path",
         description="Where the model is mounted in the container (vLLM's --model); a directory of its "
                     "own, never / or a system directory.")
+    provision: bool = Field(
+        False, title="The run provisions the volume",
+        description="false (default): the PV, the PVC and (OSS) the CSI Secret are created once by an "
+                    "administrator from `tidegate plan --admin`, and runs only check that they exist; "
+                    "the pipeline's RBAC then has no create on Secrets or PersistentVolumes. true: each "
+                    "run creates them (the Secret from the resolved credentials when "
+                    "oss.credentials.create_secret) and deletes them at teardown, and the RBAC adds a "
+                    "provisioner Role and ClusterRole for that.")
     capacity: Quantity = Field("30Gi", title="Capacity",
                                description="Nominal size of the PV and the PVC's request.")
     checkpoint_dir: str = Field(

@@ -38,27 +38,35 @@ def test_preflight_passes_on_the_test_bed_and_the_plan_names_its_checks(kube, ns
     assert report.idc.ready_nodes >= 1 and report.custom_metric_served and report.kserve_crd
     names = [c.name for c in preflight_checks(spec)]
     assert names == ["api-reachable", "namespace", "kserve-crd", "resourcepolicy-crd", "scale-metric", "idc-pool",
-                     "elastic-pool", "model-pv", "model-pvc", "oss-credentials", "gpu-capacity"]
+                     "elastic-pool", "ownership", "oss-credentials", "gpu-capacity"]
 
 
-def test_a_foreign_pv_or_pvc_of_the_same_name_is_never_taken_over(kube, ns):
+def test_a_foreign_pv_of_the_same_name_is_never_taken_over(kube, ns):
+    """With storage.provision the run creates the PV: one of that name it did not create stops it."""
+    from tasks.ownership import Ledger, OwnershipError, check_free
+    from tasks.render import render_manifests
+
     spec = _spec(ns)
-    pv_name = spec.storage.pv_name or spec.storage.pvc_name
-    kube.apply({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv_name},
-                "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"],
-                         "hostPath": {"path": "/data/someone-else"}}})
+    pv_name = spec.storage.pv_name
+    kube.create({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv_name},
+                 "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"],
+                          "hostPath": {"path": "/data/someone-else"}}})
     try:
-        message = _refused(kube, spec)
-        assert message.startswith(f"storage.pv_name: PersistentVolume {pv_name!r} exists and is not managed by "
-                                  f"tidegate"), message
+        preflight(kube, spec)
+        with pytest.raises(OwnershipError) as info:
+            check_free(kube, render_manifests(spec, "pre-0001"), Ledger(None))
+        assert info.value.one_line().startswith(f"PersistentVolume {pv_name}: exists and was not created by this "
+                                                "run"), info.value.one_line()
         assert kube.get("v1", "PersistentVolume", pv_name)["spec"]["hostPath"]["path"] == "/data/someone-else"
     finally:
         kube.delete("v1", "PersistentVolume", pv_name)
-    kube.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                "metadata": {"name": spec.storage.pvc_name, "namespace": ns},
-                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+
+
+def test_without_provision_the_administrators_pvc_must_exist(kube, ns):
+    spec = _spec(ns, "storage.provision=false")
     message = _refused(kube, spec)
-    assert message.startswith(f"storage.pvc_name: PersistentVolumeClaim {ns}/{spec.storage.pvc_name} exists"), message
+    assert message.startswith(f"storage.pvc_name: PersistentVolumeClaim {ns}/llm-model does not exist"), message
+    assert "tidegate plan --admin" in message
 
 
 def test_a_user_managed_oss_secret_must_exist(kube, ns):

@@ -75,10 +75,20 @@ class Bed:
         return leftovers(self.admin(), run_id, ["default"])
 
     def cleanup(self, run_id: str) -> list[str]:
-        """Remove what ``run_id`` left (as admin); what was removed."""
-        from tasks.cluster import teardown
+        """Remove what carries ``run_id``'s label (as admin, after a test that may have left
+        something: the suite's own clean-up, not tidegate's); what was removed."""
+        from tasks.cluster import RUN_KINDS_CLUSTER, RUN_KINDS_NAMESPACED
 
-        return teardown(self.admin(), run_id, ["default"], timeout_s=120)
+        admin, kinds = self.admin(), {k: v for v, k in RUN_KINDS_NAMESPACED + RUN_KINDS_CLUSTER}
+        left = self.leftovers(run_id)
+        for ref in left:
+            kind, *where = ref.split("/")
+            ns, name = (where[0], where[1]) if len(where) == 2 else (None, where[0])
+            admin.delete(kinds[kind], kind, name, ns, propagation="Foreground")
+        deadline = time.monotonic() + 120
+        while self.leftovers(run_id) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return left
 
 
 class Cli:

@@ -371,7 +371,7 @@ def test_kill_9_mid_spike_then_cleanup(clean_bed, tmp_path, case):
     kill_pids(orphans)  # so that a failure below does not leave it running
     t0 = time.monotonic()
     clean = run_cli(bed, ["cleanup", "--run-id", rid, "--spec", str(LOCAL_SPEC), *bed.sets()],
-                    tmp_path / "cleanup", timeout_s=300)
+                    tmp_path / "cleanup", env={"TIDEGATE_REPORTS_DIR": str(cli.reports)}, timeout_s=300)
     cleanup_s = time.monotonic() - t0
     left = bed.leftovers(rid)
     case.seconds = cli.seconds + round(cleanup_s, 1)

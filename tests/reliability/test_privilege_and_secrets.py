@@ -1,7 +1,8 @@
 """Least privilege and no secret leaks, on the suite's private test bed.
 
 One full run (stage -> teardown, under Prefect) as the pipeline's ServiceAccount from
-``manifests/rbac.yaml``: an admin applies the rendered RBAC objects first, as a user would, then
+``manifests/rbac.yaml``: an admin applies the administrator's part first (``tidegate plan
+--admin``: ServiceAccount, RBAC, the model's PV and PVC, and the OSS Secret), as a user would, then
 the flow runs with a kubeconfig holding the ServiceAccount's own token (TokenRequest), never the
 admin's client certificate, and with the bed's canary OSS keys in its environment. Every
 Kubernetes request of that run is recorded (``tests/reliability/kube_audit.py``) and compared
@@ -33,8 +34,40 @@ from tests.reliability.helpers import (
 
 pytestmark = pytest.mark.reliability
 ALL_STAGES = "stage,prepare,deploy,smoke,spike,verify,gate,teardown"
-RBAC_RUN = "rbac-by-admin"
 SA, NS = "tidegate", "default"
+DEFAULT_RBAC = ["--set", "storage.provision=false"]   # the default: the administrator made the volume
+
+
+def _admin_part(bed, spec) -> list[dict]:
+    """Apply ``tidegate plan --admin``'s objects and the OSS Secret as an administrator; the objects."""
+    from tasks.render import render_admin
+
+    admin = bed.admin()
+    objs = render_admin(spec)
+    secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+              "metadata": {"name": spec.storage.oss.credentials.secret_name, "namespace": NS},
+              "stringData": {"akId": bed.oss_key_id, "akSecret": bed.oss_key_secret}}
+    for obj in objs + ([secret] if spec.storage.kind == "oss" and not spec.storage.provision else []):
+        admin.apply(obj, force=True)
+    return objs + ([secret] if spec.storage.kind == "oss" and not spec.storage.provision else [])
+
+
+def _remove(bed, objs: list[dict]) -> None:
+    admin = bed.admin()
+    for obj in reversed(objs):
+        meta = obj["metadata"]
+        try:
+            admin.delete(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"))
+        except Exception as exc:  # noqa: BLE001
+            print(f"clean-up of {obj['kind']} {meta['name']} failed: {exc}")
+
+
+def _token(bed, account: str = SA) -> str:
+    from kubernetes import client
+
+    return client.CoreV1Api(bed.admin().api_client).create_namespaced_service_account_token(
+        account, NS, {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                 "spec": {"expirationSeconds": 3600}}).status.token
 
 
 def _kubeconfig(path: Path, server: str, token: str, ca: Path | None) -> Path:
@@ -57,24 +90,19 @@ def _log_sizes(log_dir: Path) -> dict[Path, int]:
 
 @pytest.fixture(scope="module")
 def sa_run(bed, tmp_path_factory):
-    from kubernetes import client
-
     from tasks.render import render_rbac
     from tasks.spec import load_spec
 
     work = tmp_path_factory.mktemp("least-privilege")
     admin = bed.admin()
-    spec = load_spec(LOCAL_SPEC)
-    rbac = render_rbac(spec, RBAC_RUN)
-    for obj in rbac:
-        admin.apply(obj)
-    token = client.CoreV1Api(admin.api_client).create_namespaced_service_account_token(
-        SA, NS, {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                 "spec": {"expirationSeconds": 3600}}).status.token
+    spec = load_spec(LOCAL_SPEC, ["storage.provision=false"])
+    admin_objs = _admin_part(bed, spec)
+    token = _token(bed)
     kubeconfig = _kubeconfig(work / "pipeline.kubeconfig", admin.server, token, bed.cfg.pki_dir / "ca.crt")
     audit = work / "kube-audit.jsonl"
     logs_before = _log_sizes(bed.cfg.log_dir)
-    cli = Cli(bed, validate_args(bed, *SHORT_LOAD, stages=ALL_STAGES, prefect=True, kubeconfig=kubeconfig),
+    cli = Cli(bed, validate_args(bed, *SHORT_LOAD, *DEFAULT_RBAC, stages=ALL_STAGES, prefect=True,
+                                 kubeconfig=kubeconfig),
               work / "reports", module="tests.reliability.kube_audit",
               env={"TIDEGATE_KUBE_AUDIT": str(audit), "TIDEGATE_OSS_ACCESS_KEY_ID": bed.oss_key_id,
                    "TIDEGATE_OSS_ACCESS_KEY_SECRET": bed.oss_key_secret})
@@ -82,25 +110,22 @@ def sa_run(bed, tmp_path_factory):
     try:
         cli.wait(900)
         logs_after = _log_sizes(bed.cfg.log_dir)
-        yield {"cli": cli, "rid": rid, "token": token, "kubeconfig": kubeconfig, "rbac": rbac, "spec": spec,
+        yield {"cli": cli, "rid": rid, "token": token, "kubeconfig": kubeconfig, "rbac": render_rbac(spec),
+               "spec": spec, "admin_objs": admin_objs,
                "audit": [json.loads(ln) for ln in audit.read_text().splitlines()] if audit.exists() else [],
                "logs": {p: (logs_before.get(p, 0), logs_after[p]) for p in logs_after}, "work": work}
     finally:
-        from tasks.cluster import teardown
-
-        for run in (rid, RBAC_RUN):
-            try:
-                teardown(admin, run, [NS], timeout_s=120)
-            except Exception as exc:  # noqa: BLE001
-                print(f"clean-up of {run} failed: {exc}")
+        bed.cleanup(rid)
+        _remove(bed, admin_objs)
 
 
 # -- least privilege ----------------------------------------------------------------------------
 def test_flow_runs_end_to_end_as_the_service_account(bed, sa_run, case):
     cli, rid = sa_run["cli"], sa_run["rid"]
-    case.describe("the full flow as the ServiceAccount of manifests/rbac.yaml (TokenRequest token, RBAC applied "
-                  "by an admin first)", "exit 0, every stage passed, every API request made with the token, "
-                  "none forbidden; nothing left")
+    case.describe("the full flow as the ServiceAccount of manifests/rbac.yaml (TokenRequest token, the "
+                  "administrator's part of `plan --admin` applied first)", "exit 0, every stage passed, every API "
+                  "request made with the token, none forbidden; the run created only its ResourcePolicy, "
+                  "InferenceService and HPA; nothing left; the administrator's part intact")
     rep = cli.report()
     stages = {k: v["status"] for k, v in rep["stages"].items()}
     audit = sa_run["audit"]
@@ -116,8 +141,12 @@ def test_flow_runs_end_to_end_as_the_service_account(bed, sa_run, case):
     assert cli.rc == 0, cli.stderr[-2500:]
     assert all(s == "passed" for s in stages.values()), stages
     assert audit and not without_token and not forbidden, (without_token[:3], forbidden[:3])
-    assert "RBAC not applied" in rep["stages"]["prepare"]["detail"]
+    assert [o["kind"] for o in rep["objects"]] == ["ResourcePolicy", "InferenceService", "HorizontalPodAutoscaler"]
     assert left == []
+    admin = bed.admin()
+    for obj in sa_run["admin_objs"]:   # the run never deletes what it did not create
+        meta = obj["metadata"]
+        assert admin.get(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace")) is not None, obj["kind"]
 
 
 def _rbac_requests(method: str, url: str) -> list[tuple[str, str, str, str | None, str | None]]:
@@ -192,6 +221,62 @@ def test_rbac_grants_only_what_the_flow_uses(sa_run, case):
     assert not unused, unused
 
 
+def _audited_run(bed, work: Path, sets: list[str], stages: str) -> tuple[Cli, list[dict], list[dict]]:
+    """A run as the ServiceAccount with the administrator's part of ``sets`` applied first: the CLI,
+    the RBAC objects, and every API request it made."""
+    from tasks.render import render_rbac
+    from tasks.spec import load_spec
+
+    spec = load_spec(LOCAL_SPEC, list(sets[1::2]))
+    objs = _admin_part(bed, spec)
+    token = _token(bed, spec.cluster.service_account)
+    kubeconfig = _kubeconfig(work / "pipeline.kubeconfig", bed.admin().server, token, bed.cfg.pki_dir / "ca.crt")
+    audit = work / "kube-audit.jsonl"
+    try:
+        cli = run_cli(bed, validate_args(bed, *sets, stages=stages, kubeconfig=kubeconfig), work / "reports",
+                      module="tests.reliability.kube_audit", timeout_s=600,
+                      env={"TIDEGATE_KUBE_AUDIT": str(audit), "TIDEGATE_OSS_ACCESS_KEY_ID": bed.oss_key_id,
+                           "TIDEGATE_OSS_ACCESS_KEY_SECRET": bed.oss_key_secret})
+        bed.cleanup(cli.run_id())
+    finally:
+        _remove(bed, objs)
+    requests = [json.loads(ln) for ln in audit.read_text().splitlines()] if audit.exists() else []
+    return cli, render_rbac(spec), requests
+
+
+def test_rbac_of_the_other_variants_is_used_too(bed, sa_run, tmp_path, case):
+    """Placement affinity with storage.provision (the provisioner Role and ClusterRole): a run up to
+    the smoke test as the ServiceAccount. Every request is granted; every grant it did not use is one
+    the full run above used in a stage this run skipped (the observer's); every provisioner grant is used."""
+    case.describe("RBAC of placement affinity + storage.provision, as the ServiceAccount (prepare, deploy, smoke, "
+                  "teardown)", "exit 3 (no gate), nothing forbidden; unused grants only the spike's; each "
+                  "provisioner grant used; nothing left")
+    # an identity and volume names of its own: the full run's administrator's part stays as it is
+    sets = ["--set", "cluster.placement=affinity", "--set", "storage.provision=true",
+            "--set", "cluster.service_account=tidegate-variant", "--set", "storage.pvc_name=llm-model-variant",
+            "--set", "storage.oss.credentials.secret_name=tidegate-oss-variant"]
+    cli, rbac, audit = _audited_run(bed, tmp_path, sets, "prepare,deploy,smoke,teardown")
+    requests = {r for a in audit for r in _rbac_requests(a["method"], a["url"])}
+    full_run = {r for a in sa_run["audit"] for r in _rbac_requests(a["method"], a["url"])}
+    grants = _grants(rbac)
+    forbidden = [a for a in audit if a["status"] in (401, 403)]
+    uncovered = sorted(r for r in requests if not any(_matches(g, r) for g in grants))
+    unused = [g for g in grants if not any(_matches(g, r) for r in requests)]
+    unexplained = sorted({f"{g[0]}: {g[4]} {g[3]}" for g in unused
+                          if not any(_matches(g, r) for r in full_run) or g[0].endswith("-provisioner")})
+    rep = cli.report()
+    case.seconds = cli.seconds
+    case.observe(f"exit {cli.rc}; created {[o['kind'] for o in rep['objects']]}; {len(requests)} distinct requests, "
+                 f"{len(forbidden)} forbidden, uncovered {uncovered or 'none'}; {len(unused)} grants unused here "
+                 f"(used by the full run's spike), unexplained: {unexplained or 'none'}")
+    assert cli.rc == 3, cli.stderr[-1500:]
+    assert [o["kind"] for o in rep["objects"]] == ["Secret", "PersistentVolume", "PersistentVolumeClaim",
+                                                   "InferenceService", "HorizontalPodAutoscaler"]
+    assert not forbidden and not uncovered, (forbidden[:3], uncovered)
+    assert unexplained == []
+    assert bed.leftovers(cli.run_id()) == []
+
+
 FORBIDDEN = [  # (verb, resource, group, namespace, what a real request does)
     ("delete", "nodes", "", None, "delete Node idc-gpu-0"),
     ("create", "clusterroles", "rbac.authorization.k8s.io", None, "create ClusterRole tidegate-escalate"),
@@ -241,6 +326,7 @@ def test_unneeded_verbs_are_forbidden(bed, sa_run, case):
     case.observe("; ".join(f"{k}: review allowed={reviews[k]}" for k in reviews) + " || real requests: "
                  + "; ".join(f"{k} -> {v}" for k, v in statuses.items()))
     assert not any(reviews.values()), reviews
+    assert kube.can_i("create", "secrets", namespace=NS) is False   # `kubectl auth can-i create secrets`: no
     assert all(v == 403 for v in statuses.values()), statuses
     assert admin.get("v1", "Node", "idc-gpu-0") is not None
     assert admin.get("rbac.authorization.k8s.io/v1", "ClusterRole", "tidegate-escalate") is None
@@ -248,23 +334,27 @@ def test_unneeded_verbs_are_forbidden(bed, sa_run, case):
 
 def test_cleanup_as_the_service_account(bed, sa_run, tmp_path, case):
     case.describe("`tidegate cleanup --run-id --spec` as the ServiceAccount, after a run that stopped after prepare",
-                  "exit 0; nothing labelled with the run id remains (checked as admin), the OSS Secret included, "
-                  "although the account may not list Secrets")
+                  "exit 0; what the run's ledger names is gone (checked as admin); the administrator's Secret, "
+                  "PV and PVC are still there")
     keys = {"TIDEGATE_OSS_ACCESS_KEY_ID": bed.oss_key_id, "TIDEGATE_OSS_ACCESS_KEY_SECRET": bed.oss_key_secret}
-    cli = run_cli(bed, validate_args(bed, stages="prepare", kubeconfig=sa_run["kubeconfig"]), tmp_path / "run",
-                  env=keys, timeout_s=300)
+    cli = run_cli(bed, validate_args(bed, *DEFAULT_RBAC, stages="prepare", kubeconfig=sa_run["kubeconfig"]),
+                  tmp_path / "run", env=keys, timeout_s=300)
     rid = cli.run_id()
     before = bed.leftovers(rid)
     clean = run_cli(bed, ["cleanup", "--run-id", rid, "--spec", str(LOCAL_SPEC), *bed.sets(sa_run["kubeconfig"])],
-                    tmp_path / "cleanup", env=keys, timeout_s=300)
+                    tmp_path / "cleanup", env={**keys, "TIDEGATE_REPORTS_DIR": str(cli.reports)}, timeout_s=300)
     left = bed.leftovers(rid)
+    admin = bed.admin()
+    kept = [o["kind"] for o in sa_run["admin_objs"] if admin.get(
+        o["apiVersion"], o["kind"], o["metadata"]["name"], o["metadata"].get("namespace")) is not None]
     case.seconds = cli.seconds + clean.seconds
     case.observe(f"run exit {cli.rc} left {len(before)} objects ({', '.join(before)}); cleanup as the account exit "
                  f"{clean.rc}; left: {left or 'nothing'}")
     assert cli.rc == 3, cli.stderr[-1500:]  # stopped after prepare: nothing judged, inconclusive
-    assert "Secret/default/tidegate-oss-credentials" in before
+    assert before == ["ResourcePolicy/default/qwen-chat"]
     assert clean.rc == 0, clean.stderr[-1500:]
     assert left == []
+    assert len(kept) == len(sa_run["admin_objs"]), kept
 
 
 def test_tls_verification_stays_on(bed, sa_run, tmp_path, case):
@@ -367,5 +457,5 @@ def test_staged_keys_really_were_used(bed, sa_run, case):
                  f"prepare {applied.split(';')[-2].strip() if ';' in applied else applied[:60]}")
     assert load_keys(bed.cfg.state_dir) == (bed.oss_key_id, bed.oss_key_secret)
     assert staged.get("verified") is True and staged.get("files", 0) > 0
-    assert "applied 4 objects" in applied  # Secret, PV, PVC, ResourcePolicy (RBAC left to the admin)
+    assert "created 1 object;" in applied or applied.endswith("created 1 object")  # the ResourcePolicy: RBAC, PV, PVC, Secret are the administrator's
 

@@ -117,7 +117,7 @@ def test_ui_form_every_spec_field_has_title_and_description(deployments):
 def test_ui_form_order_follows_the_data_flow(deployments):
     schema = deployments["manual"]._parameter_openapi_schema.model_dump()
     top = schema["properties"]
-    assert [k for k, _ in sorted(top.items(), key=lambda kv: kv[1]["position"])] == ["spec", "stages", "run_id"]
+    assert [k for k, _ in sorted(top.items(), key=lambda kv: kv[1]["position"])] == ["spec", "stages", "run_id", "adopt"]
     spec_fields = list(schema["definitions"]["RolloutSpec"]["properties"])
     assert spec_fields[:9] == ["name", "profile", "model", "storage", "cluster", "service", "ingress",
                                "load", "slo"]

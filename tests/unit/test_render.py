@@ -18,9 +18,14 @@ from tasks.render import (
     preflight_checks,
     render_hpa,
     render_inferenceservice,
+    render_admin,
+    render_admin_plan,
     render_manifests,
     render_oss_secret,
     render_plan,
+    render_pv,
+    render_pvc,
+    render_rbac,
     render_resourcepolicy,
 )
 from tasks.spec import SEED_COMMAND, SEED_IMAGE, RolloutSpec, load_spec
@@ -32,6 +37,9 @@ ACK = ROOT / "examples" / "qwen-chat.ack.yaml"
 LOCAL = ROOT / "examples" / "qwen-chat.local.yaml"
 RUN = "r-20250101-020000-abc"
 TIDEGATE_LABELS = {RUN_LABEL: RUN, "app.kubernetes.io/managed-by": "tidegate"}
+ADMIN_LABELS = {"app.kubernetes.io/managed-by": "tidegate", "tidegate.dev/part": "admin"}
+# the ACK example under the seed's own names (the example itself validates under names of its own)
+SEED_NAMES = ("service.name=qwen-chat", "cluster.namespace=default", "ingress.host=qwen-chat-default.example.com")
 
 # ../shared/reference/ack-kserve-arena.md §2.2: what `arena serve kserve` renders for the seed's
 # command (--name=qwen-chat --gpus=1 --cpu=4 --memory=12Gi --min-replicas=1 --max-replicas=3
@@ -145,7 +153,7 @@ def diff(want: Any, got: Any, path: str = "") -> list[str]:
 
 @pytest.fixture(scope="module")
 def ack() -> RolloutSpec:
-    return load_spec(ACK)
+    return load_spec(ACK, list(SEED_NAMES))
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +162,7 @@ def local() -> RolloutSpec:
 
 
 def variant(path: Path, *overrides: str) -> RolloutSpec:
-    return load_spec(path, list(overrides))
+    return load_spec(path, [*(SEED_NAMES if path == ACK else ()), *overrides])
 
 
 # -- arena's render, field by field ------------------------------------------------------------
@@ -251,24 +259,49 @@ def test_extra_labels_and_annotations():
 # -- every object, in order ----------------------------------------------------------------------
 def test_apply_order_and_run_label(ack: RolloutSpec):
     objs = render_manifests(ack, RUN)
-    assert [o["kind"] for o in objs] == [
-        "ServiceAccount", "Role", "RoleBinding", "Role", "RoleBinding", "ClusterRole",
-        "ClusterRoleBinding", "PersistentVolume", "PersistentVolumeClaim", "ResourcePolicy",
-        "InferenceService", "HorizontalPodAutoscaler"]
-    for obj in objs:
+    assert [o["kind"] for o in objs] == ["ResourcePolicy", "InferenceService", "HorizontalPodAutoscaler"]
+    provisioned = render_manifests(variant(ACK, "storage.provision=true"), RUN)
+    assert [o["kind"] for o in provisioned] == ["PersistentVolume", "PersistentVolumeClaim", "ResourcePolicy",
+                                                "InferenceService", "HorizontalPodAutoscaler"]
+    for obj in provisioned:
         labels = obj["metadata"]["labels"]
         assert labels[RUN_LABEL] == RUN, obj["kind"]
         assert labels["app.kubernetes.io/managed-by"] == "tidegate", obj["kind"]
 
 
+def test_the_administrators_part_is_of_no_run(ack: RolloutSpec):
+    objs = render_admin(ack)
+    assert [o["kind"] for o in objs] == [
+        "ServiceAccount", "Role", "RoleBinding", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding",
+        "PersistentVolume", "PersistentVolumeClaim"]
+    for obj in objs:
+        assert RUN_LABEL not in obj["metadata"]["labels"], obj["kind"]   # no run ever deletes them
+        assert obj["metadata"]["labels"]["tidegate.dev/part"] == "admin"
+    own_ns = render_admin(variant(ACK, "cluster.namespace=tg"))
+    assert own_ns[0]["kind"] == "Namespace" and own_ns[0]["metadata"]["name"] == "tg"
+    provisioned = [o["kind"] for o in render_admin(variant(ACK, "storage.provision=true"))]
+    assert "PersistentVolume" not in provisioned
+    assert provisioned[-4:] == ["Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"]  # the provisioner
+
+
+def test_admin_plan_never_holds_the_key(ack: RolloutSpec, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("OSS_ACCESS_KEY_ID", "canary-id-77a3")
+    monkeypatch.setenv("OSS_ACCESS_KEY_SECRET", "canary-secret-77a4")
+    text = render_admin_plan(ack)
+    assert "canary" not in text
+    assert "create secret generic tidegate-oss-credentials" in text and '"$OSS_ACCESS_KEY_SECRET"' in text
+    assert [d for d in yaml.safe_load_all(text) if d is not None] == render_admin(ack)
+
+
 def test_namespace_first_when_the_run_creates_it():
-    objs = render_manifests(variant(ACK, "cluster.create_namespace=true", "cluster.namespace=tg"), RUN)
+    spec = variant(ACK, "cluster.create_namespace=true", "cluster.namespace=tg")
+    objs = render_manifests(spec, RUN)
     assert objs[0] == {"apiVersion": "v1", "kind": "Namespace",
                        "metadata": {"name": "tg", "labels": TIDEGATE_LABELS}}
-    namespaced = [o for o in objs if o["kind"] not in ("Namespace", "PersistentVolume", "ClusterRole",
-                                                       "ClusterRoleBinding")]
+    assert {o["metadata"]["namespace"] for o in objs[1:]} == {"tg"}
     # kube-system: the autoscaler's status; default: events of the nodes
-    assert {o["metadata"]["namespace"] for o in namespaced} == {"tg", "kube-system", "default"}
+    assert {o["metadata"].get("namespace") for o in render_rbac(spec) if o["kind"] == "Role"} == {
+        "tg", "kube-system", "default"}
 
 
 def test_every_placeholder_is_filled(ack: RolloutSpec):
@@ -385,7 +418,8 @@ def test_inferenceservice_matches_kserves_crd(ack: RolloutSpec):
 
 
 def test_affinity_placement_renders_no_resourcepolicy():
-    objs = render_manifests(variant(ACK, "cluster.placement=affinity"), RUN)
+    spec = variant(ACK, "cluster.placement=affinity")
+    objs = render_manifests(spec, RUN)
     assert "ResourcePolicy" not in [o["kind"] for o in objs]
     isvc = next(o for o in objs if o["kind"] == "InferenceService")
     prefs = isvc["spec"]["predictor"]["affinity"]["nodeAffinity"][
@@ -397,23 +431,25 @@ def test_affinity_placement_renders_no_resourcepolicy():
             {"key": "alibabacloud.com/nodepool-id", "operator": "In",
              "values": ["np-cloud-gpu-v100-elastic"]}]}},
     ]
-    role = next(o for o in objs if o["kind"] == "Role")
+    role = next(o for o in render_rbac(spec) if o["kind"] == "Role")
     assert not [r for r in role["rules"] if "resourcepolicies" in r["resources"]]
-    assert {"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]} in role["rules"]
 
 
-def test_resourcepolicy_placement_gets_no_pod_patch(ack: RolloutSpec):
-    role = next(o for o in render_manifests(ack, RUN) if o["kind"] == "Role")
-    assert not [r for r in role["rules"] if r["resources"] == ["pods"] and "patch" in r["verbs"]]
-    assert "affinity" not in render_inferenceservice(ack, RUN)["spec"]["predictor"]
+@pytest.mark.parametrize("placement", ["resourcepolicy", "affinity"])
+def test_no_role_grants_patch(placement: str):
+    """A run creates its objects and deletes them; it never changes one (nor a pod)."""
+    for provision in ("false", "true"):
+        spec = variant(ACK, f"cluster.placement={placement}", f"storage.provision={provision}")
+        for role in (o for o in render_rbac(spec) if o["kind"] in ("Role", "ClusterRole")):
+            assert not [r for r in role["rules"] if {"patch", "update"} & set(r["verbs"])], role["metadata"]
+    assert "affinity" not in render_inferenceservice(variant(ACK), RUN)["spec"]["predictor"]
 
 
 # -- volumes -----------------------------------------------------------------------------------------
 def test_oss_pv_and_pvc(ack: RolloutSpec):
-    objs = {o["kind"]: o for o in render_manifests(ack, RUN)}
-    pv, pvc = objs["PersistentVolume"], objs["PersistentVolumeClaim"]
+    pv, pvc = render_pv(ack), render_pvc(ack)
     assert pv["metadata"] == {"name": "llm-model-default",
-                              "labels": {"alicloud-pvname": "llm-model-default", **TIDEGATE_LABELS}}
+                              "labels": {**ADMIN_LABELS, "alicloud-pvname": "llm-model-default"}}
     assert pv["spec"] == {
         "capacity": {"storage": "30Gi"},
         "accessModes": ["ReadOnlyMany"],
@@ -423,38 +459,45 @@ def test_oss_pv_and_pvc(ack: RolloutSpec):
             "volumeHandle": "llm-model-default",
             "nodePublishSecretRef": {"name": "tidegate-oss-credentials", "namespace": "default"},
             "volumeAttributes": {"bucket": "my-llm-models",
-                                 "url": "oss-cn-shanghai-internal.aliyuncs.com",
+                                 "url": "oss-cn-shanghai-internal.aliyuncs.com",   # volume_endpoint
                                  "path": "/models/Qwen-7B-Chat-Int8",
                                  "otherOpts": "-o umask=022 -o max_stat_cache_size=0 -o allow_other"},
         },
     }
-    assert pvc["metadata"] == {"name": "llm-model", "namespace": "default", "labels": TIDEGATE_LABELS}
+    assert pvc["metadata"] == {"name": "llm-model", "namespace": "default", "labels": ADMIN_LABELS}
     assert pvc["spec"] == {"accessModes": ["ReadOnlyMany"], "storageClassName": "",
                            "volumeName": "llm-model-default",
                            "resources": {"requests": {"storage": "30Gi"}}}
+    provisioned = variant(ACK, "storage.provision=true")
+    assert render_pvc(provisioned, RUN)["metadata"]["labels"] == TIDEGATE_LABELS
+
+
+def test_the_volume_mounts_from_the_volume_endpoint():
+    assert variant(ACK).storage.oss.endpoint == "oss-cn-shanghai.aliyuncs.com"   # staging: public
+    one = variant(ACK, "storage.oss.volume_endpoint=null")
+    assert render_pv(one)["spec"]["csi"]["volumeAttributes"]["url"] == "oss-cn-shanghai.aliyuncs.com"
 
 
 def test_nas_pv():
     spec = variant(ACK, "storage.kind=nas", "storage.nas.server=0a1b-xyz.cn-shanghai.nas.aliyuncs.com",
                    "storage.nas.path=/k8s/models", "storage.pv_name=llm-model-nas")
-    objs = {o["kind"]: o for o in render_manifests(spec, RUN)}
-    pv = objs["PersistentVolume"]
+    pv, pvc = render_pv(spec), render_pvc(spec)
     assert pv["spec"]["accessModes"] == ["ReadWriteMany"]
     assert pv["spec"]["mountOptions"] == ["nolock", "tcp", "noresvport"]
     assert pv["spec"]["csi"] == {"driver": "nasplugin.csi.alibabacloud.com", "volumeHandle": "llm-model-nas",
                                  "volumeAttributes": {"server": "0a1b-xyz.cn-shanghai.nas.aliyuncs.com",
                                                       "path": "/k8s/models", "vers": "3"}}
-    assert objs["PersistentVolumeClaim"]["spec"]["volumeName"] == "llm-model-nas"
-    assert objs["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadWriteMany"]
-    role = objs["Role"]
+    assert pvc["spec"]["volumeName"] == "llm-model-nas"
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    role = next(o for o in render_rbac(spec) if o["kind"] == "Role")
     assert not [r for r in role["rules"] if "secrets" in r["resources"]]
 
 
 def test_secret_is_rendered_only_on_request(ack: RolloutSpec, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("OSS_ACCESS_KEY_ID", "canary-id-77a1")
     monkeypatch.setenv("OSS_ACCESS_KEY_SECRET", "canary-secret-77a2")
-    plan = render_plan(ack, RUN)
-    assert "canary" not in plan
+    plan = render_plan(variant(ACK, "storage.provision=true"), RUN)
+    assert "canary" not in plan and "created at apply time from the credentials" in plan
     assert "Secret" not in [o["kind"] for o in render_manifests(ack, RUN)]
     key_id, secret = ack.storage.oss.credentials.resolve()
     obj = render_oss_secret(ack, RUN, key_id, secret)
@@ -467,68 +510,75 @@ def test_secret_is_rendered_only_on_request(ack: RolloutSpec, monkeypatch: pytes
 
 
 # -- RBAC ----------------------------------------------------------------------------------------------
-ALLOWED = {  # (group, resource) -> the most the pipeline may do
-    ("serving.kserve.io", "inferenceservices"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("scheduling.alibabacloud.com", "resourcepolicies"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("", "persistentvolumeclaims"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("", "persistentvolumes"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("", "secrets"): {"create", "get", "patch", "delete"},
-    ("apps", "deployments"): {"get", "list", "watch"},
-    ("", "pods"): {"get", "list", "watch", "patch"},
-    ("", "pods/log"): {"get"},
-    ("", "services"): {"get"},
+ALLOWED = {  # (group, resource) -> the most the pipeline may do; no patch: a run never changes an object
+    ("serving.kserve.io", "inferenceservices"): {"get", "list", "watch", "create", "delete"},
+    ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch", "create", "delete"},
+    ("scheduling.alibabacloud.com", "resourcepolicies"): {"get", "create", "delete"},
+    ("", "persistentvolumeclaims"): {"get", "create", "delete"},
+    ("", "persistentvolumes"): {"get", "create", "delete"},
+    ("", "secrets"): {"create", "get", "delete"},
+    ("apps", "deployments"): {"get", "list"},
+    ("", "pods"): {"list", "watch"},
     ("", "events"): {"list", "watch"},
-    ("events.k8s.io", "events"): {"list", "watch"},
     ("custom.metrics.k8s.io", "pods/DCGM_CUSTOM_PROCESS_SM_UTIL"): {"get"},
     ("metrics.k8s.io", "pods"): {"get", "list"},
     ("", "configmaps"): {"get", "list", "watch"},
-    ("", "nodes"): {"get", "list", "watch"},
+    ("", "nodes"): {"list", "watch"},
     ("", "namespaces"): {"get"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get"},
-    ("apiregistration.k8s.io", "apiservices"): {"get"},
 }
+NAMED_ONLY = {"secrets", "persistentvolumes", "persistentvolumeclaims", "namespaces",
+              "customresourcedefinitions", "configmaps"}   # any verb but create: by resourceNames
 
 
-def test_rbac_is_least_privilege(ack: RolloutSpec):
-    objs = render_manifests(ack, RUN)
-    roles = [o for o in objs if o["kind"] in ("Role", "ClusterRole")]
+@pytest.mark.parametrize("provision", ["false", "true"])
+def test_rbac_is_least_privilege(provision: str):
+    spec = variant(ACK, f"storage.provision={provision}")
+    roles = [o for o in render_rbac(spec) if o["kind"] in ("Role", "ClusterRole")]
     for role in roles:
+        provisioner = role["metadata"]["name"].endswith("-provisioner")
         for rule in role["rules"]:
             assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
             for group in rule["apiGroups"]:
                 for resource in rule["resources"]:
                     assert set(rule["verbs"]) <= ALLOWED[(group, resource)], (group, resource)
-            if rule["resources"] == ["secrets"] and set(rule["verbs"]) != {"create"}:
-                assert rule["resourceNames"] == ["tidegate-oss-credentials"]
+                    if resource in NAMED_ONLY and set(rule["verbs"]) != {"create"}:
+                        assert rule.get("resourceNames"), (role["metadata"]["name"], rule)
+                    if "create" in rule["verbs"] and resource in ("secrets", "persistentvolumes",
+                                                                  "persistentvolumeclaims"):
+                        assert provisioner, (role["metadata"]["name"], rule)   # only with storage.provision
             if rule["resources"] == ["configmaps"]:
                 assert role["metadata"]["namespace"] == "kube-system"
                 assert rule["resourceNames"] == ["cluster-autoscaler-status"]
-    cluster_role = next(o for o in objs if o["kind"] == "ClusterRole")
+    cluster_role = next(o for o in roles if o["kind"] == "ClusterRole")
     namespaces = next(r for r in cluster_role["rules"] if r["resources"] == ["namespaces"])
     assert namespaces["resourceNames"] == ["default"]
+    assert any(r["metadata"]["name"].endswith("-provisioner") for r in roles) == (provision == "true")
 
 
-def test_rbac_bindings_point_at_the_service_account(ack: RolloutSpec):
-    objs = render_manifests(variant(ACK, "cluster.namespace=ml", "cluster.service_account=tg-ci"), RUN)
+def test_rbac_bindings_point_at_the_service_account():
+    objs = render_rbac(variant(ACK, "cluster.namespace=ml", "cluster.service_account=tg-ci", "storage.provision=true"))
     sa = next(o for o in objs if o["kind"] == "ServiceAccount")
     assert sa["metadata"]["name"] == "tg-ci" and sa["metadata"]["namespace"] == "ml"
     roles = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in objs
              if o["kind"] in ("Role", "ClusterRole")}
     assert roles == {("Role", "ml", "tg-ci"), ("Role", "kube-system", "tg-ci-ml-autoscaler-status"),
-                     ("Role", "default", "tg-ci-ml-node-events"), ("ClusterRole", None, "tg-ci-ml")}
+                     ("Role", "default", "tg-ci-ml-node-events"), ("ClusterRole", None, "tg-ci-ml"),
+                     ("Role", "ml", "tg-ci-ml-provisioner"), ("ClusterRole", None, "tg-ci-ml-provisioner")}
     for binding in (o for o in objs if o["kind"].endswith("Binding")):
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "tg-ci", "namespace": "ml"}]
         assert binding["roleRef"]["name"] == binding["metadata"]["name"]
         assert binding["roleRef"]["kind"] == binding["kind"].removesuffix("Binding")
 
 
-def test_user_managed_secret_is_read_only():
-    objs = render_manifests(variant(ACK, "storage.oss.credentials.create_secret=false"), RUN)
-    role = next(o for o in objs if o["kind"] == "Role")
+def test_the_secret_is_only_read_by_default(ack: RolloutSpec):
+    role = next(o for o in render_rbac(ack) if o["kind"] == "Role")
     secrets = [r for r in role["rules"] if r["resources"] == ["secrets"]]
     assert secrets == [{"apiGroups": [""], "resources": ["secrets"],
                         "resourceNames": ["tidegate-oss-credentials"], "verbs": ["get"]}]
+    no_create = variant(ACK, "storage.provision=true", "storage.oss.credentials.create_secret=false")
+    prov = next(o for o in render_rbac(no_create) if o["kind"] == "Role" and o["metadata"]["name"].endswith("-provisioner"))
+    assert not [r for r in prov["rules"] if r["resources"] == ["secrets"]]
 
 
 def test_every_rbac_rule_is_explained():
@@ -553,6 +603,7 @@ def test_plan_is_the_manifests_plus_preflight(ack: RolloutSpec):
     assert "ResourcePolicy" in plan and "DCGM_CUSTOM_PROCESS_SM_UTIL" in plan
     docs = [d for d in yaml.safe_load_all(plan) if d is not None]
     assert docs == render_manifests(ack, RUN)
+    assert "tidegate plan --admin" in plan
     header = plan.split("\n---\n", 1)[0]
     assert all(line.startswith("#") for line in header.splitlines())
     for needle in ("inferenceservices.serving.kserve.io", "v1beta1.custom.metrics.k8s.io",
@@ -577,25 +628,10 @@ def test_plan_of_the_local_example(local: RolloutSpec):
 
 
 def test_node_events_role_only_when_the_namespace_is_not_default():
-    in_default = render_manifests(variant(ACK, "cluster.namespace=default"), RUN)
+    in_default = render_rbac(variant(ACK, "cluster.namespace=default"))
     assert not [o for o in in_default if o["kind"] in ("Role", "RoleBinding")
                 and o["metadata"]["name"].endswith("-node-events")]
-    elsewhere = render_manifests(variant(ACK, "cluster.namespace=ml"), RUN)
+    elsewhere = render_rbac(variant(ACK, "cluster.namespace=ml"))
     role = next(o for o in elsewhere if o["kind"] == "Role" and o["metadata"]["namespace"] == "default")
     assert role["rules"] == [{"apiGroups": [""], "resources": ["events"], "verbs": ["list", "watch"]}]
-    assert role["metadata"]["labels"]["tidegate.dev/run-id"] == RUN
-
-
-def test_teardown_looks_in_the_other_namespaces_the_run_named_for_those_kinds_only():
-    from tasks.cluster import (
-        RUN_KINDS_NAMESPACED,
-        _namespaced_kinds,
-        _parse_known,
-        run_object_names,
-    )
-
-    spec = variant(ACK, "cluster.namespace=ml")
-    plan = dict(_namespaced_kinds(["ml"], _parse_known(run_object_names(spec, RUN))))
-    assert plan["ml"] == RUN_KINDS_NAMESPACED
-    rbac = [("rbac.authorization.k8s.io/v1", "RoleBinding"), ("rbac.authorization.k8s.io/v1", "Role")]
-    assert plan["kube-system"] == rbac and plan["default"] == rbac
+    assert role["metadata"]["labels"] == ADMIN_LABELS

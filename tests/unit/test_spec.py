@@ -44,15 +44,19 @@ def test_ack_example_is_the_seed():
     spec = load_spec(ACK)
     svc = spec.service
     assert spec.profile == "ack"
-    assert (svc.name, svc.image, svc.command) == ("qwen-chat", SEED_IMAGE, SEED_COMMAND)
+    assert (svc.image, svc.command) == (SEED_IMAGE, SEED_COMMAND)
+    # validated under names of its own, never the seed's production qwen-chat in default
+    assert (svc.name, spec.cluster.namespace) == ("qwen-chat-validate", "tidegate-validation")
     assert (svc.gpus, svc.cpu, svc.memory) == (1, "4", "12Gi")
     assert (svc.min_replicas, svc.max_replicas, svc.scale_target) == (1, 3, 50)
     assert svc.scale_metric == "DCGM_CUSTOM_PROCESS_SM_UTIL"
     assert (spec.storage.pvc_name, spec.storage.mount_path) == ("llm-model", "/mnt/models/Qwen")
-    assert spec.storage.oss.endpoint == "oss-cn-shanghai-internal.aliyuncs.com"
+    # staging uploads from outside (public endpoint); the volume mounts on the nodes (internal)
+    assert spec.storage.oss.endpoint == "oss-cn-shanghai.aliyuncs.com"
+    assert spec.storage.oss.mount_endpoint == "oss-cn-shanghai-internal.aliyuncs.com"
     assert spec.storage.oss.prefix == "models/Qwen-7B-Chat-Int8"
     assert spec.cluster.placement == "resourcepolicy"
-    assert spec.ingress.host == "qwen-chat-default.example.com"
+    assert spec.ingress.host == "qwen-chat-validate-tidegate-validation.example.com"
     assert svc.hpa_scale_down_stabilization_s is None
 
 
