@@ -9,7 +9,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from tasks.errors import SpecError
 from tasks.spec import RolloutSpec, load_spec, spec_from_dict
+from tasks.spec.base import check_rooted_path
 
 
 def spec_parameters(spec: RolloutSpec) -> dict[str, Any]:
@@ -33,6 +35,10 @@ def release_spec(spec_path: str, image: str | None = None, model_source: str | N
     from tasks.spec import apply_overrides
 
     if spec is None:
+        try:  # a Prefect parameter: the worker reads no file outside the directories tidegate may use
+            check_rooted_path(spec_path)
+        except ValueError as exc:
+            raise SpecError(f"spec_path: {exc}") from None
         base = load_spec(spec_path, overrides or [])
         source = spec_path
     else:

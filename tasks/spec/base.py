@@ -4,7 +4,10 @@ cross-field error that names one field of the model that raises it)."""
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
@@ -95,7 +98,36 @@ def _env_name(value: str) -> str:
     return value
 
 
+PATH_ROOTS_ENV = "TIDEGATE_PATH_ROOTS"
+
+
+def path_roots() -> list[Path]:
+    """Where paths of a spec (a checkpoint directory, a traffic CSV) may lie: the working directory,
+    the system temporary directory, tidegate's cache and state directories, and the directories
+    listed in $TIDEGATE_PATH_ROOTS (separated by ':'). A Prefect parameter must not make a worker
+    read or write elsewhere (~/.ssh, /etc)."""
+    home = Path.home()
+    roots = [Path.cwd(), Path(tempfile.gettempdir()),
+             Path(os.environ.get("XDG_CACHE_HOME") or home / ".cache") / "tidegate",
+             Path(os.environ.get("XDG_STATE_HOME") or home / ".local" / "state") / "tidegate"]
+    roots += [Path(p) for p in os.environ.get(PATH_ROOTS_ENV, "").split(os.pathsep) if p.strip()]
+    return [r.resolve() for r in roots]
+
+
+def check_rooted_path(value: str) -> str:
+    if not value or "\x00" in value:
+        raise ValueError("must be a non-empty path without NUL characters")
+    where = Path(value).expanduser()
+    resolved = (where if where.is_absolute() else Path.cwd() / where).resolve()
+    roots = path_roots()
+    if not any(resolved == r or r in resolved.parents for r in roots):
+        raise ValueError(f"{_show(value)} resolves to {_show(str(resolved))}, outside the directories tidegate may use "
+                         f"({', '.join(str(r) for r in roots[:4])}; add one with ${PATH_ROOTS_ENV})")
+    return value
+
+
 DnsLabel = Annotated[str, AfterValidator(_dns_label)]
+RootedPath = Annotated[str, AfterValidator(check_rooted_path)]
 LabelValue = Annotated[str, AfterValidator(_label_value)]
 QualifiedName = Annotated[str, AfterValidator(_qualified_name)]
 SafeName = Annotated[str, AfterValidator(_safe_name)]

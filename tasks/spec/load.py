@@ -6,13 +6,13 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tasks.spec.base import _FieldError, _Strict
+from tasks.spec.base import RootedPath, _FieldError, _Strict
 
 
 class TidalSpec(_Strict):
     """A traffic curve replayed in compressed time (shape: tidal)."""
 
-    csv_path: str | None = Field(
+    csv_path: RootedPath | None = Field(
         None, title="Traffic CSV",
         description="CSV of timestamp and requests/s or users; empty uses the built-in diurnal profile.")
     compress_to_minutes: float = Field(30.0, gt=0, le=1440, title="Run length (min)",

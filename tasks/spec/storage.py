@@ -17,6 +17,7 @@ from tasks.spec.base import (
     DnsLabel,
     EnvName,
     Quantity,
+    RootedPath,
     SafeName,
     _show,
     _show_url,
@@ -327,7 +328,7 @@ class StorageSpec(_Strict):
                     "provisioner Role and ClusterRole for that.")
     capacity: Quantity = Field("30Gi", title="Capacity",
                                description="Nominal size of the PV and the PVC's request.")
-    checkpoint_dir: str = Field(
+    checkpoint_dir: RootedPath = Field(
         ".tidegate/staging", title="Staging checkpoint directory",
         description="Local directory for staging's resume records and hash cache.")
 

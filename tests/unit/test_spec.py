@@ -536,3 +536,25 @@ def test_credentials_file_is_validated(value: str, expected: str):
 def test_stage_names_are_the_literal():
     spec = spec_from_dict({**BASE, "stages": list(STAGE_NAMES)})
     assert spec.stages == list(STAGE_NAMES)
+
+
+@pytest.mark.parametrize("field", ["storage.checkpoint_dir", "load.tidal.csv_path"])
+@pytest.mark.parametrize("value", ["/etc/tidegate", "../../../../../../../../outside", "~/.ssh/known_hosts"])
+def test_paths_of_a_spec_stay_inside_the_allowed_directories(field: str, value: str, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TIDEGATE_PATH_ROOTS", raising=False)
+    with pytest.raises(SpecError) as info:
+        spec_from_dict(apply_overrides(BASE, [f"{field}={value}"]), "x.yaml")
+    assert info.value.one_line().startswith(f"spec x.yaml: {field}: ") and "outside the directories" in str(info.value)
+    inside = spec_from_dict(apply_overrides(BASE, [f"{field}=sub/dir"]), "x.yaml")
+    assert inside is not None
+    monkeypatch.setenv("TIDEGATE_PATH_ROOTS", "/etc")   # a root the operator adds on purpose
+    spec_from_dict(apply_overrides(BASE, [f"{field}=/etc/tidegate"]), "x.yaml")
+
+
+def test_spec_path_of_the_release_gate_is_rooted_too(tmp_path, monkeypatch):
+    from flows.release import release_spec
+
+    monkeypatch.delenv("TIDEGATE_PATH_ROOTS", raising=False)
+    with pytest.raises(SpecError, match=r"^spec_path: '/etc/passwd' resolves to"):
+        release_spec("/etc/passwd")
