@@ -1,5 +1,20 @@
-"""Staging: model weights from a local directory to OSS (``oss2``) or a NAS mount, fast,
-resumable, verified and incremental.
+"""Staging: model weights from a local directory, an ``oss://`` prefix or an ``http(s)://``
+file to OSS (``oss2``) or a NAS mount, fast, resumable, verified and incremental.
+
+Sources (:func:`check_source` parses one without network I/O):
+
+- a local directory (or ``file://``): staged as described below;
+- ``oss://bucket/prefix``: copied server-side (CopyObject, UploadPartCopy above the multipart
+  threshold) into the target bucket, with the target's endpoint and key (OSS targets only); an
+  object is skipped when the target holds one of the same size and CRC64, and verified by HEAD
+  after its copy like an upload. SHA-256s for the manifest come from the target's previous
+  manifest or the source's own (a prefix staged by tidegate), else each object is read once;
+- ``http(s)://host/.../<file>``: one file, downloaded into ``<checkpoint_dir>/downloads`` (HTTP
+  Range resume after a dropped connection or a restart, guarded by ``If-Range``), checked against
+  ``sha256`` when one is given (a mismatch stages nothing), then staged as ``<file>``.
+
+A NAS destination is checked first: it must be an nfs/nfs4 mount of the spec's ``server:path``
+in ``/proc/self/mounts`` (:func:`check_nas_mount`), unless the target says it is local on purpose.
 
 One run goes ``scan -> probe -> plan -> upload -> verify -> commit``:
 
@@ -49,30 +64,36 @@ import contextvars
 import enum
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import logging
 import os
+import posixpath
 import queue
 import random
+import re
 import stat
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anycrc
+import httpx
 import oss2
 import oss2.exceptions as oss_errors
 
 from tasks.errors import CredentialsError, StagingError, TidegateError
 from tasks.profile import resolve_profile
 from tasks.report_model import StagingBlock
+from tasks.spec.base import _BUCKET
 
 if TYPE_CHECKING:  # staging needs only .get_secret_value(); pydantic stays out of its import time
     from pydantic import SecretStr
@@ -130,6 +151,12 @@ class StagedModel:
     retries: int = 0
     pruned_files: int = 0
     backend: str = "oss"
+    source_kind: str = "local"
+    """local, oss (copied server-side) or http (downloaded, then staged)."""
+    downloaded_bytes: int = 0
+    """Bytes an http(s) source downloaded in this run (0 when the cached download was still current)."""
+    destination_check: str = ""
+    """NAS: the mount the destination was found on, or that the check was skipped (local on purpose)."""
 
     def report_block(self) -> dict[str, Any]:
         """The ``staging`` block of report.json (contract keys first, then details), as the
@@ -144,8 +171,12 @@ class StagedModel:
         extra = f", resumed {_mb(self.resumed_bytes)}" if self.resumed_bytes else ""
         extra += f", {self.retries} retries" if self.retries else ""
         extra += f", pruned {self.pruned_files}" if self.pruned_files else ""
+        extra += f", downloaded {_mb(self.downloaded_bytes)}" if self.downloaded_bytes else ""
+        if self.source_kind == "oss":
+            moved = moved.replace("uploaded", "copied server-side", 1)
+        check = f"; {self.destination_check}" if self.destination_check else ""
         return (f"staged {self.files} files ({_mb(self.bytes)}) to {self.uri}: {moved}, "
-                f"{self.skipped_files} unchanged{extra}; {state}")
+                f"{self.skipped_files} unchanged{extra}; {state}{check}")
 
 
 def _mb(n: int) -> str:
@@ -241,20 +272,109 @@ class Digest:
     sha256: str
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """What a model source names (see :func:`check_source`): ``kind`` is ``local`` (``path``),
+    ``oss`` (``bucket``, ``prefix``) or ``http`` (``url``, ``file_name``)."""
+
+    kind: str
+    text: str
+    path: Path | None = None
+    bucket: str = ""
+    prefix: str = ""
+    url: str = ""
+    file_name: str = ""
+
+    @property
+    def shown(self) -> str:
+        """The source for messages and logs: a URL without its query, which may carry a signature."""
+        return _show_url(self.url) if self.kind == "http" else self.text
+
+    @property
+    def uri(self) -> str:
+        if self.kind == "oss":
+            return f"oss://{self.bucket}/{self.prefix}/" if self.prefix else f"oss://{self.bucket}/"
+        return self.shown
+
+
+def _show_url(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}{parts.path}" + ("?..." if parts.query else "")
+
+
+def check_source(source: str | Path, *, storage_kind: str | None = None) -> ModelSource:
+    """Parse and check a model source without network I/O (safe before a run):
+
+    - a local directory or ``file://`` URI: it must exist and be a directory;
+    - ``oss://bucket/prefix``: a valid bucket name and key prefix; with ``storage_kind`` given it
+      must be ``oss`` (the objects are copied server-side into ``storage.oss``);
+    - ``http(s)://host/.../<file>``: a host, no ``user:password@``, and a file name at the end of
+      the path (one file; the name it is staged as).
+
+    Raises ``StagingError`` saying what is wrong.
+
+    Example::
+
+        check_source("oss://weights/qwen/7b", storage_kind="oss").uri   # 'oss://weights/qwen/7b/'
+        check_source("https://example.com/m/model.gguf").file_name      # 'model.gguf'
+    """
+    text = str(source)
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return ModelSource("local", text, path=resolve_source(source))
+    if scheme == "file":
+        return ModelSource("local", text, path=resolve_source(source))
+    if scheme == "oss":
+        bucket, _, prefix = rest.partition("/")
+        prefix = prefix.strip("/")
+        if not _BUCKET.match(bucket):
+            raise StagingError(f"model source {text}: {bucket!r} is not an OSS bucket name (3-63 lowercase "
+                               f"letters, digits and '-')")
+        if prefix and (any(part in ("", ".", "..") for part in prefix.split("/")) or "\\" in prefix
+                       or "\x00" in prefix):
+            raise StagingError(f"model source {text}: the key prefix must not have '.', '..' or empty segments")
+        if storage_kind is not None and storage_kind != "oss":
+            raise StagingError(f"model source {text}: an oss:// source is copied server-side into storage.oss "
+                               f"and needs storage.kind oss (it is {storage_kind})",
+                               hint="download the weights to a local directory and stage that, or stage to OSS")
+        return ModelSource("oss", text, bucket=bucket, prefix=prefix)
+    if scheme in ("http", "https"):
+        try:
+            parts = urllib.parse.urlsplit(text)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as exc:
+            raise StagingError(f"model source {_show_url(text)}: not a valid URL ({exc})") from None
+        shown = _show_url(text)
+        if "@" in parts.netloc:
+            raise StagingError(f"model source {shown}: must not carry credentials (user:password@)")
+        if not parts.hostname:
+            raise StagingError(f"model source {shown}: has no host")
+        name = urllib.parse.unquote(parts.path.rpartition("/")[2])
+        if not name or name in (".", "..") or "/" in name or "\x00" in name:
+            raise StagingError(f"model source {shown}: names no file (an http(s) source is one file, "
+                               f"e.g. https://host/models/model.safetensors)")
+        if name == MANIFEST_NAME or ".tidegate-" in name:
+            raise StagingError(f"model source {shown}: {name!r} is a name staging reserves")
+        return ModelSource("http", text, url=text, file_name=name)
+    raise StagingError(f"model source {text}: unknown scheme {scheme!r}; use a local directory, file://, "
+                       f"oss:// or http(s)://")
+
+
 def resolve_source(source: str | Path) -> Path:
     """The local directory a source names: a path (relative to the working directory) or
-    ``file://``. Other schemes raise ``StagingError`` saying what is supported."""
+    ``file://``. Remote sources (``oss://``, ``http(s)://``) are no directory: use
+    :func:`check_source` for those."""
     text = str(source)
     scheme, sep, rest = text.partition("://")
     if sep:
         if scheme == "file":
             text = rest[len("localhost"):] if rest.startswith("localhost/") else rest
         elif scheme in ("http", "https", "oss"):
-            raise StagingError(f"model source {text}: {scheme}:// sources are not supported; download "
-                               f"the weights to a local directory (or a file:// URI) and stage that")
+            raise StagingError(f"model source {text}: a {scheme}:// source is not a local directory")
         else:
-            raise StagingError(f"model source {text}: unknown scheme {scheme!r}; use a local directory "
-                               f"or file://")
+            raise StagingError(f"model source {text}: unknown scheme {scheme!r}; use a local directory, "
+                               f"file://, oss:// or http(s)://")
     root = Path(text).expanduser()
     if not root.exists():
         raise StagingError(f"model source {root}: does not exist")
@@ -622,9 +742,14 @@ class OssTarget:
 
 @dataclass(frozen=True)
 class NasTarget:
-    """A directory on a mounted NAS (any local filesystem path)."""
+    """A directory on a mounted NAS: before anything is written, staging checks that ``root``
+    is an nfs/nfs4 mount of ``server:export_path`` (:func:`nas_destination_check`), unless
+    ``local`` says it is a local directory on purpose (a test bed, a unit test)."""
 
     root: Path
+    server: str | None = None
+    export_path: str = "/"
+    local: bool = False
 
     @property
     def uri(self) -> str:
@@ -652,7 +777,7 @@ class _RestartFile(Exception):
 class _Run:
     """Counters, the worker pool, the hash cache and the manifest guard of one staging run."""
 
-    def __init__(self, opts: TransferOptions, cache: HashCache, pool: cf.ThreadPoolExecutor, hasher: _Hasher,
+    def __init__(self, opts: TransferOptions, cache: HashCache, pool: cf.ThreadPoolExecutor, hasher: _Hasher | None,
                  old_manifest: Manifest | None, backend_withdraw: Callable[[], None]):
         self.opts = opts
         self.cache = cache
@@ -687,9 +812,13 @@ class _Run:
                 self.withdrawn = True
 
     def done(self, f: LocalFile, digest: Digest) -> None:
-        with self._lock:
-            self.digests[f.rel] = digest
+        self.record(f.rel, digest)
         self.cache.put(f, digest)
+
+    def record(self, rel: str, digest: Digest) -> None:
+        """``rel`` is in the destination (staged or unchanged) with this digest."""
+        with self._lock:
+            self.digests[rel] = digest
 
     def check(self) -> None:
         if self.stop.is_set():
@@ -728,8 +857,9 @@ def _carry_context(fn: Callable[..., Any]) -> Callable[..., Any]:
     return lambda *args: ctx.copy().run(fn, *args)
 
 
-def _run_files(run: _Run, files: Sequence[LocalFile], start: Callable[[LocalFile, cf.Future, int], None]) -> None:
-    """Start every file, wait until all settle; re-raise the first real failure (others stop)."""
+def _run_files(run: _Run, files: Sequence[Any], start: Callable[[Any, cf.Future, int], None]) -> None:
+    """Start every file (a ``LocalFile``, or a ``SourceObject`` to copy), wait until all settle;
+    re-raise the first real failure (others stop)."""
     futures: dict[cf.Future, LocalFile] = {}
     for f in files:
         fut: cf.Future = cf.Future()
@@ -752,7 +882,7 @@ def _run_files(run: _Run, files: Sequence[LocalFile], start: Callable[[LocalFile
         raise _Cancelled()
 
 
-def _guard(run: _Run, fn: Callable[..., None], f: LocalFile, fut: cf.Future, attempt: int) -> None:
+def _guard(run: _Run, fn: Callable[..., None], f: Any, fut: cf.Future, attempt: int) -> None:
     try:
         fn(f, fut, attempt)
     except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
@@ -1073,16 +1203,25 @@ class _OssBackend:
         self._secrets = (key_id, secret)
         endpoint = target.endpoint if "://" in target.endpoint else f"https://{target.endpoint}"
         auth = oss2.AuthV4(key_id, secret) if target.region else oss2.Auth(key_id, secret)
-        try:
-            # oss2's own CRC check is off: it uses crcmod (slow, holds the GIL) and skips the
-            # whole-object check after a resume; staging checks every part and object itself
-            session = oss2.Session(pool_size=max(opts.workers, PROBE_WORKERS) + 2)
-            self.bucket = oss2.Bucket(auth, endpoint, target.bucket, session=session, connect_timeout=opts.timeout_s,
-                                      enable_crc=False, region=target.region)
-        except oss2.exceptions.ClientError as exc:
-            raise StagingError(f"OSS bucket {target.bucket!r} at {endpoint}: {exc.body}") from None
+        self._auth, self._endpoint = auth, endpoint
+        # oss2's own CRC check is off: it uses crcmod (slow, holds the GIL) and skips the
+        # whole-object check after a resume; staging checks every part and object itself
+        self._session = oss2.Session(pool_size=max(opts.workers, PROBE_WORKERS) + 2)
+        self.bucket = self.other_bucket(target.bucket)
         self.manifest_key = self.key(MANIFEST_NAME)
         self.journal = UploadJournal(checkpoint_dir, target.target_id)
+
+    def other_bucket(self, name: str) -> oss2.Bucket:
+        """A bucket at the target's endpoint, with the target's key (an ``oss://`` source's)."""
+        try:
+            return oss2.Bucket(self._auth, self._endpoint, name, session=self._session,
+                               connect_timeout=self.opts.timeout_s, enable_crc=False, region=self.target.region)
+        except oss2.exceptions.ClientError as exc:
+            raise StagingError(f"OSS bucket {name!r} at {self._endpoint}: {exc.body}") from None
+
+    def classifier(self, bucket: str) -> Callable[[BaseException, str], BaseException]:
+        """:meth:`classify` for requests to another bucket (an error names that one)."""
+        return lambda exc, what: self.classify(exc, what, bucket=bucket)
 
     def key(self, rel: str) -> str:
         prefix = self.target.clean_prefix
@@ -1092,7 +1231,7 @@ class _OssBackend:
         self.journal.close()
 
     # -- error translation: the one place that reads oss2's exceptions
-    def classify(self, exc: BaseException, what: str) -> BaseException:
+    def classify(self, exc: BaseException, what: str, *, bucket: str | None = None) -> BaseException:
         """``_Transient`` for what a retry may fix, ``_RestartFile`` for a vanished upload, else
         a ``StagingError``/``CredentialsError`` with one line and no secret."""
         if isinstance(exc, oss_errors.RequestError):
@@ -1105,7 +1244,7 @@ class _OssBackend:
                 return CredentialsError(f"{what}: OSS rejected the access key from {self.target.credentials_source}: "
                                         f"{desc}")
             if code == "NoSuchBucket":
-                return StagingError(f"{what}: bucket {self.target.bucket!r} does not exist at "
+                return StagingError(f"{what}: bucket {bucket or self.target.bucket!r} does not exist at "
                                     f"{self.target.endpoint}: {desc}")
             if code == "NoSuchUpload":
                 return _RestartFile(f"the multipart upload vanished: {desc}")
@@ -1123,20 +1262,25 @@ class _OssBackend:
 
     # -- backend protocol
     def read_manifest(self) -> Manifest | None:
+        return self.read_manifest_at(self.bucket, self.manifest_key, self.target.bucket,
+                                     f"staging to {self.target.uri}: read manifest")
+
+    def read_manifest_at(self, bucket: oss2.Bucket, key: str, bucket_name: str, what: str) -> Manifest | None:
         def get() -> bytes | None:
             try:
-                return self.bucket.get_object(self.manifest_key).read()
-            except oss_errors.NoSuchKey:
+                return bucket.get_object(key).read()
+            except oss_errors.NotFound as exc:
+                if exc.code == "NoSuchBucket":
+                    raise
                 return None
 
-        what = f"staging to {self.target.uri}: read manifest"
-        blob = _retry_plain(self.opts, lambda: get(), self.classify, what)
+        blob = _retry_plain(self.opts, get, self.classifier(bucket_name), what)
         if blob is None:
             return None
         try:
             return Manifest.from_bytes(blob)
         except ValueError as exc:
-            log.warning("staging: ignoring unreadable manifest %s: %s", self.manifest_key, exc)
+            log.warning("staging: ignoring unreadable manifest %s: %s", key, exc)
             return None
 
     def probe(self, f: LocalFile, entry: ManifestEntry | None) -> RemoteObject | None:
@@ -1225,19 +1369,7 @@ class _OssBackend:
                 self.restart(self._run, f, fut, attempt, exc)
 
     def restart(self, run: _Run, f: LocalFile, fut: cf.Future, attempt: int, why: BaseException) -> None:
-        if run.stop.is_set():
-            if not fut.done():
-                fut.set_exception(_Cancelled())
-            return
-        if attempt >= run.opts.file_attempts:
-            run.stop.set()
-            if not fut.done():
-                fut.set_exception(StagingError(f"staging {f.rel}: failed after {attempt} attempt(s): {why}"))
-            return
-        run.count(retries=1)
-        log.warning("staging %s: %s; uploading the file again (attempt %d/%d)", f.rel, why, attempt + 1,
-                    run.opts.file_attempts)
-        run.submit(_guard, run, self._start_file, f, fut, attempt + 1)
+        _restart(run, self._start_file, f, fut, attempt, why)
 
     def _put_small(self, f: LocalFile) -> None:
         run = self._run
@@ -1275,6 +1407,24 @@ class _OssBackend:
     _run: _Run  # the run of the current upload()
 
 
+def _restart(run: _Run, start: Callable[[Any, cf.Future, int], None], f: Any, fut: cf.Future, attempt: int,
+             why: BaseException) -> None:
+    """Start ``f`` (a file or an object to copy) again, up to ``file_attempts``, after a
+    ``_RestartFile``; then fail it."""
+    if run.stop.is_set():
+        if not fut.done():
+            fut.set_exception(_Cancelled())
+        return
+    if attempt >= run.opts.file_attempts:
+        run.stop.set()
+        if not fut.done():
+            fut.set_exception(StagingError(f"staging {f.rel}: failed after {attempt} attempt(s): {why}"))
+        return
+    run.count(retries=1)
+    log.warning("staging %s: %s; staging it again (attempt %d/%d)", f.rel, why, attempt + 1, run.opts.file_attempts)
+    run.submit(_guard, run, start, f, fut, attempt + 1)
+
+
 def _retry_plain(opts: TransferOptions, fn: Callable[[], Any], classify: Callable[[BaseException, str], BaseException],
                  what: str, *, restart_ok: bool = False) -> Any:
     """Bounded retries for requests outside the worker pool's bookkeeping."""
@@ -1299,7 +1449,433 @@ def _retry_plain(opts: TransferOptions, fn: Callable[[], Any], classify: Callabl
     raise AssertionError("unreachable")
 
 
-# -- NAS -------------------------------------------------------------------------------------------
+# -- oss:// sources: server-side copies ----------------------------------------------------------
+MAX_SOURCE_OBJECTS = 100_000
+_LIST_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class SourceObject:
+    """One object of an ``oss://`` source: ``rel`` is its key below the source prefix (the
+    target key below the target prefix); ``crc64`` from its HEAD, ``sha256`` from a manifest or
+    from reading it; ``mtime_ns`` from its Last-Modified."""
+
+    rel: str
+    key: str
+    size: int
+    etag: str
+    mtime_ns: int
+    crc64: int | None = None
+    sha256: str | None = None
+
+
+@dataclass
+class CopyPlan:
+    skip: list[SourceObject] = field(default_factory=list)
+    copy: list[SourceObject] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
+    """Paths the previous manifest lists that the source no longer has."""
+
+    @property
+    def copy_bytes(self) -> int:
+        return sum(o.size for o in self.copy)
+
+
+def source_rel_staged(rel: str) -> bool:
+    """Whether an object at ``rel`` below a source prefix is part of the model, by the rules
+    :func:`scan_source` applies to a directory (no ``.git``/``.cache``/``.tidegate`` directory,
+    no manifest or other ``.tidegate-`` file, no directory marker)."""
+    if not rel or rel.endswith("/"):
+        return False
+    *dirs, name = rel.split("/")
+    return ".tidegate-" not in name and not any(d in EXCLUDED_DIRS for d in dirs)
+
+
+def fill_from_manifests(objects: Sequence[SourceObject], *manifests: Manifest | None) -> list[SourceObject]:
+    """``objects`` with ``sha256`` taken from the first manifest whose entry has the object's
+    size and CRC64 (an entry that does not match says nothing about the object). Pure."""
+    by_path = [m.by_path() for m in manifests if m is not None]
+    out = []
+    for o in objects:
+        sha = o.sha256
+        if sha is None and o.crc64 is not None:
+            for entries in by_path:
+                e = entries.get(o.rel)
+                if e is not None and (e.size, e.crc64) == (o.size, o.crc64) and e.sha256:
+                    sha = e.sha256
+                    break
+        out.append(replace(o, sha256=sha))
+    return out
+
+
+def plan_copy(objects: Sequence[SourceObject], remote: Mapping[str, RemoteObject | None],
+              manifest: Manifest | None) -> CopyPlan:
+    """Skip an object only when the target holds one of the same size and CRC64. Pure."""
+    plan = CopyPlan()
+    for o in objects:
+        r = remote.get(o.rel)
+        same = r is not None and r.size == o.size and r.crc64 is not None and r.crc64 == o.crc64
+        (plan.skip if same else plan.copy).append(o)
+    if manifest is not None:
+        present = {o.rel for o in objects}
+        plan.stale = sorted(e.path for e in manifest.files if e.path not in present)
+    return plan
+
+
+class _OssCopier:
+    """Server-side copies from the source bucket into the target backend's bucket: CopyObject up
+    to the multipart threshold, UploadPartCopy (parts in the run's pool) above it; each copy
+    is conditional on the source ETag seen by the probe, and verified by HEAD afterwards."""
+
+    def __init__(self, be: _OssBackend, src: ModelSource, run: _Run):
+        self.be, self.src, self.run = be, src, run
+
+    def what(self, o: SourceObject) -> str:
+        return f"staging {o.rel}: copy from oss://{self.src.bucket}/{o.key}"
+
+    def if_match(self, o: SourceObject) -> dict[str, str]:
+        return {"x-oss-copy-source-if-match": f'"{o.etag}"'} if o.etag else {}
+
+    def start(self, o: SourceObject, fut: cf.Future, attempt: int) -> None:
+        if o.size > self.run.opts.multipart_threshold:
+            mp = _CopyMultipart(self, o, fut, attempt)
+            try:
+                mp.start()
+            except BaseException as exc:  # noqa: BLE001 - one place decides what a failure means
+                mp.fail(exc)
+            return
+        try:
+            self._copy_small(o)
+            fut.set_result(None)
+        except _RestartFile as exc:
+            _restart(self.run, self.start, o, fut, attempt, exc)
+
+    def _copy_small(self, o: SourceObject) -> None:
+        run, be = self.run, self.be
+        run.check()
+
+        def copy() -> int | None:
+            with run.upload_slots:
+                return be.bucket.copy_object(self.src.bucket, o.key, be.key(o.rel), headers=self.if_match(o)).crc
+
+        run.before_replace(o.rel)
+        reported = run.retry(self.what(o), copy, be.classify)
+        run.count(uploaded=o.size)
+        self.verified(o, reported)
+
+    def verified(self, o: SourceObject, reported: int | None) -> None:
+        assert o.crc64 is not None and o.sha256 is not None
+        self.be.verify_object(o, o.crc64, reported)
+        self.run.record(o.rel, Digest(o.crc64, o.sha256))
+
+
+class _CopyMultipart:
+    """One object's multipart copy: initiate, every part a task of the run's pool, the last
+    part's worker completes and verifies. A failure aborts the upload (never resumed: a
+    server-side copy costs no upload)."""
+
+    def __init__(self, cp: _OssCopier, o: SourceObject, fut: cf.Future, attempt: int):
+        self.cp, self.o, self.fut, self.attempt = cp, o, fut, attempt
+        self.key = cp.be.key(o.rel)
+        self.lock = threading.Lock()
+        self.etags: dict[int, str] = {}
+        self.failed = False
+        self.upload_id: str | None = None
+
+    def start(self) -> None:
+        run, be = self.cp.run, self.cp.be
+        run.check()
+        self.part_size = run.opts.part_size_for(self.o.size)
+        self.nparts = max(1, -(-self.o.size // self.part_size))
+        self.remaining = self.nparts
+        self.upload_id = run.retry(f"{self.cp.what(self.o)}: initiate multipart copy",
+                                   lambda: be.bucket.init_multipart_upload(self.key).upload_id, be.classify)
+        for n in range(1, self.nparts + 1):
+            run.submit(self.part, n)
+
+    def part(self, n: int) -> None:
+        run, be, o = self.cp.run, self.cp.be, self.o
+        try:
+            run.check()
+            if self.failed:
+                raise _Cancelled()
+            first = (n - 1) * self.part_size
+            last = min(first + self.part_size, o.size) - 1
+
+            def copy() -> str:
+                with run.upload_slots:
+                    return be.bucket.upload_part_copy(self.cp.src.bucket, o.key, (first, last), self.key,
+                                                      self.upload_id, n, headers=self.cp.if_match(o)).etag
+
+            etag = run.retry(f"{self.cp.what(o)}: part {n}/{self.nparts}", copy, be.classify)
+            run.count(uploaded=last - first + 1)
+            with self.lock:
+                self.etags[n] = etag
+                self.remaining -= 1
+                finish = self.remaining == 0 and not self.failed
+            if finish:
+                self.finish()
+        except BaseException as exc:  # noqa: BLE001 - one place decides what a failure means
+            self.fail(exc)
+
+    def finish(self) -> None:
+        run, be = self.cp.run, self.cp.be
+        infos = [oss2.models.PartInfo(n, self.etags[n]) for n in range(1, self.nparts + 1)]
+        run.before_replace(self.o.rel)
+        result = run.retry(f"{self.cp.what(self.o)}: complete multipart copy",
+                           lambda: be.bucket.complete_multipart_upload(self.key, self.upload_id, infos), be.classify)
+        self.upload_id = None
+        self.cp.verified(self.o, result.crc)
+        self.fut.set_result(None)
+
+    def fail(self, exc: BaseException) -> None:
+        with self.lock:
+            if self.failed:
+                return
+            self.failed = True
+        if self.upload_id is not None:
+            self.cp.be.abort(self.key, self.upload_id)
+        if isinstance(exc, _RestartFile):
+            _restart(self.cp.run, self.cp.start, self.o, self.fut, self.attempt, exc)
+            return
+        if not isinstance(exc, _Cancelled):
+            self.cp.run.stop.set()
+        if not self.fut.done():
+            self.fut.set_exception(exc)
+
+
+def _list_source(be: _OssBackend, bucket: oss2.Bucket, src: ModelSource) -> list[SourceObject]:
+    """The objects under the source prefix that are part of the model, sorted by key."""
+    prefix = f"{src.prefix}/" if src.prefix else ""
+    classify = be.classifier(src.bucket)
+    found: list[SourceObject] = []
+    token = ""
+    for _ in range(MAX_SOURCE_OBJECTS // _LIST_PAGE + 1):
+        page = _retry_plain(be.opts, functools.partial(bucket.list_objects_v2, prefix=prefix, continuation_token=token,
+                                                       max_keys=_LIST_PAGE),
+                            classify, f"model source {src.uri}: list objects")
+        for info in page.object_list:
+            rel = info.key[len(prefix):]
+            if source_rel_staged(rel):
+                found.append(SourceObject(rel, info.key, int(info.size), str(info.etag or ""),
+                                          int(info.last_modified or 0) * 1_000_000_000))
+        if not page.is_truncated or not page.next_continuation_token:
+            return sorted(found, key=lambda o: o.rel)
+        token = page.next_continuation_token
+    raise StagingError(f"model source {src.uri}: more than {MAX_SOURCE_OBJECTS} objects; is the prefix right?")
+
+
+def _head_source(be: _OssBackend, bucket: oss2.Bucket, src: ModelSource, o: SourceObject) -> SourceObject:
+    def do() -> SourceObject:
+        try:
+            h = bucket.head_object(o.key)
+        except oss_errors.NotFound as exc:
+            if exc.code == "NoSuchBucket":
+                raise
+            raise StagingError(f"model source {src.uri}: {o.key} vanished while it was staged") from None
+        return replace(o, size=int(h.content_length), etag=str(h.etag or o.etag), crc64=h.server_crc)
+
+    return _retry_plain(be.opts, do, be.classifier(src.bucket), f"model source {src.uri}: HEAD {o.key}")
+
+
+def _hash_source(be: _OssBackend, bucket: oss2.Bucket, src: ModelSource, o: SourceObject, run: _Run) -> SourceObject:
+    """Read a source object once for its CRC64 and SHA-256 (no manifest knew them)."""
+    def do() -> Digest:
+        crc, sha, size = 0, hashlib.sha256(), 0
+        body = bucket.get_object(o.key)
+        while size <= o.size and (chunk := body.read(_READ_CHUNK)):
+            crc = crc64(chunk, crc)
+            sha.update(chunk)
+            size += len(chunk)
+        if size != o.size:
+            raise StagingError(f"model source {src.uri}: {o.key} has {size} bytes, its HEAD said {o.size} "
+                               f"(it changed while it was staged)")
+        return Digest(crc, sha.hexdigest())
+
+    run.check()
+    digest = _retry_plain(be.opts, do, be.classifier(src.bucket), f"model source {src.uri}: read {o.key}")
+    run.count(hashed=o.size)
+    if o.crc64 is not None and o.crc64 != digest.crc64:
+        raise StagingError(f"model source {src.uri}: {o.key} read back with CRC64 {digest.crc64}, its HEAD "
+                           f"says {o.crc64} (it changed while it was staged)")
+    return replace(o, crc64=digest.crc64, sha256=digest.sha256)
+
+
+def _stage_from_oss(src: ModelSource, target: OssTarget, opts: TransferOptions, ckpt: Path, *, run_id: str | None,
+                    model: str | None, progress: bool | None, t0: float) -> StagedModel:
+    """Copy ``src`` (``oss://``) server-side into ``target``: list -> HEAD both sides -> SHA-256s
+    from manifests (else read) -> plan -> copy and verify -> commit, as :func:`stage_model`."""
+    tgt_prefix = target.clean_prefix
+    if src.bucket == target.bucket and (not src.prefix or not tgt_prefix or src.prefix == tgt_prefix
+                                        or f"{tgt_prefix}/".startswith(f"{src.prefix}/")
+                                        or f"{src.prefix}/".startswith(f"{tgt_prefix}/")):
+        raise StagingError(f"model source {src.uri}: overlaps the staging destination {target.uri}")
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_target_lock(ckpt, target.target_id))
+        be = _OssBackend(target, opts, ckpt)
+        stack.callback(be.close)
+        bucket = be.other_bucket(src.bucket)
+        listed = _list_source(be, bucket, src)
+        if not listed:
+            raise StagingError(f"model source {src.uri}: no objects to stage under this prefix")
+        pool = stack.enter_context(cf.ThreadPoolExecutor(max_workers=opts.workers + READ_AHEAD,
+                                                         thread_name_prefix="tidegate-staging"))
+        old = be.read_manifest()
+        src_manifest = be.read_manifest_at(bucket, f"{src.prefix}/{MANIFEST_NAME}" if src.prefix else MANIFEST_NAME,
+                                           src.bucket, f"model source {src.uri}: read manifest")
+        with cf.ThreadPoolExecutor(max_workers=min(PROBE_WORKERS, 2 * len(listed)),
+                                   thread_name_prefix="tidegate-staging-probe") as probes:
+            heads = probes.map(_carry_context(lambda o: _head_source(be, bucket, src, o)), listed)
+            remotes = probes.map(_carry_context(lambda o: be.probe(o, None)), listed)
+            objects = fill_from_manifests(list(heads), old, src_manifest)
+            remote = dict(zip((o.rel for o in listed), remotes, strict=True))
+        run = _Run(opts, HashCache(None), pool, None, old, be.withdraw_manifest)
+        unknown = [o for o in objects if o.crc64 is None or o.sha256 is None]
+        if unknown:
+            log.info("staging: reading %d object(s) of %s (%s) for their SHA-256: no manifest lists them", len(unknown),
+                     src.uri, _mb(sum(o.size for o in unknown)))
+            hashed = dict(zip((o.rel for o in unknown),
+                              pool.map(_carry_context(lambda o: _hash_source(be, bucket, src, o, run)), unknown),
+                              strict=True))
+            objects = [hashed.get(o.rel, o) for o in objects]
+        plan = plan_copy(objects, remote, old)
+        for o in plan.skip:
+            run.record(o.rel, Digest(o.crc64, o.sha256))  # type: ignore[arg-type]
+        run.progress = _Progress(plan.copy_bytes, target.uri, progress)
+        if plan.copy:
+            log.info("staging: copying %d object(s), %s server-side from %s to %s (%d unchanged)", len(plan.copy),
+                     _mb(plan.copy_bytes), src.uri, target.uri, len(plan.skip))
+            try:
+                _run_files(run, plan.copy, _OssCopier(be, src, run).start)
+            except _Cancelled:
+                raise StagingError(f"staging to {target.uri}: cancelled") from None
+            except BaseException:
+                run.stop.set()
+                raise
+        run.progress.close(run.uploaded_bytes)
+        entries = [ManifestEntry(o.rel, o.size, o.mtime_ns, run.digests[o.rel].crc64, run.digests[o.rel].sha256)
+                   for o in objects]
+        pruned = _commit(be, run, entries, old, plan.stale, run_id=run_id, model=model)
+    seconds = time.perf_counter() - t0
+    return StagedModel(
+        bytes=sum(o.size for o in objects), files=len(objects), uploaded_bytes=run.uploaded_bytes,
+        skipped_files=len(plan.skip), seconds=round(seconds, 3),
+        MBps=round(run.uploaded_bytes / seconds / 1e6, 1) if run.uploaded_bytes else 0.0,
+        uri=target.uri, manifest_key=be.manifest_key, verified=True, uploaded_files=len(plan.copy),
+        hashed_bytes=run.hashed_bytes, retries=run.retries, pruned_files=pruned, backend=be.name,
+        source_kind="oss")
+
+
+# -- NAS: is the destination the NAS? --------------------------------------------------------------
+MOUNTS_FILE = Path("/proc/self/mounts")
+NFS_FSTYPES = frozenset({"nfs", "nfs4"})
+_MOUNT_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One line of ``/proc/self/mounts``."""
+
+    source: str
+    mount_point: str
+    fstype: str
+
+    @property
+    def export(self) -> tuple[str, str] | None:
+        """(server, path) of an NFS source ``server:/path`` (``[v6addr]:/path`` too), else None."""
+        if self.fstype not in NFS_FSTYPES:
+            return None
+        if self.source.startswith("["):
+            host, sep, path = self.source[1:].partition("]:")
+        else:
+            host, sep, path = self.source.partition(":")
+        return (host, path or "/") if sep and host else None
+
+
+def parse_mounts(text: str) -> list[Mount]:
+    """The mounts of a ``/proc/self/mounts`` text, in order (later lines are mounted on top);
+    octal escapes (``\\040`` for a space) decoded, malformed lines skipped."""
+    mounts = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 3:
+            source, point, fstype = (_MOUNT_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), f) for f in fields[:3])
+            mounts.append(Mount(source, point, fstype))
+    return mounts
+
+
+def containing_mount(directory: str, mounts: Sequence[Mount]) -> Mount | None:
+    """The mount ``directory`` (absolute, normalized) lies on: the longest mount point that
+    contains it, the last one mounted when several share it."""
+    best: Mount | None = None
+    for m in mounts:
+        point = m.mount_point.rstrip("/") or "/"
+        inside = point == "/" or directory == point or directory.startswith(point + "/")
+        if inside and (best is None or len(point) >= len(best.mount_point.rstrip("/") or "/")):
+            best = m
+    return best
+
+
+def check_nas_mount(directory: str | Path, server: str, path: str, mounts: Sequence[Mount]) -> str:
+    """Check that ``directory`` is the NAS directory ``server:path``: it lies on an nfs/nfs4
+    mount of ``server:<export>`` at ``<mount point>`` with ``<export>/<directory relative to the
+    mount point>`` equal to ``path`` (so a directory mounted straight from ``server:path``
+    passes, and so does ``/mnt/nas/models`` on a mount of ``server:/`` at ``/mnt/nas`` when
+    ``path`` is ``/models``). Returns a description of the mount; raises ``StagingError`` (exit 2)
+    naming the directory, what it is mounted from, and the expected ``server:path``. Pure.
+
+    Example::
+
+        check_nas_mount("/mnt/models/Qwen", "nas.example.com", "/models",
+                        parse_mounts("nas.example.com:/models /mnt/models/Qwen nfs4 rw 0 0"))
+        # 'nfs4 mount of nas.example.com:/models at /mnt/models/Qwen'
+    """
+    target = posixpath.normpath(str(directory))
+    want_path = posixpath.normpath("/" + path.strip("/"))
+    expected = f"{server}:{want_path}"
+    m = containing_mount(target, mounts)
+    hint = ("stage where the NAS is mounted at storage.mount_path (e.g. in a pod with the NAS volume), or set "
+            "storage.nas.local: true when a local directory is meant (a test bed)")
+    if m is None:
+        raise StagingError(f"NAS destination {target}: not a mount (no mount table entry contains it); expected an "
+                           f"nfs/nfs4 mount of {expected}", hint=hint)
+    on = f"{m.fstype} mount of {m.source} at {m.mount_point}"
+    export = m.export
+    if export is None:
+        what = (f"is a {on}" if m.mount_point.rstrip("/") == target.rstrip("/") and target != "/"
+                else f"is not a mount: it lies on the {on}")
+        raise StagingError(f"NAS destination {target}: {what}, not on NFS; expected an nfs/nfs4 mount of {expected}, "
+                           f"else the weights land on this machine's disk, which the cluster never sees", hint=hint)
+    host, export_path = export
+    rel = posixpath.relpath(target, m.mount_point) if target != m.mount_point else "."
+    actual = posixpath.normpath(posixpath.join("/" + export_path.strip("/"), rel))
+    if host.lower() != server.lower() or actual != want_path:
+        raise StagingError(f"NAS destination {target}: on the {on}, i.e. {host}:{actual}; expected {expected}",
+                           hint=hint)
+    return f"{on}" + (f" (directory {host}:{actual})" if rel != "." else "")
+
+
+def nas_destination_check(target: NasTarget, mounts_file: Path | None = None) -> str:
+    """:func:`check_nas_mount` for a NAS target against this machine's mount table (default
+    ``MOUNTS_FILE``), or the note that it was skipped because the target is local on purpose.
+    Reads nothing else, writes nothing."""
+    mounts_file = mounts_file or MOUNTS_FILE
+    root = os.path.realpath(os.path.abspath(Path(target.root).expanduser()))
+    if target.local:
+        return "NAS mount check skipped: storage.nas.local is true (a local directory on purpose)"
+    if not target.server:
+        raise StagingError(f"NAS destination {root}: no NAS server:path to check it against",
+                           hint="give storage.nas.server and storage.nas.path, or set storage.nas.local: true")
+    try:
+        text = mounts_file.read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError as exc:
+        raise StagingError(f"NAS destination {root}: cannot read {mounts_file} to check that it is "
+                           f"{target.server}:{target.export_path}: {exc.strerror or exc}",
+                           hint="set storage.nas.local: true when a local directory is meant") from None
+    return "NAS " + check_nas_mount(root, target.server, target.export_path, parse_mounts(text))
+
+
+# -- NAS: the copy -------------------------------------------------------------------------------
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -1442,6 +2018,217 @@ class _NasBackend:
     _run: _Run  # the run of the current upload()
 
 
+# -- http(s) sources: one file, downloaded with resume -------------------------------------------
+DOWNLOAD_CHUNK = MiB
+MAX_DOWNLOAD_ATTEMPTS = 100
+"""Requests per download, even when every one makes progress (each that does not counts against
+``TransferOptions.part_attempts``)."""
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    """A downloaded http(s) source: ``root`` is a directory holding only ``file``."""
+
+    root: Path
+    file: LocalFile
+    digest: Digest
+    downloaded_bytes: int
+    resumed_bytes: int
+
+
+class _DownloadState:
+    """``<dir>/download.json``: the validators of the response the partial file came from (so
+    that a resume asks ``If-Range`` for the same version), and once complete the file's stat and
+    digest (so that a current download is neither fetched nor hashed again)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            self.doc: dict[str, Any] = doc if isinstance(doc, dict) else {}
+        except (OSError, ValueError):
+            self.doc = {}
+
+    @property
+    def validator(self) -> str | None:
+        """A strong ETag, else Last-Modified: what ``If-Range`` may carry."""
+        etag = self.doc.get("etag")
+        if isinstance(etag, str) and etag and not etag.startswith("W/"):
+            return etag
+        modified = self.doc.get("last_modified")
+        return modified if isinstance(modified, str) and modified else None
+
+    def save(self, **values: Any) -> None:
+        self.doc.update(values)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.doc), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def reset(self) -> None:
+        self.doc = {}
+        self.path.unlink(missing_ok=True)
+
+    def complete_file(self, dest: Path) -> tuple[LocalFile, Digest] | None:
+        """The completed download, when ``dest`` is unchanged since it was hashed."""
+        done = self.doc.get("complete")
+        try:
+            st = dest.stat()
+            if not isinstance(done, dict) or [done.get(k) for k in ("size", "mtime_ns", "ino")] != \
+                    [st.st_size, st.st_mtime_ns, st.st_ino]:
+                return None
+            return LocalFile.from_stat(dest.name, dest, st), Digest(int(done["crc64"]), str(done["sha256"]))
+        except (OSError, KeyError, TypeError, ValueError):
+            return None
+
+
+def download_source(src: ModelSource, checkpoint_dir: Path, opts: TransferOptions, *, sha256: str | None = None,
+                    progress: bool | None = None) -> Downloaded:
+    """Download the http(s) source ``src`` into ``<checkpoint_dir>/downloads/<hash of the URL
+    without its query>/files/<file name>``.
+
+    - A partial download is resumed with ``Range`` (and ``If-Range``, so that a changed file
+      starts over) after a dropped connection, in this run (bounded retries with backoff) or
+      the next one; a server that sends no ETag or Last-Modified is never resumed.
+    - A completed download is reused when ``sha256`` pins it, else when the server answers
+      ``304 Not Modified`` to a conditional GET.
+    - ``sha256``: a file that does not match is deleted and ``StagingError`` names the URL, the
+      expected and the actual digest; nothing is staged.
+    """
+    if src.kind != "http":
+        raise StagingError(f"model source {src.shown}: not an http(s) source")
+    shown = src.shown
+    key = hashlib.sha256(urllib.parse.urlsplit(src.url)._replace(query="", fragment="").geturl().encode())
+    base = checkpoint_dir / "downloads" / key.hexdigest()[:32]
+    files_dir = base / "files"
+    dest, partial = files_dir / src.file_name, base / "partial"
+    try:
+        files_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StagingError(f"model source {shown}: cannot create {files_dir}: {exc.strerror or exc}") from None
+    with _target_lock(checkpoint_dir, f"download {base.name}"):
+        for other in files_dir.iterdir():  # a file staged under another name by an earlier version
+            if other.name != src.file_name:
+                other.unlink(missing_ok=True)
+        state = _DownloadState(base / "download.json")
+        cached = state.complete_file(dest)
+        if cached is not None and sha256 is not None and cached[1].sha256 == sha256:
+            log.info("staging: %s is already downloaded (SHA-256 as given)", shown)
+            return Downloaded(files_dir, cached[0], cached[1], 0, 0)
+        with httpx.Client(timeout=httpx.Timeout(opts.timeout_s), follow_redirects=True) as client:
+            fetched, resumed = _fetch(client, src, partial, state, opts, progress,
+                                      conditional=cached is not None)
+        if fetched is None:
+            assert cached is not None
+            log.info("staging: %s is not modified since it was downloaded", shown)
+            file, digest = cached
+        else:
+            digest = hash_file(partial)
+            if sha256 is not None and digest.sha256 != sha256:
+                partial.unlink(missing_ok=True)
+                state.reset()
+                raise StagingError(f"model source {shown}: SHA-256 mismatch: expected {sha256}, got {digest.sha256}; "
+                                   f"the download was discarded and nothing was staged")
+            os.replace(partial, dest)
+            st = dest.stat()
+            file = LocalFile.from_stat(dest.name, dest, st)
+            state.save(complete={"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino,
+                                 "crc64": str(digest.crc64), "sha256": digest.sha256})
+        if sha256 is not None and digest.sha256 != sha256:
+            raise StagingError(f"model source {shown}: SHA-256 mismatch: expected {sha256}, got {digest.sha256} "
+                               f"(the server reports the file unchanged since it was downloaded); nothing was staged")
+        return Downloaded(files_dir, file, digest, fetched or 0, resumed)
+
+
+def _fetch(client: httpx.Client, src: ModelSource, partial: Path, state: _DownloadState, opts: TransferOptions,
+           progress: bool | None, *, conditional: bool) -> tuple[int | None, int]:
+    """GET ``src`` into ``partial``, resuming what it holds; (bytes received in this run, bytes
+    of the file an earlier run had received), or (None, 0) when ``conditional`` and the server
+    says the completed download is current."""
+    shown = src.shown
+    received = 0
+    fresh = 0  # bytes of the partial file received in this run
+    stalled = 0
+    bar: _Progress | None = None
+    for _ in range(MAX_DOWNLOAD_ATTEMPTS):
+        offset = partial.stat().st_size if partial.exists() else 0
+        headers = {"Accept-Encoding": "identity"}
+        if conditional:
+            if state.doc.get("etag"):
+                headers["If-None-Match"] = state.doc["etag"]
+            elif state.doc.get("last_modified"):
+                headers["If-Modified-Since"] = state.doc["last_modified"]
+            offset = 0
+        elif offset and state.validator:
+            headers["Range"] = f"bytes={offset}-"
+            headers["If-Range"] = state.validator
+        elif offset:
+            log.info("staging: %s: the server sent no ETag or Last-Modified; downloading it again", shown)
+            offset = 0
+        before = offset
+        try:
+            with client.stream("GET", src.url, headers=headers) as resp:
+                status = resp.status_code
+                if status == 304 and conditional:
+                    return None, 0
+                conditional = False
+                if status == 206:
+                    m = _CONTENT_RANGE.match(resp.headers.get("content-range", ""))
+                    if not m or int(m.group(1)) != offset:
+                        partial.unlink(missing_ok=True)
+                        raise _Transient(f"the server answered Range: bytes={offset}- with "
+                                         f"Content-Range {resp.headers.get('content-range')!r}")
+                    total = int(m.group(3)) if m.group(3) != "*" else None
+                    log.info("staging: %s: resuming the download at byte %d", shown, offset)
+                elif status == 200:
+                    offset = 0
+                    length = resp.headers.get("content-length")
+                    total = int(length) if length and length.isdigit() else None
+                    state.reset()
+                    state.save(etag=resp.headers.get("etag"), last_modified=resp.headers.get("last-modified"),
+                               size=total)
+                elif status == 416:
+                    partial.unlink(missing_ok=True)
+                    raise _Transient("HTTP 416 (the partial download is longer than the file); starting over")
+                elif status in (408, 429) or status >= 500:
+                    raise _Transient(f"HTTP {status} {resp.reason_phrase}")
+                else:
+                    raise StagingError(f"model source {shown}: HTTP {status} {resp.reason_phrase}")
+                if bar is None and total:
+                    bar = _Progress(total, shown, progress)
+                if not offset:
+                    fresh = 0
+                with open(partial, "ab" if offset else "wb") as out:
+                    for chunk in resp.iter_raw(DOWNLOAD_CHUNK):
+                        out.write(chunk)
+                        offset += len(chunk)
+                        received += len(chunk)
+                        fresh += len(chunk)
+                        if bar is not None:
+                            bar.tick(offset)
+                    out.flush()
+                    os.fsync(out.fileno())
+                if total is not None and offset != total:
+                    raise _Transient(f"the response ended at byte {offset} of {total}")
+                if bar is not None:
+                    bar.close(offset)
+                return received, offset - fresh
+        except (httpx.TransportError, _Transient) as exc:
+            if isinstance(exc, httpx.UnsupportedProtocol):
+                raise StagingError(f"model source {shown}: {exc}") from None
+            cause = f"{type(exc).__name__}: {exc}" if isinstance(exc, httpx.TransportError) else str(exc)
+            stalled = 0 if offset > before else stalled + 1
+            if stalled >= opts.part_attempts:
+                raise StagingError(f"model source {shown}: download failed after {stalled} attempt(s) without "
+                                   f"progress: {cause[:200]}") from None
+            delay = opts.backoff(stalled or 1)
+            log.warning("staging: %s: %s at byte %d; retrying in %.1fs", shown, cause[:200], offset, delay)
+            time.sleep(delay)
+        except OSError as exc:
+            raise StagingError(f"model source {shown}: cannot write {partial}: {exc.strerror or exc}") from None
+    raise StagingError(f"model source {shown}: download incomplete after {MAX_DOWNLOAD_ATTEMPTS} requests")
+
+
 # -- progress -------------------------------------------------------------------------------------
 class _Progress:
     """Bytes done / total, rate and ETA: a bar on a terminal, and a Prefect progress artifact
@@ -1495,12 +2282,15 @@ class _Progress:
 # -- the entry points ---------------------------------------------------------------------------
 def stage_model(source: str | Path, target: OssTarget | NasTarget, *, options: TransferOptions | None = None,
                 checkpoint_dir: str | Path | None = None, run_id: str | None = None, model: str | None = None,
-                progress: bool | None = None) -> StagedModel:
-    """Stage the directory ``source`` to ``target``; see the module docstring for the steps.
+                progress: bool | None = None, sha256: str | None = None) -> StagedModel:
+    """Stage ``source`` (a directory, ``oss://bucket/prefix`` or an ``http(s)://`` file; see
+    :func:`check_source`) to ``target``; see the module docstring for the steps.
 
-    ``checkpoint_dir`` holds the hash cache, the multipart journals and the per-destination
-    lock (default ``~/.cache/tidegate/staging``). ``progress``: None = a bar when stderr is a
-    terminal, False = none. Raises ``StagingError``/``CredentialsError`` (one line).
+    ``checkpoint_dir`` holds the hash cache, the multipart journals, http(s) downloads and the
+    per-destination lock (default ``~/.cache/tidegate/staging``). ``progress``: None = a bar
+    when stderr is a terminal, False = none. ``sha256``: the expected digest of an http(s)
+    source. A NAS target is checked (:func:`nas_destination_check`) before anything is
+    fetched or written. Raises ``StagingError``/``CredentialsError`` (one line).
 
     Example::
 
@@ -1510,18 +2300,37 @@ def stage_model(source: str | Path, target: OssTarget | NasTarget, *, options: T
     """
     t0 = time.perf_counter()
     opts = options or TransferOptions()
-    root = resolve_source(source)
-    files = scan_source(root)
-    if not files:
-        raise StagingError(f"model source {root}: no files to stage (empty directory)")
+    src = check_source(source, storage_kind="oss" if isinstance(target, OssTarget) else "nas")
+    if sha256 is not None:
+        sha256 = sha256.lower()
+        if src.kind != "http":
+            raise StagingError(f"model source {src.shown}: sha256 applies to an http(s):// source (one file) only")
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise StagingError(f"model source {src.shown}: sha256 must be 64 hexadecimal digits")
+    checked = nas_destination_check(target) if isinstance(target, NasTarget) else ""
     ckpt = Path(checkpoint_dir).expanduser() if checkpoint_dir else DEFAULT_CHECKPOINT_DIR
     try:
         ckpt.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StagingError(f"staging checkpoint directory {ckpt}: cannot create: {exc.strerror or exc}") from None
+    if src.kind == "oss":
+        assert isinstance(target, OssTarget)
+        return _stage_from_oss(src, target, opts, ckpt, run_id=run_id, model=model, progress=progress, t0=t0)
+    downloaded: Downloaded | None = None
+    if src.kind == "http":
+        downloaded = download_source(src, ckpt, opts, sha256=sha256, progress=progress)
+        root = downloaded.root
+    else:
+        assert src.path is not None
+        root = src.path
+    files = scan_source(root)
+    if not files:
+        raise StagingError(f"model source {root}: no files to stage (empty directory)")
     with contextlib.ExitStack() as stack:
         stack.enter_context(_target_lock(ckpt, target.target_id))
         cache = stack.enter_context(HashCache(ckpt))
+        if downloaded is not None and downloaded.file in files:  # hashed once, right after the download
+            cache.put(downloaded.file, downloaded.digest)
         backend: Any = (_OssBackend(target, opts, ckpt) if isinstance(target, OssTarget)
                         else _NasBackend(target, opts))
         stack.callback(backend.close)
@@ -1565,17 +2374,9 @@ def stage_model(source: str | Path, target: OssTarget | NasTarget, *, options: T
                 run.stop.set()  # e.g. KeyboardInterrupt: queued parts must not go on uploading
                 raise
         run.progress.close(run.uploaded_bytes + run.resumed_bytes)
-        manifest = Manifest(
-            tuple(ManifestEntry(f.rel, f.size, f.mtime_ns, run.digests[f.rel].crc64, run.digests[f.rel].sha256)
-                  for f in files),
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), run_id=run_id, model=model)
-        if run.withdrawn or not manifest.same_files(old):
-            backend.write_manifest(manifest)
-        pruned = 0
-        if opts.prune and plan.stale:
-            for rel in plan.stale:
-                backend.delete(rel)
-                pruned += 1
+        entries = [ManifestEntry(f.rel, f.size, f.mtime_ns, run.digests[f.rel].crc64, run.digests[f.rel].sha256)
+                   for f in files]
+        pruned = _commit(backend, run, entries, old, plan.stale, run_id=run_id, model=model)
     seconds = time.perf_counter() - t0
     uploaded_files = len(files) - len(skipped)
     return StagedModel(
@@ -1584,7 +2385,24 @@ def stage_model(source: str | Path, target: OssTarget | NasTarget, *, options: T
         MBps=round(run.uploaded_bytes / seconds / 1e6, 1) if run.uploaded_bytes else 0.0,
         uri=target.uri, manifest_key=backend.manifest_key, verified=True, uploaded_files=uploaded_files,
         resumed_bytes=run.resumed_bytes, hashed_bytes=run.hashed_bytes, retries=run.retries, pruned_files=pruned,
-        backend=backend.name)
+        backend=backend.name, source_kind=src.kind,
+        downloaded_bytes=downloaded.downloaded_bytes if downloaded else 0, destination_check=checked)
+
+
+def _commit(backend: Any, run: _Run, entries: Sequence[ManifestEntry], old: Manifest | None, stale: Sequence[str],
+            *, run_id: str | None, model: str | None) -> int:
+    """Write the manifest (when it changed, or the previous one was withdrawn), then prune what
+    only the previous manifest listed; the number of files pruned."""
+    manifest = Manifest(tuple(entries), created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                        run_id=run_id, model=model)
+    if run.withdrawn or not manifest.same_files(old):
+        backend.write_manifest(manifest)
+    pruned = 0
+    if run.opts.prune and stale:
+        for rel in stale:
+            backend.delete(rel)
+            pruned += 1
+    return pruned
 
 
 def stage_model_for_spec(spec: Any, *, run_id: str | None = None, source: str | Path | None = None,
@@ -1592,9 +2410,12 @@ def stage_model_for_spec(spec: Any, *, run_id: str | None = None, source: str | 
     """Stage ``spec.model.source`` (or ``source``) as ``spec.storage`` says.
 
     OSS credentials come from ``spec.storage.oss.credentials.resolve()``, falling back on the
-    profile's credentials file (``tasks.profile``; for profile ``local`` the test bed's). NAS stages into
-    ``spec.storage.mount_path`` on this machine (where the NAS is mounted when the pipeline runs
-    in a pod with the NAS volume). Checkpoints go to ``spec.storage.checkpoint_dir``.
+    profile's credentials file (``tasks.profile``; for profile ``local`` the test bed's); an
+    ``oss://`` source is read with the same key. NAS stages into ``spec.storage.mount_path`` on
+    this machine, which must be an NFS mount of ``storage.nas.server:storage.nas.path`` (where
+    the NAS is mounted when the pipeline runs in a pod with the NAS volume) unless
+    ``storage.nas.local``. ``spec.model.sha256`` checks an http(s) source (not an overriding
+    ``source``). Checkpoints and downloads go to ``spec.storage.checkpoint_dir``.
     """
     st = spec.storage
     opts = options or TransferOptions.from_env()
@@ -1613,14 +2434,17 @@ def stage_model_for_spec(spec: Any, *, run_id: str | None = None, source: str | 
                            access_key_id=key_id, access_key_secret=secret, region=st.oss.region,
                            credentials_source=where)
     else:
-        target = NasTarget(Path(st.mount_path))
+        target = NasTarget(Path(st.mount_path), server=st.nas.server, export_path=st.nas.path, local=st.nas.local)
+    sha256 = spec.model.sha256 if source is None or str(source) == spec.model.source else None
     return stage_model(source or spec.model.source, target, options=opts, checkpoint_dir=st.checkpoint_dir,
-                       run_id=run_id, model=spec.model.name, progress=progress)
+                       run_id=run_id, model=spec.model.name, progress=progress, sha256=sha256)
 
 
 __all__ = [
-    "Action", "Digest", "HashCache", "LocalFile", "Manifest", "ManifestEntry", "MANIFEST_NAME", "NasTarget",
-    "OssTarget", "Plan", "RemoteObject", "StagedModel", "TransferOptions", "UploadJournal", "UploadRecord",
-    "crc64", "crc64_combine", "decide", "hash_file", "plan_transfer", "resolve_source", "scan_source",
-    "stage_model", "stage_model_for_spec",
+    "Action", "CopyPlan", "Digest", "Downloaded", "HashCache", "LocalFile", "Manifest", "ManifestEntry",
+    "MANIFEST_NAME", "ModelSource", "Mount", "NasTarget", "OssTarget", "Plan", "RemoteObject", "SourceObject",
+    "StagedModel", "TransferOptions", "UploadJournal", "UploadRecord", "check_nas_mount", "check_source",
+    "containing_mount", "crc64", "crc64_combine", "decide", "download_source", "fill_from_manifests", "hash_file",
+    "nas_destination_check", "parse_mounts", "plan_copy", "plan_transfer", "resolve_source", "scan_source",
+    "source_rel_staged", "stage_model", "stage_model_for_spec",
 ]

@@ -193,8 +193,8 @@ def test_resolve_source_errors(tmp_path):
         st.resolve_source(tmp_path / "missing")
     with pytest.raises(StagingError, match="is not a directory"):
         st.resolve_source(_write(tmp_path / "f", b"x"))
-    for uri in ("https://huggingface.co/Qwen/x", "oss://bucket/prefix"):
-        with pytest.raises(StagingError, match="not supported"):
+    for uri in ("https://huggingface.co/Qwen/x", "oss://bucket/prefix"):  # check_source() parses those
+        with pytest.raises(StagingError, match="is not a local directory"):
             st.resolve_source(uri)
 
 
@@ -507,9 +507,10 @@ def test_stage_model_for_spec_resolves_credentials(fake, model, tmp_path, monkey
 # -- NAS ------------------------------------------------------------------------------------------
 def test_nas_stage_noop_change_and_prune(model, tmp_path):
     dest = tmp_path / "nas" / "Qwen"
-    target = st.NasTarget(dest)
+    target = st.NasTarget(dest, local=True)
     r = st.stage_model(model, target, options=OPTS, checkpoint_dir=tmp_path / "ck", progress=False)
     assert r.backend == "nas" and r.uploaded_files == 4 and r.verified
+    assert "skipped" in r.destination_check and "local" in r.summary()
     for p in model.iterdir():
         assert (dest / p.name).read_bytes() == p.read_bytes()
         assert (dest / p.name).stat().st_mtime_ns == p.stat().st_mtime_ns
@@ -528,7 +529,7 @@ def test_nas_stage_noop_change_and_prune(model, tmp_path):
 
 def test_nas_full_destination_keeps_what_was_staged(model, tmp_path, monkeypatch):
     dest = tmp_path / "nas"
-    target = st.NasTarget(dest)
+    target = st.NasTarget(dest, local=True)
     st.stage_model(model, target, options=OPTS, checkpoint_dir=tmp_path / "ck", progress=False)
     before = {p.name: p.read_bytes() for p in dest.iterdir()}
     _write(model / "model-00003.safetensors", _blob(MiB, 9))
