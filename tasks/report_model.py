@@ -90,6 +90,10 @@ class StagingBlock(_Block):
     hashed_bytes: int = _detail("Bytes read to hash the source.", 0)
     retries: int = _detail("Retried requests to the store.", 0)
     pruned_files: int = _detail("Files under the prefix that were not in the source and were removed.", 0)
+    source_kind: str = _detail("local, oss (copied server-side) or http (downloaded).", "local")
+    downloaded_bytes: int = _detail("Bytes an http(s) source downloaded in this run.", 0)
+    destination_check: str = _detail("NAS: the NFS mount the destination was verified on, or that the check was "
+                                     "skipped (storage.nas.local).", "")
 
 
 class SmokeCheckBlock(_Block):

@@ -216,13 +216,13 @@ if tuple(BY_NAME) != STAGE_NAMES or tuple(s.name for s in STAGES if s.creates_ob
 def check_inputs(spec: RolloutSpec, stages: Iterable[str]) -> None:
     """What the selected stages need from this machine, checked before anything runs (SpecError
     naming the field): a load shape the generator can drive (and a readable traffic CSV), a
-    local model source that exists."""
+    model source that parses (a local one that exists)."""
     stages = set(stages)
     if "spike" in stages:
         check_capacity(shape_for(spec.load), spec.load.workers)
     if "stage" in stages:
-        try:
-            staging.resolve_source(spec.model.source)
+        try:  # no network I/O: a remote source is only parsed here
+            staging.check_source(spec.model.source, storage_kind=spec.storage.kind)
         except StagingError as exc:
             raise SpecError(f"model.source: {exc}", hint=exc.hint) from None
 

@@ -517,7 +517,7 @@ ALLOWED = {  # (group, resource) -> the most the pipeline may do; no patch: a ru
     ("", "persistentvolumeclaims"): {"get", "create", "delete"},
     ("", "persistentvolumes"): {"get", "create", "delete"},
     ("", "secrets"): {"create", "get", "delete"},
-    ("apps", "deployments"): {"get", "list"},
+    ("apps", "deployments"): {"get"},
     ("", "pods"): {"list", "watch"},
     ("", "events"): {"list", "watch"},
     ("custom.metrics.k8s.io", "pods/DCGM_CUSTOM_PROCESS_SM_UTIL"): {"get"},
