@@ -190,10 +190,14 @@ def check_free(kube: Kube, objs: Iterable[Obj], ledger: Ledger, *, adopt: frozen
     if foreign:
         first = foreign[0][0]
         names = [text for _, text in foreign]
+        fields = {"InferenceService": "service.name", "HorizontalPodAutoscaler": "service.name",
+                  "ResourcePolicy": "service.name", "PersistentVolumeClaim": "storage.pvc_name",
+                  "PersistentVolume": "storage.pv_name", "Secret": "storage.oss.credentials.secret_name"}
+        rename = sorted({fields.get(o["kind"], "the object's name") for o, _ in foreign})
         raise OwnershipError(
             f"{'; '.join(names)}: {'exists' if len(foreign) == 1 else 'exist'} and "
             f"{'was' if len(foreign) == 1 else 'were'} not created by this run; nothing was applied",
-            hint=f"rename service.name, use another cluster.namespace, or take {'it' if len(foreign) == 1 else 'them'} "
+            hint=f"rename {' / '.join(rename)}, use another cluster.namespace, or take {'it' if len(foreign) == 1 else 'them'} "
                  f"over with --adopt {first['kind']}/{first['metadata']['name']} (the run then changes it and "
                  "deletes it at teardown; the report records it)")
     return adopted

@@ -404,18 +404,17 @@ def _needles(bed, token: str) -> dict[str, bytes]:
     return out
 
 
-def test_no_secret_in_reports_logs_or_prefect(bed, sa_run, case):
-    case.describe("no secret leaks: canary OSS keys and the ServiceAccount token after the full run",
-                  "zero hits in the report dir, CLI stdout/stderr, the bed's logs of the run, Prefect's "
-                  "database (artifacts, logs, parameters) and result storage")
-    cli, rid = sa_run["cli"], sa_run["rid"]
-    needles = _needles(bed, sa_run["token"])
+def _leaks(bed, cli: Cli, rid: str, needles: dict[str, bytes], logs: dict[Path, tuple[int, int]]
+           ) -> tuple[list[str], dict[str, bytes], int, int]:
+    """(hits, places searched, Prefect artifacts, Prefect log lines) of ``needles`` in everything
+    the run wrote: its console, report directory, the bed's logs of the run, Prefect's files and
+    database (artifacts, logs, flow and task run states and their messages)."""
     places: dict[str, bytes] = {"CLI stdout": cli.out_path.read_bytes(), "CLI stderr": cli.err_path.read_bytes()}
     report_dir = cli.reports / rid
     for path in sorted(report_dir.rglob("*")):
         if path.is_file():
             places[f"report {path.relative_to(report_dir)}"] = path.read_bytes()
-    for path, (start, end) in sa_run["logs"].items():
+    for path, (start, end) in logs.items():
         with open(path, "rb") as fh:
             fh.seek(start)
             places[f"bed log {path.name}"] = fh.read(end - start)
@@ -426,19 +425,58 @@ def test_no_secret_in_reports_logs_or_prefect(bed, sa_run, case):
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         artifacts = [str(r[0] or "") for r in conn.execute("select data from artifact")]
         log_lines = [str(r[0] or "") for r in conn.execute("select message from log")]
+        states = [f"{r[0]} {r[1]}" for table in ("flow_run_state", "task_run_state")
+                  for r in conn.execute(f"select message, data from {table}")]  # noqa: S608 - fixed names
     places["Prefect artifacts (query)"] = "\n".join(artifacts).encode()
     places["Prefect logs (query)"] = "\n".join(log_lines).encode()
+    places["Prefect states (query)"] = "\n".join(states).encode()
     hits = [f"{what} in {where}" for where, blob in places.items()
             for what, needle in needles.items() if needle in blob]
+    return hits, places, len(artifacts), len(log_lines)
+
+
+def test_no_secret_in_reports_logs_or_prefect(bed, sa_run, case):
+    case.describe("no secret leaks: canary OSS keys and the ServiceAccount token after the full run",
+                  "zero hits in the report dir, CLI stdout/stderr, the bed's logs of the run, Prefect's "
+                  "database (artifacts, logs, states, parameters) and result storage")
+    cli, rid = sa_run["cli"], sa_run["rid"]
+    hits, places, artifacts, log_lines = _leaks(bed, cli, rid, _needles(bed, sa_run["token"]), sa_run["logs"])
     control = sum(rid.encode() in blob for blob in places.values())
     files = sum(1 for p in places if p.startswith(("report", "bed log", "Prefect ")))
-    case.observe(f"searched {len(places)} sources ({files} files, {len(artifacts)} Prefect artifacts, {len(log_lines)} "
+    case.observe(f"searched {len(places)} sources ({files} files, {artifacts} Prefect artifacts, {log_lines} "
                  f"Prefect log lines) for 8 needles (keys, token, token signature, and their base64): "
                  f"{len(hits)} hits{': ' + '; '.join(hits[:4]) if hits else ''}; control: the run id appears in "
                  f"{control} sources")
     assert artifacts, "the run published no Prefect artifact to search"
     assert control >= 3
     assert hits == []
+
+
+def test_no_secret_leaks_from_a_failing_run(bed, sa_run, tmp_path, case):
+    """The same search after a run that fails (its smoke test meets no gateway) with the canary keys
+    in its environment, and a canary token in the environment of the process too: error paths, failed
+    Prefect states and the hook's messages carry no secret either."""
+    case.describe("no secret leaks from a failing run (under Prefect, smoke against a closed port)",
+                  "exit 1; zero hits for the canary keys and a canary token in the environment")
+    token = "tgcanarytoken" + "x7" * 12
+    logs_before = _log_sizes(bed.cfg.log_dir)
+    cli = run_cli(bed, validate_args(bed, "--set", "ingress.url=http://127.0.0.1:9", *DEFAULT_RBAC, prefect=True,
+                                     stages="stage,prepare,deploy,smoke,teardown"),
+                  tmp_path / "failing", timeout_s=600,
+                  env={"TIDEGATE_OSS_ACCESS_KEY_ID": bed.oss_key_id, "TIDEGATE_OSS_ACCESS_KEY_SECRET": bed.oss_key_secret,
+                       "KUBE_TOKEN": token})
+    rid = cli.run_id()
+    logs = {p: (logs_before.get(p, 0), size) for p, size in _log_sizes(bed.cfg.log_dir).items()}
+    needles = _needles(bed, token)
+    hits, places, artifacts, _ = _leaks(bed, cli, rid, needles, logs)
+    rep = cli.report()
+    case.seconds = cli.seconds
+    case.observe(f"exit {cli.rc}, smoke {rep['stages']['smoke']['status']}; searched {len(places)} sources: "
+                 f"{len(hits)} hits{': ' + '; '.join(hits[:4]) if hits else ''}")
+    assert cli.rc == 1, cli.stderr[-1500:]
+    assert rep["stages"]["smoke"]["status"] == "failed" and rep["staging"]["verified"] is True
+    assert hits == []
+    assert bed.leftovers(rid) == []
 
 
 def test_staged_keys_really_were_used(bed, sa_run, case):
