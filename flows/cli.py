@@ -17,7 +17,8 @@ import os
 import signal
 import sys
 
-from flows import commands, gatecmd, prefect_admin, testbed_cmd
+from flows import commands, gatecmd, loadcmd, prefect_admin, testbed_cmd
+from tasks.cancel import Terminated, handle
 from tasks.errors import TidegateError
 
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
@@ -28,22 +29,15 @@ os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tidegate")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tidegate", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
-    for module in (testbed_cmd, commands, gatecmd, prefect_admin):
+    for module in (testbed_cmd, commands, loadcmd, gatecmd, prefect_admin):
         module.register(sub)
     return p
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a cancelled CI job, an evicted pod): unwound like Ctrl-C, so that the run tears
-    down, writes its report and exits through the exit handlers (Prefect's temporary server)."""
-
-
-def _terminate(signum: int, _frame) -> None:
-    raise Terminated(signal.Signals(signum).name)
-
-
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, _terminate)
+    # SIGTERM raises Terminated at once, except in a run, which stops at its next checkpoint
+    # (tasks/cancel.py says why)
+    signal.signal(signal.SIGTERM, handle)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -55,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tidegate: {'terminated (SIGTERM)' if isinstance(exc, Terminated) else 'interrupted'}",
               file=sys.stderr)
         return 2
+
+
+__all__ = ["Terminated", "build_parser", "main"]
 
 
 if __name__ == "__main__":  # pragma: no cover

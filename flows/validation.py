@@ -8,12 +8,20 @@ it, also after a failure, so a half-finished run leaves nothing behind.
 Outcome: the flow returns a ``RunOutcome`` when every selected stage passed and the gate did
 not fail; otherwise it raises the error that decided the exit code (GateFailed / StageFailed
 -> 1, anything else -> 2), after the report is written.
+
+Cancellation (SIGTERM): the stages run within ``tasks.cancel.deferring()``, also under Prefect,
+whose own SIGTERM bridge it replaces for their length: the signal is recorded, the running
+stage stops at its next checkpoint (``Terminated``, the stage's status ``error``,
+"interrupted"), the next stage does not start, teardown runs to its end, the report is written.
+The flow then re-raises it as Prefect's ``TerminationSignal``, so that Prefect ends the flow run
+as it ends one it terminated itself (Crashed; Cancelled when its runner asked for a cancel).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import time
 import traceback
@@ -25,6 +33,7 @@ from prefect.cache_policies import NONE as NO_CACHE
 
 from flows.hooks import on_crashed, on_failure
 from flows.runid import check_run_id, new_run_id, run_id_for_flow_run
+from tasks import cancel
 from tasks import report as reporting
 from tasks.context import RunContext
 from tasks.errors import GateFailed, RunInconclusive, StageFailed, TidegateError
@@ -112,7 +121,7 @@ def execute(spec: RolloutSpec, stages: list[str], run_id: str, *, use_prefect: b
     report = RunReport(run_id=run_id, spec=spec.name, profile=spec.profile, started_at=reporting.now_iso())
     ctx = RunContext(spec=spec, run_id=run_id, report=report, profile=resolve_profile(spec),
                      ledger=Ledger.open(reporting.reports_root() / run_id), adopt=adopted)
-    with reporting.redacting_logs(ctx.secrets):  # the secrets the run learns are redacted from its logs
+    with reporting.redacting_logs(ctx.secrets), cancel.deferring():  # secrets are redacted from its logs
         return _run(ctx, stages, use_prefect)
 
 
@@ -125,6 +134,7 @@ def _run(ctx: RunContext, stages: list[str], use_prefect: bool) -> RunOutcome:
     body = [s for s in stages if s != "teardown"]
     try:
         for name in body:
+            cancel.check()  # SIGTERM between two stages: the next one does not start
             _call_stage(ctx, name, use_prefect)
     except BaseException as exc:  # noqa: BLE001 - recorded, teardown still runs, then re-raised
         failure = exc
@@ -177,6 +187,8 @@ def evidence_gaps(ctx: RunContext) -> list[str]:
         gaps.append(f"the load generator dropped {gen['records_dropped']} request records")
     if gen.get("deadline_hit"):
         gaps.append("the load generator hit its time bound before the shape ended")
+    if gen.get("behind"):  # open loop: it did not hold the schedule, so the latencies are not the service's
+        gaps.append(f"the load generator fell behind its schedule: {'; '.join(gen['behind'])}")
     return gaps
 
 
@@ -215,7 +227,12 @@ def elastic_rollout_validation(spec: RolloutSpec, stages: list[str] | None = Non
         from prefect.runtime import flow_run
 
         rid = run_id_for_flow_run(spec.name, flow_run.id) if flow_run.id else new_run_id(spec)
-    outcome = execute(spec, selected, rid, use_prefect=True, adopt=adopt)
+    try:
+        outcome = execute(spec, selected, rid, use_prefect=True, adopt=adopt)
+    except cancel.Terminated as exc:  # torn down and reported: Prefect ends the run as for its own SIGTERM
+        from prefect.exceptions import TerminationSignal
+
+        raise TerminationSignal(signal=exc.signum) from exc
     return {"run_id": outcome.run_id, "verdict": outcome.verdict, "report_dir": outcome.report_dir}
 
 
@@ -231,9 +248,20 @@ def run_local(spec: RolloutSpec, stages: list[str] | None, *, use_prefect: bool 
     # known before anything is created, so that a run killed mid-way can be cleaned up by id
     print(f"tidegate: run {rid} started", file=sys.stderr, flush=True)
     if not use_prefect:
-        return execute(spec, selected, rid, use_prefect=False, adopt=adopt)
+        outcome = execute(spec, selected, rid, use_prefect=False, adopt=adopt)
+        cancel.check()  # a SIGTERM after the last checkpoint still ends the command as terminated
+        return outcome
+    from prefect.exceptions import TerminationSignal
+
     from flows import reaper
 
     reaper.start(os.getpid())  # stops Prefect's temporary server should this process be SIGKILLed
-    result = elastic_rollout_validation(spec=spec, stages=selected, run_id=rid, adopt=adopt)
+    # deferring here too: Prefect sends the process a second SIGTERM when its flow run ended on
+    # one, and that must not raise somewhere in its exit path
+    with cancel.deferring():
+        try:
+            result = elastic_rollout_validation(spec=spec, stages=selected, run_id=rid, adopt=adopt)
+        except TerminationSignal as exc:
+            raise cancel.Terminated(signal.Signals(exc.signal).name) from None
+    cancel.check()
     return RunOutcome(result["run_id"], result["verdict"], result["report_dir"], 0)

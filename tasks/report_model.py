@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = "1.3.0"
+SCHEMA_VERSION = "1.4.0"
 
 StageStatus = Literal["passed", "failed", "skipped", "error", "not_run", "running"]
 Verdict = Literal["pass", "warn", "fail", "inconclusive"]
@@ -144,11 +144,26 @@ class LoadBlock(_Block):
                                             "(usage: the server's; chunks: counted).", default_factory=dict)
     errors: dict[str, int] = _detail("The ten most frequent error texts and their counts.", default_factory=dict)
     by_phase: dict[str, dict[str, Any]] = _detail(
-        "The contract figures per load phase (baseline, ramp, spike, hold, cooldown), by the phase a "
-        "request was sent in.", default_factory=dict)
+        "The contract figures and goodput per load phase (baseline, ramp, spike, hold, cooldown), by the "
+        "phase a request was sent in (intended, under open loop).", default_factory=dict)
     generator: dict[str, Any] = _detail(
         "The generator's own account: processes, CPU seconds and peak %, event-loop lag p99, records "
-        "dropped, stopped early, deadline hit.", default_factory=dict)
+        "dropped, stopped early, deadline hit; with open-loop arrivals also the arrival process and seed, "
+        "requested rate (the realised schedule: intended send times drawn / duration), nominal rate, "
+        "achieved rate and achieved/requested, schedule delay p50/p99 (actual - intended send time), "
+        "in-flight peak and cap hits, and `behind`: why it fell behind (the run is then inconclusive).",
+        default_factory=dict)
+    arrival: str | None = _detail("closed (users in a closed loop) or the open-loop arrival process "
+                                  "(poisson, gamma, constant).")
+    slo_attainment: float | None = _gated(
+        "Good requests / finished requests over the whole episode, drain included: good = succeeded and "
+        "met every per-request SLO of load.slo (TTFT, ITL p95, TPOT, e2e; latencies from the intended "
+        "send time under open loop); with no SLO set, good = succeeded.")
+    request_goodput_rps: float | None = _gated("Good requests per second of the episode (drain included).")
+    token_goodput_per_s: float | None = _gated(
+        "Output tokens of good requests per second of the episode (drain included).")
+    goodput: dict[str, Any] = _detail(
+        "How goodput was counted: the SLOs applied, good requests, the episode's seconds.", default_factory=dict)
 
 
 class ElasticityBlock(_Block):
