@@ -14,7 +14,9 @@ It listens on loopback only and owns four things:
   fields oss2's parsers insist on); ``x-oss-meta-*`` maps to ``x-amz-meta-*`` and back; S3
   error codes become OSS's.
 - **CRC64.** ``x-oss-hash-crc64ecma`` (CRC-64/XZ, as ``oss2.utils.Crc64`` computes it) is
-  computed while a PUT or UploadPart body streams through, combined over the parts at
+  computed while a PUT or UploadPart body streams through (an UploadPartCopy part's is the
+  source's stored CRC when it copies the whole source, else read back from the source range
+  it copied, pinned to the source's ETag), combined over the parts at
   CompleteMultipartUpload, and kept in a SQLite side table keyed by (bucket, key) *and the
   ETag*, so GET/HEAD report it only for the exact object version it was computed for (an
   object overwritten through the S3 path simply has no CRC header, which oss2 tolerates).
@@ -698,6 +700,76 @@ def s3_to_oss_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
+# -- copies ---------------------------------------------------------------------------------------
+def parse_copy_source(value: str) -> tuple[str, str]:
+    """(bucket, key) of ``x-oss-copy-source: /bucket/key`` (key URL-encoded; a ``?versionId=`` is
+    ignored: the test bed's store keeps no versions)."""
+    bucket, _, key = value.split("?", 1)[0].lstrip("/").partition("/")
+    if not value.startswith("/") or not bucket or not key:
+        raise OssError(400, "InvalidArgument", f"x-oss-copy-source must be /bucket/key, not {value!r}")
+    return bucket, unquote(key)
+
+
+def s3_copy_source(bucket: str, key: str) -> str:
+    return f"{_uri_encode(bucket)}/{_uri_encode(key, keep_slash=True)}"
+
+
+def parse_copy_range(value: str, size: int) -> tuple[int, int]:
+    """First and last byte (inclusive) that ``x-oss-copy-source-range`` selects of a ``size``-byte
+    source: ``bytes=a-b``, ``bytes=a-`` (to the end) or ``bytes=-n`` (the last n); no header
+    selects the whole source. A range that is malformed or not inside the source is an
+    ``InvalidArgument`` (OSS never copies less than was asked for)."""
+    if not value:
+        return 0, size - 1
+    unit, _, spec = value.strip().partition("=")
+    first_s, dash, last_s = spec.strip().partition("-")
+    digits = all(x.isdigit() for x in (first_s, last_s) if x)
+    if unit.strip().lower() != "bytes" or not dash or not (first_s or last_s) or not digits:
+        raise OssError(400, "InvalidArgument", f"x-oss-copy-source-range {value!r} is not bytes=first-last.")
+    if not first_s:
+        first, last = size - int(last_s), size - 1
+    else:
+        first, last = int(first_s), int(last_s) if last_s else size - 1
+    if not 0 <= first <= last < size:
+        raise OssError(400, "InvalidArgument", f"x-oss-copy-source-range {value!r} is not within the source "
+                                               f"object ({size} bytes).")
+    return first, last
+
+
+def check_copy_preconditions(headers: Mapping[str, str], etag: str, last_modified: str) -> None:
+    """Raise OSS's 412 ``PreconditionFailed`` unless the source (its ETag and Last-Modified)
+    meets every ``x-oss-copy-source-if-*`` header of the request."""
+    modified = _parse_http_date(last_modified)
+
+    def failed(name: str) -> OssError:
+        return OssError(412, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold.",
+                        Condition=name)
+
+    if_match = headers.get("x-oss-copy-source-if-match")
+    if if_match is not None and not any(_etag_eq(t.strip(), etag) for t in if_match.split(",")):
+        raise failed("x-oss-copy-source-if-match")
+    if_none_match = headers.get("x-oss-copy-source-if-none-match")
+    if if_none_match is not None and any(_etag_eq(t.strip(), etag) for t in if_none_match.split(",")):
+        raise failed("x-oss-copy-source-if-none-match")
+    since = _parse_http_date(headers.get("x-oss-copy-source-if-unmodified-since", ""))
+    if since is not None and modified is not None and modified > since:
+        raise failed("x-oss-copy-source-if-unmodified-since")
+    since = _parse_http_date(headers.get("x-oss-copy-source-if-modified-since", ""))
+    if since is not None and modified is not None and modified <= since:
+        raise failed("x-oss-copy-source-if-modified-since")
+
+
+def _source_changed(bucket: str, key: str) -> OssError:
+    return OssError(412, "PreconditionFailed", f"the copy source /{bucket}/{key} changed while it was being copied.",
+                    Condition="x-oss-copy-source-if-match")
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    """Mark a task's exception as seen when nobody awaits it (the copy it ran beside failed)."""
+    if not task.cancelled():
+        task.exception()
+
+
 # -- the adapter ----------------------------------------------------------------------------------
 class _Meter:
     """CRC64 and byte count of one request body as it streams through."""
@@ -1126,14 +1198,9 @@ class Adapter:
 
     async def op_CopyObject(self, ctx: Ctx) -> web.Response:
         v = ctx.view
-        source = v.header("x-oss-copy-source")
-        src_path = source.split("?", 1)[0].lstrip("/")
-        src_bucket, _, src_key_enc = src_path.partition("/")
-        src_key = unquote(src_key_enc)
-        if not src_bucket or not src_key:
-            raise OssError(400, "InvalidArgument", "x-oss-copy-source must be /bucket/key")
+        src_bucket, src_key = parse_copy_source(v.header("x-oss-copy-source"))
         headers = oss_to_s3_headers(v.headers)
-        headers["x-amz-copy-source"] = f"{_uri_encode(src_bucket)}/{_uri_encode(src_key, keep_slash=True)}"
+        headers["x-amz-copy-source"] = s3_copy_source(src_bucket, src_key)
         for k, val in v.headers.items():
             lk = k.lower()
             if lk.startswith("x-oss-copy-source-if-") or lk == "x-oss-metadata-directive":
@@ -1226,6 +1293,67 @@ class Adapter:
                                          headers, meter)
         self.store.put_part(upload_id, int(part), etag, meter.size, meter.crc.crc)
         return web.Response(status=200, headers={"ETag": etag, "x-oss-hash-crc64ecma": str(meter.crc.crc)})
+
+    async def op_UploadPartCopy(self, ctx: Ctx) -> web.Response:
+        """A part copied from an object: S3 UploadPartCopy pinned to the source's ETag as HEAD saw
+        it, so the part's CRC (stored for CompleteMultipartUpload) is that of the bytes copied."""
+        v = ctx.view
+        upload_id, part = v.params["uploadId"], v.params["partNumber"]
+        if not part.isdigit() or not 1 <= int(part) <= 10000:
+            raise OssError(400, "InvalidArgument", "Part number must be an integer between 1 and 10000, inclusive.")
+        await _drain(ctx.request)
+        src_bucket, src_key = parse_copy_source(v.header("x-oss-copy-source"))
+        src_head = await self._object_head(src_bucket, src_key)
+        if src_head is None:
+            raise await self._not_found(src_bucket)
+        src_etag = src_head.get("ETag", "")
+        check_copy_preconditions(v.headers, src_etag, src_head.get("Last-Modified", ""))
+        size = int(src_head.get("Content-Length", "0"))
+        range_header = v.header("x-oss-copy-source-range")
+        first, last = parse_copy_range(range_header, size)
+        headers = {"x-amz-copy-source": s3_copy_source(src_bucket, src_key),
+                   "x-amz-copy-source-if-match": src_etag}
+        if range_header:
+            headers["x-amz-copy-source-range"] = f"bytes={first}-{last}"
+        known = self.store.object_crc(src_bucket, src_key, src_etag) if (first, last) == (0, size - 1) else None
+        reading = None
+        if known is None:  # read the range while the store copies it
+            reading = asyncio.ensure_future(self._crc_of_range(src_bucket, src_key, src_etag, first, last))
+            reading.add_done_callback(_retrieve)
+        try:
+            s3 = await self.s3_xml("PUT", v.bucket, v.key, [("partNumber", part), ("uploadId", upload_id)], headers)
+        except BaseException:
+            if reading is not None:
+                reading.cancel()
+            raise
+        crc = known if reading is None else await reading
+        etag = _text(s3, "ETag")
+        self.store.put_part(upload_id, int(part), etag, last - first + 1, crc)
+        root = ET.Element("CopyPartResult")
+        _el(root, "LastModified", oss_time(_text(s3, "LastModified")))
+        _el(root, "ETag", etag)
+        return _xml_response(_xml_bytes(root), headers={"ETag": etag, "x-oss-hash-crc64ecma": str(crc)})
+
+    async def _crc_of_range(self, bucket: str, key: str, etag: str, first: int, last: int) -> int:
+        """CRC of bytes ``first..last`` of an object, read only if its ETag is still ``etag``."""
+        if last < first:
+            return crc64(b"")
+        c, size = Crc64Stream(), 0
+        headers = {"if-match": etag, "range": f"bytes={first}-{last}"}
+        async with await self.s3("GET", bucket, key, headers=headers) as resp:
+            if resp.status == 412 or (resp.status < 300 and not _etag_eq(resp.headers.get("ETag", ""), etag)):
+                raise _source_changed(bucket, key)
+            if resp.status == 404:
+                raise await self._not_found(bucket)
+            if resp.status >= 300:
+                raise self._s3_error(resp.status, await resp.read())
+            async for chunk in resp.content.iter_chunked(_CHUNK):
+                c.update(chunk)
+                size += len(chunk)
+        if size != last - first + 1:
+            raise OssError(500, "InternalError", f"read {size} bytes of the source range {first}-{last} of "
+                                                 f"/{bucket}/{key}, expected {last - first + 1}")
+        return c.crc
 
     async def _all_parts(self, bucket: str, key: str, upload_id: str) -> list[tuple[int, str, int]]:
         parts: list[tuple[int, str, int]] = []
@@ -1340,8 +1468,8 @@ def classify(view: RequestView) -> str:
                 return "HeadBucket"
     else:
         if "uploadId" in p:
-            if m == "PUT" and "partNumber" in p and "x-oss-copy-source" not in view.headers:
-                return "UploadPart"
+            if m == "PUT" and "partNumber" in p:
+                return "UploadPartCopy" if "x-oss-copy-source" in view.headers else "UploadPart"
             op = {"GET": "ListParts", "POST": "CompleteMultipartUpload", "DELETE": "AbortMultipartUpload"}.get(m)
             if op and "partNumber" not in p:
                 return op

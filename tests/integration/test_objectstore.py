@@ -212,6 +212,59 @@ def test_crc64_headers_for_put_and_multipart(bucket):
     assert copied.crc == crc64(body) == bucket.head_object("crc/copy").server_crc
 
 
+def test_upload_part_copy_of_two_ranges_keeps_bytes_and_crc64(store, bucket):
+    source = os.urandom(PART + 3 * MiB + 7)
+    src = bucket.put_object("copy/source a+ü.bin", source)
+    _admin(store, "stats", "DELETE")
+    upload_id = bucket.init_multipart_upload("copy/target").upload_id
+    ranges = [(0, PART - 1), (PART, len(source) - 1)]
+    parts = []
+    for number, (first, last) in enumerate(ranges, start=1):
+        r = bucket.upload_part_copy(objectstore.BUCKET, "copy/source a+ü.bin", (first, last), "copy/target",
+                                    upload_id, number, headers={"x-oss-copy-source-if-match": f'"{src.etag}"'})
+        assert r.etag and r.crc == crc64(source[first:last + 1])
+        parts.append(oss2.models.PartInfo(number, r.etag))
+    listed = bucket.list_parts("copy/target", upload_id).parts
+    assert [(p.part_number, p.etag, p.size) for p in listed] == [(1, parts[0].etag, PART),
+                                                                 (2, parts[1].etag, len(source) - PART)]
+    done = bucket.complete_multipart_upload("copy/target", upload_id, parts)
+    assert done.crc == src.crc == crc64(source)
+    got = bucket.get_object("copy/target")
+    assert got.read() == source and got.server_crc == crc64(source)
+    assert _admin(store, "stats")["ops"]["UploadPartCopy"] == 2
+
+    # no range: the whole source as one part; its CRC comes from the side table, no read-back
+    upload_id = bucket.init_multipart_upload("copy/whole").upload_id
+    whole = bucket.upload_part_copy(objectstore.BUCKET, "copy/target", None, "copy/whole", upload_id, 1)
+    assert whole.crc == crc64(source)
+    done = bucket.complete_multipart_upload("copy/whole", upload_id, [oss2.models.PartInfo(1, whole.etag)])
+    assert done.crc == crc64(source) == bucket.head_object("copy/whole").server_crc
+
+
+def test_upload_part_copy_errors_are_oss_errors(store, keys, bucket):
+    bucket.put_object("copy/errors/src", b"0123456789")
+    upload_id = bucket.init_multipart_upload("copy/errors/dst").upload_id
+
+    def copy(key="copy/errors/src", byte_range=None, headers=None, source_bucket=objectstore.BUCKET):
+        return bucket.upload_part_copy(source_bucket, key, byte_range, "copy/errors/dst", upload_id, 1,
+                                       headers=headers)
+
+    with pytest.raises(oss2.exceptions.NoSuchKey):
+        copy(key="copy/errors/missing")
+    with pytest.raises(oss2.exceptions.NoSuchBucket):
+        copy(source_bucket="no-such-bucket")
+    with pytest.raises(oss2.exceptions.InvalidArgument):
+        copy(byte_range=(5, 10))  # past the last byte
+    with pytest.raises(oss2.exceptions.InvalidArgument):
+        copy(byte_range=(6, 5))
+    with pytest.raises(oss2.exceptions.PreconditionFailed):
+        copy(headers={"x-oss-copy-source-if-match": '"0123456789abcdef0123456789abcdef"'})
+    with pytest.raises(oss2.exceptions.NoSuchUpload):
+        bucket.upload_part_copy(objectstore.BUCKET, "copy/errors/src", None, "copy/errors/dst", "no-such-upload", 1)
+    assert copy(byte_range=(2, 4)).crc == crc64(b"234")  # the upload is still usable
+    bucket.abort_multipart_upload("copy/errors/dst", upload_id)
+
+
 def test_list_objects_v1_v2_with_prefix_and_paging(bucket):
     keys = [f"listing/m/{i:02d}.bin" for i in range(5)] + ["listing/m/sub/x.bin", "listing/other.bin"]
     for k in keys:

@@ -176,6 +176,7 @@ def test_split_target_path_and_virtual_host():
     ("PUT", "k", {}, {}, "PutObject"),
     ("PUT", "k", {}, {"x-oss-copy-source": "/b/src"}, "CopyObject"),
     ("PUT", "k", {"partNumber": "1", "uploadId": "u"}, {}, "UploadPart"),
+    ("PUT", "k", {"partNumber": "1", "uploadId": "u"}, {"x-oss-copy-source": "/b/src"}, "UploadPartCopy"),
     ("POST", "k", {"uploads": ""}, {}, "InitiateMultipartUpload"),
     ("POST", "k", {"uploadId": "u"}, {}, "CompleteMultipartUpload"),
     ("DELETE", "k", {"uploadId": "u"}, {}, "AbortMultipartUpload"),
@@ -199,6 +200,53 @@ def test_classify_rejects_what_it_does_not_implement():
     with pytest.raises(oa.OssError) as err:
         oa.classify(oa.RequestView("POST", "b", "k", {"append": "", "position": "0"}, CIMultiDict()))
     assert err.value.code == "NotImplemented" and "append" in err.value.message
+
+
+# -- UploadPartCopy's headers -------------------------------------------------------------------
+def test_copy_source_is_decoded_as_oss2_encodes_it():
+    req = _signed(oss2.Auth(KEY_ID, SECRET), "PUT", "dst", "k", params={"partNumber": "1", "uploadId": "u"},
+                  headers={"x-oss-copy-source": "/src-bucket/" + oss2.compat.urlquote("a b/ü+%.bin", "")})
+    assert oa.parse_copy_source(_view(req).header("x-oss-copy-source")) == ("src-bucket", "a b/ü+%.bin")
+    assert oa.parse_copy_source("/b/k?versionId=v1") == ("b", "k")
+    for bad in ("", "/", "/b", "/b/", "b/k"):
+        with pytest.raises(oa.OssError) as err:
+            oa.parse_copy_source(bad)
+        assert (err.value.status, err.value.code) == (400, "InvalidArgument")
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("", (0, 99)), ("bytes=0-99", (0, 99)), ("bytes=10-19", (10, 19)), ("bytes=99-99", (99, 99)),
+    ("bytes=90-", (90, 99)), ("bytes=-10", (90, 99)), ("bytes=-100", (0, 99)),
+])
+def test_copy_range_within_the_source(value, expected):
+    assert oa.parse_copy_range(value, 100) == expected
+
+
+@pytest.mark.parametrize("value", ["bytes=0-100", "bytes=20-10", "bytes=100-", "bytes=-101", "bytes=-0",
+                                   "bytes=a-b", "bytes=1-2,4-5", "bytes=-", "items=0-9", "0-9", "bytes=+1-9"])
+def test_copy_range_outside_the_source_or_malformed_is_invalid_argument(value):
+    with pytest.raises(oa.OssError) as err:
+        oa.parse_copy_range(value, 100)
+    assert (err.value.status, err.value.code) == (400, "InvalidArgument")
+
+
+def test_copy_preconditions():
+    etag, modified = '"abc"', "Sat, 28 Nov 2026 20:00:00 GMT"
+    earlier, later = "Sat, 28 Nov 2026 19:00:00 GMT", "Sat, 28 Nov 2026 21:00:00 GMT"
+    ok = [{}, {"x-oss-copy-source-if-match": '"abc"'}, {"x-oss-copy-source-if-match": "ABC"},
+          {"x-oss-copy-source-if-none-match": '"xyz"'}, {"x-oss-copy-source-if-unmodified-since": modified},
+          {"x-oss-copy-source-if-modified-since": earlier}]
+    for headers in ok:
+        oa.check_copy_preconditions(CIMultiDict(headers), etag, modified)
+    failing = [("x-oss-copy-source-if-match", '"xyz"'), ("x-oss-copy-source-if-none-match", '"abc"'),
+               ("x-oss-copy-source-if-unmodified-since", earlier), ("x-oss-copy-source-if-modified-since", later)]
+    for name, value in failing:
+        with pytest.raises(oa.OssError) as err:
+            oa.check_copy_preconditions(CIMultiDict({name: value}), etag, modified)
+        assert (err.value.status, err.value.code, err.value.extra) == (412, "PreconditionFailed",
+                                                                       {"Condition": name})
+        body = oa.render_error_xml(err.value, "R", "H")
+        assert isinstance(oss2.exceptions.make_exception(_FakeResp(412, body)), oss2.exceptions.PreconditionFailed)
 
 
 # -- OSS XML that oss2's parsers accept ---------------------------------------------------------
