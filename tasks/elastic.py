@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from tasks import cancel
 from tasks.kube import Kube
 from tasks.load import LoadResult, Phase, run_load
 from tasks.observe import Observer, Timeline
@@ -60,7 +61,7 @@ def run_spike(kube: Kube, spec: RolloutSpec, run_id: str, out_dir: Path,
         t0 = time.monotonic()
         deadline = t0 + max(30.0, float(spec.load.cooldown_s))
         while time.monotonic() < deadline and _elastic_nodes(kube, spec) > 0:
-            time.sleep(2)
+            cancel.sleep(2)
         settle_s = round(time.monotonic() - t0, 1)
     finally:
         timeline = observer.stop()

@@ -85,6 +85,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pandas as pd
 
+from tasks import cancel
 from tasks.errors import SpecError, StageFailed, StageNotImplemented
 from tasks.report_model import CONTRACT_KEYS as REPORT_CONTRACT_KEYS
 from tasks.report_model import E2E, ITL, TPOT, TTFT, LoadBlock
@@ -550,11 +551,13 @@ def _kill(procs: Sequence[_Proc]) -> None:
 
 
 def _wait(procs: list[_Proc], kill_at: float, stop_event: threading.Event | None) -> tuple[bool, bool]:
-    """Wait for every process; (stopped early, killed at the time bound)."""
+    """Wait for every process; (stopped early, killed at the time bound). A checkpoint of
+    ``tasks.cancel``: Terminated (the caller kills the processes)."""
     lead = procs[0]
     stopped = False
     term_sent_at: float | None = None
     while any(p.popen.poll() is None for p in procs):
+        cancel.check()
         now = time.time()
         if now > kill_at:
             _kill(procs)
