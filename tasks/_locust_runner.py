@@ -39,10 +39,11 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
+import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from http.client import HTTPException
 from typing import Any
 
@@ -51,6 +52,7 @@ SAMPLE_INTERVAL_S = 0.25
 FLUSH_INTERVAL_S = 1.0
 MAX_ERROR_BODY_BYTES = 2048
 MAX_LINE_BYTES = 1 << 20
+STOP_WAIT_GRACE_S = 10.0
 
 
 def step_at(t_ends: Sequence[float], t: float) -> int | None:
@@ -111,40 +113,153 @@ class Recorder:
             fh.write("\n".join(batch) + "\n")
 
 
-def _build_user(cfg: dict[str, Any], recorder: Recorder):
-    """The Locust user class for ``cfg`` (defined after locust is imported)."""
+class _FixedSource:
+    """Today's request content (``load.prompt``, ``load.max_tokens``): the fallback used when the
+    parent had no ``tasks.requestgen`` to build ``cfg["requests"]`` with."""
+
+    def __init__(self, cfg: dict[str, Any]):
+        self.prompt = str(cfg["prompt"])
+        self.max_tokens = int(cfg["max_tokens"])
+        self.input_tokens = max(1, round(len(self.prompt.split()) / float(cfg.get("words_per_token") or 0.75)))
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], seed: int, worker: int) -> _FixedSource:
+        return cls(cfg)
+
+    def next(self) -> tuple[str, int, int]:
+        return self.prompt, self.max_tokens, self.input_tokens
+
+
+def request_source(cfg: dict[str, Any], worker: int) -> Any:
+    """The process's request source: ``tasks.requestgen.RequestSource`` for ``cfg["requests"]``
+    (seeded from the run seed and this process's index), or today's fixed prompt."""
+    req = cfg.get("requests") or {"kind": "fixed", "config": {"prompt": cfg["body"]["messages"][0]["content"],
+                                                             "max_tokens": cfg["body"].get("max_tokens", 16)}}
+    seed = int(cfg.get("seed") or 0)
+    if req.get("kind") == "requestgen":
+        from tasks.requestgen import RequestSource
+
+        return RequestSource.from_config(req["config"], seed=seed, worker=worker)
+    return _FixedSource.from_config(req["config"], seed=seed, worker=worker)
+
+
+# -- the arrival schedule (pure: no gevent) -------------------------------------------------------
+ARRIVALS = ("poisson", "gamma", "constant")
+
+
+def unit_gaps(arrival: str, cv: float, rng: Any) -> Iterator[float]:
+    """Inter-arrival gaps of a renewal process with mean 1: exponential (poisson), gamma with
+    shape ``k = 1/cv^2`` and scale ``1/k`` (gamma: mean 1, coefficient of variation ``cv``), or
+    exactly 1 (constant)."""
+    if arrival == "poisson":
+        expo = rng.expovariate
+        while True:
+            yield expo(1.0)
+    elif arrival == "gamma":
+        k = 1.0 / (float(cv) ** 2)
+        gam = rng.gammavariate
+        while True:
+            yield gam(k, 1.0 / k)
+    elif arrival == "constant":
+        while True:
+            yield 1.0
+    else:
+        raise ValueError(f"arrival {arrival!r} is not one of {', '.join(ARRIVALS)}")
+
+
+class RateIntegral:
+    """``L(t)``, the integral of a piecewise-linear rate (rows ``[t_end_s, rate_from, rate, phase]``,
+    ``LoadShape.rate_table``) times ``share``, and its inverse.
+
+    Arrivals over a time-varying rate come from a unit-rate renewal process mapped through the
+    inverse (time rescaling): the k-th arrival is at ``t`` with ``L(t) = s_k``. For a constant rate
+    this is the plain process at that rate; during a ramp the gaps shrink with the rate, and a
+    gamma process keeps its cv at every rate.
+    """
+
+    def __init__(self, rate_steps: Sequence[Sequence[Any]], share: float = 1.0):
+        self.segments: list[tuple[float, float, float, float, float]] = []  # a, b, r0, slope, L(a)
+        self.ends: list[float] = []
+        a = total = 0.0
+        for row in rate_steps:
+            b, r0, r1 = float(row[0]), float(row[1]) * share, float(row[2]) * share
+            w = b - a
+            slope = (r1 - r0) / w if w > 0 else 0.0
+            self.segments.append((a, b, r0, slope, total))
+            total += r0 * w + slope * w * w / 2
+            self.ends.append(total)
+            a = b
+        self.total = total
+        self.duration_s = a
+
+    def time_at(self, s: float) -> float | None:
+        """The ``t`` with ``L(t) = s``; None when ``s`` is beyond the shape's total."""
+        i = bisect.bisect_right(self.ends, s)
+        if i >= len(self.segments) or s < 0:
+            return None
+        a, b, r0, slope, l0 = self.segments[i]
+        d = s - l0
+        root = r0 * r0 + 2 * slope * d
+        den = r0 + math.sqrt(root if root > 0 else 0.0)
+        x = 2 * d / den if den > 0 else 0.0
+        return min(a + x, b)
+
+
+def intended_offsets(rate_steps: Sequence[Sequence[Any]], arrival: str, cv: float, rng: Any, *,
+                     share: float = 1.0, phase: float = 0.5) -> Iterator[float]:
+    """Intended send times (seconds from the shape's start, increasing) over the rate table,
+    for one generator process carrying ``share`` of the rate. ``phase`` (in [0, 1)) places a
+    constant process's first arrival: processes ``i`` of ``n`` at ``(i + 0.5) / n`` interleave
+    into one evenly spaced stream. Ends at the shape's end."""
+    integral = RateIntegral(rate_steps, share)
+    gaps = unit_gaps(arrival, cv, rng)
+    s = float(phase) if arrival == "constant" else next(gaps)
+    while True:
+        t = integral.time_at(s)
+        if t is None:
+            return
+        yield t
+        s += next(gaps)
+
+
+def schedule_seed(seed: int, index: int) -> str:
+    """The seed of process ``index``'s arrival draws: independent per process, fixed by the run seed."""
+    return f"tidegate-arrivals:{int(seed)}:{int(index)}"
+
+
+# -- the request -----------------------------------------------------------------------------------
+def _build_sender(cfg: dict[str, Any], recorder: Recorder):
+    """(Conn, send): a keep-alive connection holder and the function that sends one chat request
+    on it and returns its record (defined after gevent is imported)."""
     import gevent
     from gevent import GreenletExit
     from geventhttpclient import HTTPClient
     from geventhttpclient.url import URL
-    from locust import User, constant, task
 
     base = URL(cfg["base_url"])
     path = base.path.rstrip("/") + cfg["path"] if base.path not in ("", "/") else cfg["path"]
-    body = json.dumps(cfg["body"], separators=(",", ":")).encode()
+    template = dict(cfg["body"])
     stream = bool(cfg["stream"])
     headers = {"Host": cfg["host"], "Content-Type": "application/json",
                "Accept": "text/event-stream" if stream else "application/json"}
     timeout_s = float(cfg["request_timeout_s"])
     connect_s = float(cfg["connect_timeout_s"])
-    pause_s = float(cfg["failure_pause_s"])
     loads = json.loads
+    dumps = json.dumps
     perf = time.perf_counter
 
     class _RequestTimeout(Exception):
         pass
 
-    class ChatUser(User):
-        """Sends the seed's chat request in a loop, recording one record per request."""
+    class Conn:
+        """One keep-alive connection (geventhttpclient, concurrency 1), dropped after an error."""
 
-        host = cfg["base_url"]
-        wait_time = constant(0)
-        _client: HTTPClient | None = None
+        __slots__ = ("_client",)
 
-        def on_stop(self) -> None:
-            self._drop_client()
+        def __init__(self) -> None:
+            self._client: HTTPClient | None = None
 
-        def _drop_client(self) -> None:
+        def drop(self) -> None:
             client, self._client = self._client, None
             if client is not None:
                 try:
@@ -152,130 +267,258 @@ def _build_user(cfg: dict[str, Any], recorder: Recorder):
                 except Exception:  # noqa: BLE001 - closing a broken pool must not fail the user
                     pass
 
-        def _http(self) -> HTTPClient:
+        def http(self) -> HTTPClient:
             if self._client is None:
                 self._client = HTTPClient.from_url(
                     base, concurrency=1, connection_timeout=connect_s,
                     network_timeout=timeout_s, insecure=not cfg.get("verify_tls", True))
             return self._client
 
+    def body_for(prompt: str, max_tokens: int) -> bytes:
+        doc = dict(template)
+        doc["messages"] = [{"role": "user", "content": prompt}]
+        doc["max_tokens"] = int(max_tokens)
+        return dumps(doc, separators=(",", ":")).encode()
+
+    def send(conn: Conn, body: bytes, rec: dict[str, Any], intended: float | None) -> dict[str, Any]:
+        """Send on ``conn``; ``rec`` has the request's fields. ``intended`` (epoch s, open loop):
+        TTFT and e2e count from it, so time spent waiting to be sent is part of the latency."""
+        rec.update({"start": time.time(), "end": None, "e2e_ms": None, "status": 0,
+                    "error": "", "ttft_ms": None, "itl_ms": [], "chunks": 0,
+                    "output_tokens": 0, "tokens_source": "chunks", "done": False, "cancelled": False})
+        if intended is None:
+            rec["intended"], lead_ms = rec["start"], 0.0
+        else:
+            rec["intended"], lead_ms = intended, max(0.0, (rec["start"] - intended) * 1000)
+        rec["send_delay_ms"] = round(lead_ms, 3)
+        t0 = perf() - lead_ms / 1000
+        usage_tokens = None
+        streaming = False
+        timer = gevent.Timeout(timeout_s, _RequestTimeout)
+        timer.start()
+        try:
+            resp = conn.http().request("POST", path, body=body, headers=headers)
+            status = rec["status"] = resp.get_code()
+            if status != 200:
+                rec["error"] = _error_text(status, resp.read(MAX_ERROR_BODY_BYTES))
+                conn.drop()
+            elif stream:
+                streaming = True
+                gaps = rec["itl_ms"]
+                last = None
+                readline = resp.readline
+                while True:
+                    line = readline(b"\n")
+                    if not line:
+                        break
+                    now = perf()
+                    if len(line) > MAX_LINE_BYTES:
+                        raise ValueError(f"SSE line longer than {MAX_LINE_BYTES} bytes")
+                    if not line.startswith(b"data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        rec["done"] = True
+                        break
+                    try:
+                        event = loads(data)
+                    except ValueError:
+                        rec["error"] = f"malformed SSE event: {data[:80]!r}"
+                        conn.drop()
+                        break
+                    if "error" in event and not event.get("choices"):
+                        err = event["error"]
+                        message = err.get("message") if isinstance(err, dict) else err
+                        rec["error"] = f"error event: {message}"[:240]
+                        conn.drop()
+                        break
+                    usage = event.get("usage")
+                    if usage and usage.get("completion_tokens") is not None:
+                        usage_tokens = int(usage["completion_tokens"])
+                    choices = event.get("choices")
+                    if choices:
+                        delta = choices[0].get("delta") or {}
+                        if delta.get("content"):
+                            rec["chunks"] += 1
+                            if last is None:
+                                rec["ttft_ms"] = round((now - t0) * 1000, 3)
+                            else:
+                                gaps.append(round((now - last) * 1000, 3))
+                            last = now
+                if rec["done"]:
+                    resp.read()  # the chunked terminator: leaves the connection reusable
+                elif not rec["error"]:
+                    rec["error"] = "truncated stream: ended without [DONE]"
+                    conn.drop()
+            else:
+                doc = loads(resp.read())
+                usage = doc.get("usage") or {}
+                if usage.get("completion_tokens") is not None:
+                    usage_tokens = int(usage["completion_tokens"])
+                choice = (doc.get("choices") or [{}])[0]
+                content = (choice.get("message") or {}).get("content")
+                rec["chunks"] = 1 if content else 0
+                rec["done"] = True
+            if not rec["error"] and not rec["chunks"]:
+                rec["error"] = "empty response: no content"
+        except _RequestTimeout:
+            rec["error"] = f"timeout after {timeout_s:g}s"
+            conn.drop()
+        except GreenletExit:
+            rec["cancelled"] = True
+            rec["error"] = "cancelled: the generator stopped this user mid-request"
+            _finish(rec, t0, usage_tokens)
+            conn.drop()
+            recorder.add(rec)
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure is this request's error
+            what = f"{type(exc).__name__}: {exc}"
+            if streaming:
+                rec["error"] = f"truncated stream: connection broken mid-response ({what})"[:240]
+            elif isinstance(exc, (OSError, HTTPException)):
+                rec["error"] = f"connection error: {what}"[:240]
+            else:
+                rec["error"] = what[:240]
+            conn.drop()
+        finally:
+            timer.cancel()
+        _finish(rec, t0, usage_tokens)
+        return rec
+
+    def _finish(rec: dict[str, Any], t0: float, usage_tokens: int | None) -> None:
+        rec["e2e_ms"] = round((perf() - t0) * 1000, 3)
+        rec["end"] = rec["intended"] + rec["e2e_ms"] / 1000
+        if usage_tokens is not None:
+            rec["output_tokens"], rec["tokens_source"] = usage_tokens, "usage"
+        else:
+            rec["output_tokens"] = rec["chunks"]
+
+    return Conn, send, body_for
+
+
+def _build_user(cfg: dict[str, Any], recorder: Recorder, source: Any):
+    """The closed-loop Locust user class for ``cfg`` (defined after locust is imported)."""
+    import gevent
+    from locust import User, constant, task
+
+    Conn, send, body_for = _build_sender(cfg, recorder)
+    pause_s = float(cfg["failure_pause_s"])
+
+    class ChatUser(User):
+        """Sends a chat request in a loop (closed loop: the next when the last returned),
+        recording one record per request; one keep-alive connection per user."""
+
+        host = cfg["base_url"]
+        wait_time = constant(0)
+
+        def on_start(self) -> None:
+            self._conn = Conn()
+
+        def on_stop(self) -> None:
+            self._conn.drop()
+
         @task
         def chat(self) -> None:
-            rec = self._request()
+            prompt, max_tokens, input_tokens = source.next()
+            rec: dict[str, Any] = {"users": recorder.users() if recorder.users is not None else None,
+                                   "input_tokens": int(input_tokens), "max_tokens": int(max_tokens)}
+            rec = send(self._conn, body_for(prompt, max_tokens), rec, None)
             recorder.add(rec)
             if rec["error"] and not rec["cancelled"]:
                 gevent.sleep(pause_s)
 
-        def _request(self) -> dict[str, Any]:
-            rec: dict[str, Any] = {"start": time.time(), "end": None, "e2e_ms": None, "status": 0,
-                                   "error": "", "ttft_ms": None, "itl_ms": [], "chunks": 0,
-                                   "output_tokens": 0, "tokens_source": "chunks", "done": False,
-                                   "cancelled": False,
-                                   "users": recorder.users() if recorder.users is not None else None}
-            t0 = perf()
-            usage_tokens = None
-            streaming = False
-            timer = gevent.Timeout(timeout_s, _RequestTimeout)
-            timer.start()
-            try:
-                resp = self._http().request("POST", path, body=body, headers=headers)
-                status = rec["status"] = resp.get_code()
-                if status != 200:
-                    rec["error"] = _error_text(status, resp.read(MAX_ERROR_BODY_BYTES))
-                    self._drop_client()
-                elif stream:
-                    streaming = True
-                    gaps = rec["itl_ms"]
-                    last = None
-                    readline = resp.readline
-                    while True:
-                        line = readline(b"\n")
-                        if not line:
-                            break
-                        now = perf()
-                        if len(line) > MAX_LINE_BYTES:
-                            raise ValueError(f"SSE line longer than {MAX_LINE_BYTES} bytes")
-                        if not line.startswith(b"data:"):
-                            continue
-                        data = line[5:].strip()
-                        if data == b"[DONE]":
-                            rec["done"] = True
-                            break
-                        try:
-                            event = loads(data)
-                        except ValueError:
-                            rec["error"] = f"malformed SSE event: {data[:80]!r}"
-                            self._drop_client()
-                            break
-                        if "error" in event and not event.get("choices"):
-                            err = event["error"]
-                            message = err.get("message") if isinstance(err, dict) else err
-                            rec["error"] = f"error event: {message}"[:240]
-                            self._drop_client()
-                            break
-                        usage = event.get("usage")
-                        if usage and usage.get("completion_tokens") is not None:
-                            usage_tokens = int(usage["completion_tokens"])
-                        choices = event.get("choices")
-                        if choices:
-                            delta = choices[0].get("delta") or {}
-                            if delta.get("content"):
-                                rec["chunks"] += 1
-                                if last is None:
-                                    rec["ttft_ms"] = round((now - t0) * 1000, 3)
-                                else:
-                                    gaps.append(round((now - last) * 1000, 3))
-                                last = now
-                    if rec["done"]:
-                        resp.read()  # the chunked terminator: leaves the connection reusable
-                    elif not rec["error"]:
-                        rec["error"] = "truncated stream: ended without [DONE]"
-                        self._drop_client()
-                else:
-                    doc = loads(resp.read())
-                    usage = doc.get("usage") or {}
-                    if usage.get("completion_tokens") is not None:
-                        usage_tokens = int(usage["completion_tokens"])
-                    choice = (doc.get("choices") or [{}])[0]
-                    content = (choice.get("message") or {}).get("content")
-                    rec["chunks"] = 1 if content else 0
-                    rec["done"] = True
-                if not rec["error"] and not rec["chunks"]:
-                    rec["error"] = "empty response: no content"
-            except _RequestTimeout:
-                rec["error"] = f"timeout after {timeout_s:g}s"
-                self._drop_client()
-            except GreenletExit:
-                rec["cancelled"] = True
-                rec["error"] = "cancelled: the generator stopped this user mid-request"
-                self._finish(rec, t0, usage_tokens)
-                self._drop_client()
-                recorder.add(rec)
-                raise
-            except Exception as exc:  # noqa: BLE001 - any failure is this request's error
-                what = f"{type(exc).__name__}: {exc}"
-                if streaming:
-                    rec["error"] = f"truncated stream: connection broken mid-response ({what})"[:240]
-                elif isinstance(exc, (OSError, HTTPException)):
-                    rec["error"] = f"connection error: {what}"[:240]
-                else:
-                    rec["error"] = what[:240]
-                self._drop_client()
-            finally:
-                timer.cancel()
-            self._finish(rec, t0, usage_tokens)
-            return rec
-
-        @staticmethod
-        def _finish(rec: dict[str, Any], t0: float, usage_tokens: int | None) -> None:
-            rec["e2e_ms"] = round((perf() - t0) * 1000, 3)
-            rec["end"] = rec["start"] + rec["e2e_ms"] / 1000
-            if usage_tokens is not None:
-                rec["output_tokens"], rec["tokens_source"] = usage_tokens, "usage"
-            else:
-                rec["output_tokens"] = rec["chunks"]
-
     return ChatUser
+
+
+class OpenLoop:
+    """The open-loop dispatcher of one generator process (runs in gevent).
+
+    It draws intended send times from ``intended_offsets`` for this process's share of the rate
+    (``1 / processes``; seeds ``schedule_seed(seed, index)``), sleeps until each, and sends the
+    request on a greenlet of its own over a free keep-alive connection (a new one when none is
+    idle). At most ``max_in_flight`` requests are in flight: a request due while the cap is
+    reached waits for a slot, its wait is schedule delay, and ``cap_hits`` counts those waits.
+    A failed request does not pause the schedule (arrivals do not depend on answers).
+    """
+
+    def __init__(self, cfg: dict[str, Any], recorder: Recorder, source: Any, index: int, processes: int):
+        import random
+
+        self.cfg, self.recorder, self.source = cfg, recorder, source
+        self.conn_cls, self.send, self.body_for = _build_sender(cfg, recorder)
+        self.rng = random.Random(schedule_seed(int(cfg.get("seed") or 0), index))
+        self.share = 1.0 / max(1, processes)
+        slot = index - 1 if processes > 1 else 0  # workers are numbered from 1
+        self.phase = (slot + 0.5) / max(1, processes)
+        self.cap = int(cfg.get("max_in_flight") or 2000)
+        self.idle: list[Any] = []
+        self.in_flight = 0
+        self.in_flight_max = 0
+        self.cap_hits = 0
+        self.scheduled = 0
+        self.sent = 0
+        self.nominal = RateIntegral(cfg["rate_steps"], self.share).total
+        self.greenlets: Any = None
+        self.started_at: float | None = None
+        self.schedule_ended_at: float | None = None
+
+    def run(self, t0: float, stop_timeout_s: float) -> None:
+        """Dispatch the schedule from epoch ``t0``, then wait (up to ``stop_timeout_s``) for the
+        requests in flight; those still running then are cancelled (and recorded so)."""
+        import gevent
+        from gevent.lock import Semaphore
+        from gevent.pool import Group
+
+        self.started_at = t0
+        self.greenlets = Group()
+        slots = Semaphore(self.cap)
+        duration = RateIntegral(self.cfg["rate_steps"]).duration_s
+        give_up_at = t0 + duration + stop_timeout_s
+        try:
+            for offset in intended_offsets(self.cfg["rate_steps"], self.cfg["arrival"], float(self.cfg.get("cv") or 1.0),
+                                           self.rng, share=self.share, phase=self.phase):
+                self.scheduled += 1
+                due = t0 + offset
+                wait = due - time.time()
+                if wait > 0:
+                    gevent.sleep(wait)
+                if slots.locked():
+                    self.cap_hits += 1
+                    if not slots.acquire(timeout=max(0.0, give_up_at - time.time())):
+                        break  # still at the cap when the drain is over: the rest is never sent
+                else:
+                    slots.acquire()
+                self.greenlets.spawn(self._one, due, slots)
+        finally:
+            self.schedule_ended_at = time.time()
+        self.greenlets.join(timeout=max(0.0, min(give_up_at, time.time() + stop_timeout_s) - time.time()))
+        self.greenlets.kill(block=True, timeout=5)
+
+    def abort(self) -> None:
+        """Cancel every request in flight (recorded as cancelled)."""
+        if self.greenlets is not None:
+            self.greenlets.kill(block=True, timeout=5)
+
+    def _one(self, intended: float, slots: Any) -> None:
+        conn = self.idle.pop() if self.idle else self.conn_cls()
+        self.in_flight += 1
+        self.sent += 1
+        self.in_flight_max = max(self.in_flight_max, self.in_flight)
+        try:
+            prompt, max_tokens, input_tokens = self.source.next()
+            rec: dict[str, Any] = {"users": self.in_flight, "in_flight": self.in_flight,
+                                   "input_tokens": int(input_tokens), "max_tokens": int(max_tokens)}
+            rec = self.send(conn, self.body_for(prompt, max_tokens), rec, intended)
+            self.recorder.add(rec)
+        finally:
+            self.in_flight -= 1
+            slots.release()
+        self.idle.append(conn)
+
+    def summary(self) -> dict[str, Any]:
+        return {"scheduled": self.scheduled, "sent": self.sent, "nominal_requests": round(self.nominal, 3),
+                "in_flight_max": self.in_flight_max, "in_flight_cap_hits": self.cap_hits,
+                "max_in_flight": self.cap, "schedule_ended_at": self.schedule_ended_at}
 
 
 def _build_shape(steps: list[list[Any]]):
@@ -323,9 +566,13 @@ def main(argv: list[str] | None = None) -> int:
     role = args.role
     name = "local" if role == "local" else ("master" if role == "master" else f"worker{args.index}")
     recorder = Recorder(os.path.join(out_dir, f"records-{name}.jsonl"), int(cfg["max_records"]), args.index)
+    source = request_source(cfg, args.index)
     # the master never runs users, but dispatches them by class name
-    user_class = _build_user(cfg, recorder)
-    shape = _build_shape(cfg["steps"]) if role != "worker" else None
+    user_class = _build_user(cfg, recorder, source)
+    open_loop = cfg.get("arrival", "closed") != "closed"
+    if open_loop and role == "local":
+        return _drive_open(cfg, role, None, recorder, source, name, args.index)
+    shape = _build_shape(cfg["steps"]) if role != "worker" and not open_loop else None
     env = Environment(user_classes=[user_class], shape_class=shape,
                       host=cfg["base_url"], stop_timeout=float(cfg["stop_timeout_s"]))
     if role == "local":
@@ -335,7 +582,181 @@ def main(argv: list[str] | None = None) -> int:
         runner = env.create_master_runner(master_bind_host="127.0.0.1", master_bind_port=int(cfg["master_port"]))
     else:
         runner = env.create_worker_runner(master_host="127.0.0.1", master_port=int(cfg["master_port"]))
+    if open_loop:
+        return _drive_open(cfg, role, runner, recorder, source, name, args.index)
     return _drive(cfg, role, runner, recorder, shape, name)
+
+
+def _drive_open(cfg: dict[str, Any], role: str, runner: Any, recorder: Recorder, source: Any, name: str,
+                index: int) -> int:
+    """Open-loop arrivals: ``local`` dispatches the whole rate itself; ``master`` waits for its
+    workers, then sends them the start epoch (Locust's custom message ``tidegate_start``) and
+    waits for every ``tidegate_done``; each ``worker`` dispatches its share of the rate from that
+    epoch. No Locust users run: the dispatcher (``OpenLoop``) is the load."""
+    import signal
+
+    import gevent
+    from gevent.event import Event
+
+    out_dir = cfg["out_dir"]
+    deadline = float(cfg["deadline_epoch"])
+    stop_timeout = float(cfg["stop_timeout_s"])
+    duration = RateIntegral(cfg["rate_steps"]).duration_s
+    parent = os.getppid()
+    workers = int(cfg.get("workers") or 0)
+    info: dict[str, Any] = {"role": role, "name": name, "started_at": None, "shape_ended_at": None,
+                            "stopped_at": None, "stopped_early": False, "deadline_hit": False,
+                            "workers_connected": 0, "cpu_max_percent": 0.0, "arrival": cfg["arrival"],
+                            "seed": cfg.get("seed")}
+    dispatcher = OpenLoop(cfg, recorder, source, index, workers if role != "local" else 1) \
+        if role != "master" else None
+    done_event = Event()
+    runs: list[Any] = []
+    done_workers: set[str] = set()
+
+    def flusher() -> None:
+        while True:
+            gevent.sleep(FLUSH_INTERVAL_S)
+            recorder.flush()
+
+    def abort(reason: str) -> None:
+        info["stopped_early"] = True
+        info["deadline_hit"] = reason == "deadline"
+        info.setdefault("quit_reason", reason)
+        for g in runs:
+            g.kill(block=False)
+        if runner is not None:
+            gevent.spawn(_quietly, runner.quit)
+        done_event.set()
+
+    def watchdog() -> None:
+        while True:
+            gevent.sleep(0.5)
+            if os.getppid() != parent:
+                abort("parent gone")
+                return
+            if time.time() > deadline:
+                abort("deadline")
+                return
+
+    def hard_exit() -> None:
+        recorder.flush()
+        print("locust runner: did not stop in time after its deadline; exiting hard", file=sys.stderr)
+        os._exit(3)
+
+    gevent.signal_handler(signal.SIGTERM, lambda: gevent.spawn(abort, "signal"))
+    gevent.signal_handler(signal.SIGINT, lambda: gevent.spawn(abort, "signal"))
+    import psutil
+
+    me = psutil.Process()
+
+    def cpu_s() -> float:
+        t = me.cpu_times()
+        return t.user + t.system
+
+    lag = LoopLag()
+    gevent.spawn(flusher)
+    gevent.spawn(watchdog)
+    gevent.spawn(lag.run)
+    gevent.spawn_later(max(0.0, deadline - time.time()) + 10.0, hard_exit)
+
+    def dispatch(t0: float) -> None:
+        assert dispatcher is not None
+        info["started_at"] = t0
+        dispatcher.run(t0, stop_timeout)
+        done_event.set()
+
+    def finish(path: str) -> int:
+        info["stopped_at"] = time.time()
+        info["cpu_seconds"] = round(cpu_s() - cpu0, 3)
+        if info["started_at"] is not None and info["shape_ended_at"] is None:
+            info["shape_ended_at"] = min(info["started_at"] + duration, info["stopped_at"])
+        recorder.flush()
+        extra = dispatcher.summary() if dispatcher is not None else {}
+        _write_json(path, {**info, **lag.summary(), **extra, "records": recorder.kept,
+                           "records_dropped": recorder.dropped, "failures": recorder.failures})
+        return 0
+
+    if role == "worker":
+        def on_start(environment: Any, msg: Any, **_kw: Any) -> None:
+            def go() -> None:
+                dispatch(float(msg.data["t0"]))
+                _quietly(runner.send_message, "tidegate_done", {"index": index})
+            runs.append(gevent.spawn(go))
+
+        runner.register_message("tidegate_start", on_start)
+        gevent.spawn(_cpu_sampler, info)
+        cpu0 = cpu_s()
+        runner.greenlet.join()  # ends on the master's quit
+        if any(not g.dead for g in runs):  # the master quit before this worker's schedule and drain were done
+            info["stopped_early"] = True
+        for g in runs:
+            g.kill(block=True, timeout=5)
+        if info["stopped_early"]:
+            dispatcher.abort()  # the requests still in flight are recorded as cancelled
+        return finish(os.path.join(out_dir, f"runner-{name}.json"))
+
+    if role == "master":
+        want = workers
+        until = time.time() + float(cfg["worker_connect_timeout_s"])
+        while len(runner.clients.ready) < want and time.time() < until:
+            gevent.sleep(0.1)
+        info["workers_connected"] = len(runner.clients.ready)
+        if info["workers_connected"] < want:
+            print(f"locust runner: only {info['workers_connected']} of {want} workers connected within "
+                  f"{cfg['worker_connect_timeout_s']}s", file=sys.stderr)
+            runner.quit()
+            _write_json(os.path.join(out_dir, "runner.json"), {**info, "error": "workers did not connect"})
+            return 4
+
+        def on_done(environment: Any, msg: Any, **_kw: Any) -> None:
+            done_workers.add(str(msg.node_id))
+            if len(done_workers) >= want:
+                done_event.set()
+
+        runner.register_message("tidegate_done", on_done)
+        t0 = time.time() + 0.5  # the workers hear of it before it comes
+        info["started_at"] = t0
+        cpu0 = cpu_s()
+        runner.send_message("tidegate_start", {"t0": t0})
+        _write_json(os.path.join(out_dir, "started.json"), {"started_at": t0})
+        gevent.spawn(_cpu_sampler, info)
+        done_event.wait(timeout=max(0.0, t0 + duration + stop_timeout + STOP_WAIT_GRACE_S - time.time()))
+        info["shape_ended_at"] = min(t0 + duration, time.time())
+        info["workers_done"] = len(done_workers)
+        _quietly(runner.quit)
+        return finish(os.path.join(out_dir, "runner.json"))
+
+    # local
+    assert dispatcher is not None
+    users_path = os.path.join(out_dir, "users.jsonl")
+
+    def sampler() -> None:  # the open-loop "users" are the requests in flight
+        with open(users_path, "a", encoding="utf-8") as fh:
+            while True:
+                fh.write(json.dumps([round(time.time(), 3), int(dispatcher.in_flight)]) + "\n")
+                fh.flush()
+                gevent.sleep(SAMPLE_INTERVAL_S)
+
+    cpu0 = cpu_s()
+    t0 = time.time() + 0.05
+    _write_json(os.path.join(out_dir, "started.json"), {"started_at": t0})
+    gevent.spawn(sampler)
+    gevent.spawn(_cpu_sampler, info)
+    runs.append(gevent.spawn(dispatch, t0))
+    done_event.wait()
+    for g in runs:
+        g.join(timeout=10)
+    if info["stopped_early"]:
+        dispatcher.abort()
+    return finish(os.path.join(out_dir, "runner.json"))
+
+
+def _quietly(fn: Any, *args: Any) -> None:
+    try:
+        fn(*args)
+    except Exception as exc:  # noqa: BLE001 - quitting / telling the master is best effort
+        print(f"locust runner: {getattr(fn, '__name__', fn)} failed: {exc!r}", file=sys.stderr)
 
 
 def _drive(cfg: dict[str, Any], role: str, runner: Any, recorder: Recorder, shape: Any, name: str) -> int:

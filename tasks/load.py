@@ -65,10 +65,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import importlib.util
 import itertools
 import json
 import math
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -111,7 +113,8 @@ DEFINITIONS: dict[str, str] = {
 
 REQUEST_COLUMNS = ("id", "start", "end", "t_s", "phase", "users", "worker", "status", "ok", "cancelled",
                    "error", "ttft_ms", "e2e_ms", "output_tokens", "tokens_source", "chunks", "done",
-                   "itl_count", "itl_mean_ms", "itl_p95_ms", "itl_max_ms", "tpot_ms")
+                   "itl_count", "itl_mean_ms", "itl_p95_ms", "itl_max_ms", "tpot_ms", "intended",
+                   "send_delay_ms", "input_tokens", "max_tokens")
 PER_SECOND_COLUMNS = ("second", "t_s", "phase", "users", "started", "completed", "failures",
                       "ttft_p50_ms", "ttft_p95_ms", "e2e_p95_ms", "itl_p95_ms", "output_tokens_per_s")
 
@@ -123,6 +126,10 @@ WORKER_CONNECT_TIMEOUT_S = 30.0
 KILL_GRACE_S = 15.0
 STOP_GRACE_S = 5.0
 MAX_RECORDS_PER_PROCESS = 5_000_000
+# the generator fell behind (open loop): the run is inconclusive (issue 18)
+BEHIND_ACHIEVED_RATIO = 0.97
+BEHIND_DELAY_P50_MS = 10.0
+BEHIND_CPU_PERCENT = 85.0
 
 _RUNNER_FILES = ("records-", "runner", "users.jsonl", "started.json", "locust-config.json")
 
@@ -156,6 +163,37 @@ def chat_request(served_name: str, load: LoadSpec) -> dict[str, Any]:
     if load.stream:
         body["stream_options"] = {"include_usage": True}
     return body
+
+
+def request_config(load: LoadSpec, served_name: str) -> dict[str, Any]:
+    """What the generator processes build their requests from: ``tasks.requestgen``'s config
+    (``kind: requestgen``), or today's fixed prompt when that module is not installed."""
+    if importlib.util.find_spec("tasks.requestgen") is None:
+        return {"kind": "fixed", "config": {"prompt": load.prompt, "max_tokens": int(load.max_tokens),
+                                            "words_per_token": float(load.requests.words_per_token)}}
+    from tasks import requestgen
+
+    return {"kind": "requestgen", "config": requestgen.request_config(load, served_name)}
+
+
+def constant_rate_spec(rate_rps: float, duration_s: int, *, arrival: str = "poisson",
+                       max_tokens: int = 128, **load_fields: Any) -> LoadSpec:
+    """A LoadSpec of one open-loop phase (``spike``) at ``rate_rps`` for ``duration_s`` (the
+    standalone ``tidegate load --rate --duration --arrival --max-tokens``); ``load_fields`` are
+    any other ``load`` fields (seed, cv, max_in_flight, requests, slo, stream, workers...).
+
+    >>> constant_rate_spec(20, 15).arrival, spike_shape(constant_rate_spec(20, 15)).rate_table()
+    ('poisson', [[15.0, 20.0, 20.0, 'spike']])
+    """
+    if arrival == "closed":
+        raise SpecError("load.arrival: a constant rate needs an open-loop arrival (poisson, gamma, constant)")
+    values: dict[str, Any] = {"shape": "spike", "arrival": arrival, "baseline_rps": float(rate_rps),
+                              "spike_rps": float(rate_rps), "baseline_s": 0, "spike_s": int(duration_s),
+                              "hold_s": 0, "cooldown_s": 0, "ramp_s": 0, "max_tokens": int(max_tokens)}
+    try:
+        return LoadSpec(**{**values, **load_fields})
+    except ValueError as exc:
+        raise SpecError(f"load: {exc}") from None
 
 
 # -- results -----------------------------------------------------------------------------------
@@ -222,11 +260,14 @@ def compute_result(records: Sequence[dict[str, Any]], users: Sequence[Sequence[f
     ``users`` its samples ``[epoch, user_count, ...]``, ``started_at``/``ended_at`` the epochs
     at which the shape started and ended.
     """
-    recs = sorted(records, key=lambda r: r["start"])
+    recs = sorted(records, key=lambda r: r.get("intended", r["start"]))
     n = len(recs)
     start = np.array([r["start"] for r in recs], dtype=float)
     end = np.array([r["end"] for r in recs], dtype=float)
-    t_s = start - started_at
+    # closed loop (and records from before intended times existed): intended = start
+    intended = np.array([r.get("intended", r["start"]) for r in recs], dtype=float)
+    send_delay = np.array([r.get("send_delay_ms") or 0.0 for r in recs], dtype=float)
+    t_s = intended - started_at
     cancelled = np.array([bool(r.get("cancelled")) for r in recs], dtype=bool)
     error = np.array([r.get("error") or "" for r in recs], dtype=object)
     ok = (~cancelled) & (error == "") if n else np.zeros(0, dtype=bool)
@@ -302,6 +343,12 @@ def compute_result(records: Sequence[dict[str, Any]], users: Sequence[Sequence[f
         "itl_p95_ms": itl_p95,
         "itl_max_ms": itl_max,
         "tpot_ms": tpot,
+        "intended": pd.to_datetime(intended, unit="s", utc=True),
+        "send_delay_ms": send_delay,
+        "input_tokens": np.array([-1 if r.get("input_tokens") is None else int(r["input_tokens"]) for r in recs],
+                                 dtype=np.int64),
+        "max_tokens": np.array([-1 if r.get("max_tokens") is None else int(r["max_tokens"]) for r in recs],
+                               dtype=np.int64),
     }, columns=list(REQUEST_COLUMNS))
 
     itl = pd.DataFrame({"request": gap_req[keep], "t_s": arrivals[keep], "itl_ms": flat[keep].astype(np.float32)})
@@ -333,18 +380,67 @@ def compute_result(records: Sequence[dict[str, Any]], users: Sequence[Sequence[f
         "e2e_p50_ms": _pct(e2e[ok], 50),
         "tpot_p50_ms": _pct(tpot[ok], 50),
         "tpot_p95_ms": _pct(tpot[ok], 95),
-        "users_max": int(u_n.max()) if u_n.size else 0,
+        # open loop: users are the requests in flight (sampled; distributed: the largest a
+        # worker's records saw)
+        "users_max": int(u_n.max()) if u_n.size else (int(requests["users"].max()) if n else 0),
         "streamed": streamed_tokens,
         "tokens_source": dict(Counter(requests.loc[ok, "tokens_source"])) if n else {},
         "errors": dict(Counter(e[:120] for e in error[finished & ~ok]).most_common(10)),
         "by_phase": _by_phase(requests, itl, u_t, u_n, shape, started_at, ended_at),
-        "generator": dict(generator or {}),
+        "generator": generator_figures(generator or {}, send_delay, n, duration),
     }
     phases = [Phase(name, _utc(started_at + a), _utc(started_at + min(b, max(duration, a))))
               for name, a, b in shape.phases() if a < max(duration, 1e-9)]
     return LoadResult(requests=requests, itl=itl, per_second=per_second, phases=phases, summary=summary,
                       definitions=dict(DEFINITIONS), shape=shape, started_at=_utc(started_at),
                       ended_at=_utc(ended_at), out_dir=out_dir)
+
+
+def generator_figures(generator: dict[str, Any], send_delay_ms: np.ndarray, records: int,
+                      duration_s: float) -> dict[str, Any]:
+    """The generator's account of itself: ``generator`` (what the runner reported) plus its
+    schedule figures and ``behind``, the reasons it did not hold the load (pure).
+
+    ``requested_rps`` is the realised schedule (intended send times drawn / duration: a Poisson
+    count varies by several percent, so "achieved" is judged against it), ``nominal_rps`` the
+    rate integral / duration, ``achieved_rps`` requests actually sent / duration. ``behind`` (open
+    loop only): achieved < ``BEHIND_ACHIEVED_RATIO`` of requested, schedule delay p50 >
+    ``BEHIND_DELAY_P50_MS``, or a generator process's CPU peak > ``BEHIND_CPU_PERCENT``.
+    """
+    gen = dict(generator)
+    arrival = gen.get("arrival") or "closed"
+    gen["arrival"] = arrival
+    cpus = [float(c) for c in [gen.get("cpu_max_percent"), *(gen.get("worker_cpu_max_percent") or [])]
+            if c is not None]
+    gen["cpu_percent_max"] = max(cpus) if cpus else None
+    delays = send_delay_ms.astype(float) if send_delay_ms.size else np.zeros(0)
+    gen["schedule_delay_p50_ms"] = _pct(delays, 50)
+    gen["schedule_delay_p99_ms"] = _pct(delays, 99)
+    gen["schedule_delay_max_ms"] = round(float(delays.max()), 3) if delays.size else None
+    behind: list[str] = []
+    if arrival != "closed":
+        sent = gen.get("sent")
+        sent = int(records if sent is None else sent)
+        scheduled = gen.get("scheduled")
+        nominal = gen.get("nominal_requests")
+        gen["requested_rps"] = _rate(float(scheduled), duration_s) if scheduled is not None else None
+        gen["nominal_rps"] = _rate(float(nominal), duration_s) if nominal is not None else None
+        gen["achieved_rps"] = _rate(sent, duration_s)
+        gen["achieved_ratio"] = (round(sent / float(scheduled), 4) if scheduled else None)
+        ratio = gen["achieved_ratio"]
+        if ratio is not None and ratio < BEHIND_ACHIEVED_RATIO:
+            behind.append(f"achieved {gen['achieved_rps']:g} requests/s, {ratio:.1%} of the {gen['requested_rps']:g} "
+                          f"scheduled (below {BEHIND_ACHIEVED_RATIO:.0%})")
+        p50 = gen["schedule_delay_p50_ms"]
+        if p50 is not None and p50 > BEHIND_DELAY_P50_MS:
+            hits = int(gen.get("in_flight_cap_hits") or 0)
+            why = f"; the in-flight cap was reached {hits} times" if hits else ""
+            behind.append(f"schedule delay p50 {p50:g} ms (above {BEHIND_DELAY_P50_MS:g} ms){why}")
+        cpu = gen["cpu_percent_max"]
+        if cpu is not None and cpu > BEHIND_CPU_PERCENT:
+            behind.append(f"generator CPU peaked at {cpu:g}% of a core (above {BEHIND_CPU_PERCENT:g}%)")
+    gen["behind"] = behind
+    return gen
 
 
 def _request_users(recs: Sequence[dict[str, Any]], sampled: np.ndarray) -> np.ndarray:
@@ -607,6 +703,8 @@ def run_load(spec: RolloutSpec | LoadSpec, out_dir: Path | str, *, base_url: str
     for old in run_dir.iterdir():
         if old.is_file() and (old.name.startswith(_RUNNER_FILES) or old.suffix == ".log"):
             old.unlink()
+    seed = int(load.seed) if load.seed is not None else random.SystemRandom().randrange(2**31)
+    requests_cfg = request_config(load, served)
     stop_timeout = float(load.request_timeout_s)
     began = time.time()
     deadline = began + STARTUP_GRACE_S + (WORKER_CONNECT_TIMEOUT_S if load.workers else 0) \
@@ -621,6 +719,9 @@ def run_load(spec: RolloutSpec | LoadSpec, out_dir: Path | str, *, base_url: str
         "master_port": _free_loopback_port() if load.workers else 0,
         "worker_connect_timeout_s": WORKER_CONNECT_TIMEOUT_S,
         "deadline_epoch": deadline, "max_records": MAX_RECORDS_PER_PROCESS,
+        "arrival": load.arrival if shape.open_loop else "closed", "cv": float(load.cv), "seed": seed,
+        "max_in_flight": int(load.max_in_flight), "requests": requests_cfg,
+        "rate_steps": shape.rate_table() if shape.open_loop else None,
     }
     config = run_dir / "locust-config.json"
     config.write_text(json.dumps(cfg, indent=1))
@@ -643,7 +744,14 @@ def run_load(spec: RolloutSpec | LoadSpec, out_dir: Path | str, *, base_url: str
     if not info.get("started_at"):
         raise StageFailed(f"load generator wrote no runner.json in {run_dir}; last lines of "
                           f"{procs[0].log}:\n{_tail(procs[0].log)}")
+    processes = [info] + info.get("worker_info", []) if not load.workers else info.get("worker_info", [])
+
+    def total(key: str) -> float | None:
+        values = [float(d[key]) for d in processes if d.get(key) is not None]
+        return sum(values) if values else None
+
     generator = {
+        "arrival": cfg["arrival"], "seed": seed,
         "processes": len(procs), "workers": int(load.workers),
         "workers_connected": info.get("workers_connected"),
         # CPU seconds the generator processes spent while the shape ran (start-up excluded)
@@ -661,6 +769,16 @@ def run_load(spec: RolloutSpec | LoadSpec, out_dir: Path | str, *, base_url: str
         "deadline_hit": bool(info.get("deadline_hit")),
         "seconds_total": round(time.time() - began, 3),
     }
+    if shape.open_loop:
+        # summed over the processes that dispatched (in-flight max: the sum of each one's peak,
+        # an upper bound of the total when several did)
+        generator.update({
+            "scheduled": int(total("scheduled") or 0), "sent": int(total("sent") or 0),
+            "nominal_requests": round(shape.nominal_requests(), 3),
+            "in_flight_max": int(total("in_flight_max") or 0),
+            "in_flight_cap_hits": int(total("in_flight_cap_hits") or 0),
+            "max_in_flight": int(load.max_in_flight),
+        })
     result = compute_result(records, samples, shape, float(info["started_at"]),
                             float(info.get("shape_ended_at") or info.get("stopped_at") or info["started_at"]),
                             generator=generator, out_dir=out)

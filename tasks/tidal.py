@@ -35,6 +35,14 @@ Scaling
     makes the latency cancel: it only sets ``TidalPlan.real_peak_users``, the concurrency the
     real peak stands for, never the generated shape.
 
+Open-loop arrivals (``load.arrival`` poisson, gamma, constant)
+    The steps are rates in requests/s (``Step.rate``), never users: with ``load.spike_rps`` the
+    curve is mapped affinely (the lowest step gets ``load.baseline_rps`` or 0, the highest
+    ``spike_rps``); without it an ``rps`` column is replayed as written (its real rates, in
+    compressed time). A ``users`` CSV with an open arrival is refused (``load.arrival``); the
+    built-in profile (relative values) needs ``load.spike_rps``. Rate changes are immediate, so
+    ``load.spawn_rate`` does not bound them.
+
 Phases (what the verify stage keys on), with ``level = (users - baseline) / (spike - baseline)``:
     ``baseline``  the leading steps at level <= ``BASELINE_LEVEL`` (the night trough; may be empty)
     ``ramp``      the rest before the spike (the morning ramp and the day; may be empty)
@@ -153,10 +161,14 @@ class TidalPlan:
     def describe(self) -> str:
         span_h = self.curve.span_s / 3600.0
         phases = ", ".join(f"{name} {a:.0f}-{b:.0f}s" for name, a, b in self.shape.phases())
+        if self.shape.open_loop:
+            level = (f"{min(float(s.rate or 0) for s in self.shape.steps):g}-{self.shape.max_rate:g} "
+                     f"requests/s (open loop)")
+        else:
+            level = f"{min(s.users for s in self.shape.steps)}-{self.shape.max_users} users"
         return (f"tidal: {self.curve.source} ({len(self.curve.values)} rows of {self.curve.column} every "
                 f"{self.curve.interval_s:g}s, {span_h:.1f} h) compressed into {self.run_s / 60:g} min "
-                f"(factor {self.compression_factor:.1f}); {len(self.shape.steps)} steps, "
-                f"{min(s.users for s in self.shape.steps)}-{self.shape.max_users} users; {phases}")
+                f"(factor {self.compression_factor:.1f}); {len(self.shape.steps)} steps, {level}; {phases}")
 
 
 # -- reading the curve --------------------------------------------------------------------------
@@ -317,13 +329,19 @@ def plan_tidal(load: LoadSpec, *, e2e_latency_s: float = DEFAULT_E2E_LATENCY_S) 
     the generator processes hold.
     """
     tidal = load.tidal or TidalSpec()
-    if load.spike_users <= load.baseline_users:
+    if not load.open_loop and load.spike_users <= load.baseline_users:
         raise SpecError(f"load.spike_users: must be > load.baseline_users for the tidal shape "
                         f"({load.spike_users} <= {load.baseline_users})")
     if not (math.isfinite(e2e_latency_s) and e2e_latency_s > 0):
         raise SpecError(f"tidal: e2e_latency_s must be > 0 (got {e2e_latency_s!r})")
     curve = read_traffic_csv(tidal.csv_path) if tidal.csv_path else diurnal_curve()
     where = f"traffic CSV {curve.source} (load.tidal.csv_path)" if tidal.csv_path else curve.source
+    if load.open_loop and tidal.csv_path and curve.column == "users":
+        raise SpecError(f"load.arrival: {load.arrival} (open loop) replays a rate, but {where} has a users "
+                        f"column; use arrival: closed for a users curve, or a CSV with an rps column")
+    if load.open_loop and curve.column == "users" and load.spike_rps is None:
+        raise SpecError(f"load.spike_rps: is required with arrival {load.arrival} and the {curve.source} "
+                        f"(its values are relative): the peak rate in requests/s")
     run_s = float(tidal.compress_to_minutes) * 60.0
     factor = curve.span_s / run_s
     n = len(curve.values)
@@ -338,8 +356,6 @@ def plan_tidal(load: LoadSpec, *, e2e_latency_s: float = DEFAULT_E2E_LATENCY_S) 
         raise SpecError(f"{where}: the curve is flat once averaged into {MIN_STEP_S:g}s steps at this "
                         f"compression; raise load.tidal.compress_to_minutes")
     levels = [(m - lo) / (hi - lo) for m in means]
-    base, peak = int(load.baseline_users), int(load.spike_users)
-    users = [int(math.floor(base + lv * (peak - base) + 0.5)) for lv in levels]
     if levels[-1] >= SPIKE_LEVEL - 1e-9:
         row = curve.rows[groups[-1][-1]]
         at = f"row {row} ({_show(curve.labels[groups[-1][-1]])})" if row else curve.labels[groups[-1][-1]]
@@ -347,9 +363,13 @@ def plan_tidal(load: LoadSpec, *, e2e_latency_s: float = DEFAULT_E2E_LATENCY_S) 
                         f"needs a final trough below {SPIKE_LEVEL:.0%} to watch spill-back in: end the "
                         f"curve in a quieter hour")
     names = _phase_names(levels)
-    rate = float(load.spawn_rate)
     t_ends = [(g[-1] + 1) * row_s for g in groups]
     t_ends[-1] = run_s
+    if load.open_loop:
+        return _rate_plan(load, curve, means, levels, names, t_ends, run_s, factor, per, e2e_latency_s)
+    base, peak = int(load.baseline_users), int(load.spike_users)
+    users = [int(math.floor(base + lv * (peak - base) + 0.5)) for lv in levels]
+    rate = float(load.spawn_rate)
     worst: tuple[float, int] | None = None
     for k in range(1, len(groups)):
         step_s = t_ends[k] - t_ends[k - 1]
@@ -368,6 +388,26 @@ def plan_tidal(load: LoadSpec, *, e2e_latency_s: float = DEFAULT_E2E_LATENCY_S) 
                         f"{math.ceil(need * 100) / 100:g} or load.tidal.compress_to_minutes to "
                         f"{math.ceil(minutes * 10) / 10:g}")
     steps = tuple(Step(t_ends[k], users[k], rate, names[k]) for k in range(len(groups)))
+    shape = LoadShape("tidal", steps)
+    check_capacity(shape, load.workers)
+    scale = e2e_latency_s if curve.column == "rps" else 1.0
+    return TidalPlan(curve=curve, shape=shape, run_s=run_s, compression_factor=factor, rows_per_step=per,
+                     e2e_latency_s=float(e2e_latency_s), real_peak_users=max(curve.values) * scale)
+
+
+def _rate_plan(load: LoadSpec, curve: TrafficCurve, means: list[float], levels: list[float], names: list[str],
+               t_ends: list[float], run_s: float, factor: float, per: int, e2e_latency_s: float) -> TidalPlan:
+    """The open-loop tidal plan: every step a rate in requests/s. With ``load.spike_rps`` the curve
+    is mapped affinely (lowest step -> ``load.baseline_rps`` or 0, highest -> ``spike_rps``);
+    without it an ``rps`` column is replayed as written (the real rates, never users)."""
+    if load.spike_rps is not None:
+        base, peak = float(load.baseline_rps or 0.0), float(load.spike_rps)
+        rates = [base + lv * (peak - base) for lv in levels]
+    else:
+        rates = [float(m) for m in means]
+    spawn = float(load.spawn_rate)
+    steps = tuple(Step(t_ends[k], 0, spawn, names[k], round(rates[k], 6), round(rates[k], 6))
+                  for k in range(len(t_ends)))
     shape = LoadShape("tidal", steps)
     check_capacity(shape, load.workers)
     scale = e2e_latency_s if curve.column == "rps" else 1.0

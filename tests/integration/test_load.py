@@ -35,9 +35,10 @@ TTFT_MS, ITL_MS = 40.0, 10.0
 class ServedBed:
     """Two emulated replicas and the gateway on a private asyncio loop in a thread."""
 
-    def __init__(self) -> None:
-        self.model = EmulatorModel(load_delay_s=0, ttft_base_ms=TTFT_MS, ttft_per_running_ms=0,
-                                   itl_base_ms=ITL_MS, itl_per_running_ms=0, max_num_seqs=256)
+    def __init__(self, model: EmulatorModel | None = None, replicas: int = 2) -> None:
+        self.model = model or EmulatorModel(load_delay_s=0, ttft_base_ms=TTFT_MS, ttft_per_running_ms=0,
+                                            itl_base_ms=ITL_MS, itl_per_running_ms=0, max_num_seqs=256)
+        self.replicas = replicas
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="served-bed", daemon=True)
         self.pool: ReplicaPool
@@ -51,7 +52,7 @@ class ServedBed:
 
         async def up() -> None:
             self.pool = ReplicaPool(self.model, base_port=0, seed=7)
-            for i in range(2):
+            for i in range(self.replicas):
                 await self.pool.add(f"default/qwen-{i}", served_model_name="qwen", model_root="/mnt/models/qwen")
             self.gateway = Gateway()
             await self.gateway.start()
@@ -294,3 +295,94 @@ def test_stop_event_ends_the_run_early(bed: ServedBed, tmp_path: Path) -> None:
     s = res.summary
     assert s["generator"]["stopped_early"] and s["requests"] > 0 and s["failures"] == 0
     assert s["duration_s"] < 10
+
+
+# -- open-loop arrivals (issue 18) -----------------------------------------------------------------
+# One replica serving one sequence at a time, 100 ms to the first token + 5 x 40 ms: a request
+# takes 300 ms of service, three times the 100 ms between arrivals at 10 requests/s.
+SLOW_RATE_RPS = 10.0
+SLOW_SERVICE_MS = 100.0 + 5 * 40.0
+
+
+@pytest.fixture(scope="module")
+def slow_bed() -> Iterator[ServedBed]:
+    served = ServedBed(EmulatorModel(load_delay_s=0, ttft_base_ms=100, ttft_per_running_ms=0, itl_base_ms=40,
+                                     itl_per_running_ms=0, max_num_seqs=1), replicas=1)
+    served.start()
+    yield served
+    served.stop()
+
+
+def slow_load(**kw: Any) -> LoadSpec:
+    values = {"arrival": "poisson", "baseline_rps": SLOW_RATE_RPS, "spike_rps": SLOW_RATE_RPS, "baseline_s": 0,
+              "spike_s": 3, "hold_s": 0, "cooldown_s": 0, "max_tokens": 6, "request_timeout_s": 20, "seed": 18}
+    return LoadSpec(**{**values, **kw})
+
+
+def thirds(series: pd.Series) -> tuple[float, float]:
+    n = len(series)
+    return float(series.iloc[: n // 3].median()), float(series.iloc[-(n // 3):].median())
+
+
+def test_open_loop_in_flight_grows_and_e2e_includes_the_queue(slow_bed: ServedBed, tmp_path: Path) -> None:
+    began = time.monotonic()
+    res = L.run_load(slow_load(), tmp_path, base_url=slow_bed.url, host=HOST)
+    assert time.monotonic() - began < 40
+    s, g = res.summary, res.summary["generator"]
+    req = res.requests.sort_values("intended")
+    assert s["failures"] == 0 and s["cancelled"] == 0
+    # arrivals did not wait for answers: ~30 sent in 3 s while the server finished ~10 of them
+    assert g["arrival"] == "poisson" and g["seed"] == 18
+    assert 15 <= g["scheduled"] <= 50 and g["sent"] == g["scheduled"] == s["requests"]
+    assert g["achieved_ratio"] == 1.0 and g["in_flight_cap_hits"] == 0
+    assert g["nominal_requests"] == pytest.approx(30.0)
+    # the requests in flight grow over the run (open loop)
+    first, last = thirds(req["users"])
+    assert last >= first + 5, (first, last)
+    assert g["in_flight_max"] >= 10 and s["users_max"] >= 10
+    # e2e counts from the intended send time and includes the server's queue
+    first, last = thirds(req["e2e_ms"])
+    assert last > 2 * first and last > 3 * SLOW_SERVICE_MS, (first, last)
+    assert (req["e2e_ms"] >= SLOW_SERVICE_MS * 0.9).all()
+    assert (req["send_delay_ms"] < 200).all() and g["schedule_delay_p50_ms"] < 50
+    assert (req["intended"] <= req["start"]).all()
+    assert set(req["max_tokens"]) == {6} and (req["input_tokens"] > 0).all()
+    assert list(pd.read_csv(tmp_path / "requests.csv").columns) == list(L.REQUEST_COLUMNS)
+
+
+def test_closed_loop_in_flight_does_not_grow(slow_bed: ServedBed, tmp_path: Path) -> None:
+    load = slow_load(arrival="closed", baseline_users=0, spike_users=3, spawn_rate=50)
+    res = L.run_load(load, tmp_path, base_url=slow_bed.url, host=HOST)
+    s, g = res.summary, res.summary["generator"]
+    req = res.requests.sort_values("start")
+    assert s["failures"] == 0 and g["arrival"] == "closed" and g["behind"] == []
+    # each user waits for its answer: never more than 3 in flight, and the load backs off
+    assert s["users_max"] <= 3 and (req["users"] <= 3).all()
+    assert s["requests"] <= 3 * (1000 / SLOW_SERVICE_MS) + 3  # 3 s at the server's pace, + the last 3
+    first, last = thirds(req["e2e_ms"])
+    assert last < 1.6 * first, (first, last)
+    assert (req["send_delay_ms"] == 0).all() and (req["intended"] == req["start"]).all()
+
+
+def test_in_flight_cap_turns_into_schedule_delay(slow_bed: ServedBed, tmp_path: Path) -> None:
+    res = L.run_load(slow_load(max_in_flight=3), tmp_path, base_url=slow_bed.url, host=HOST)
+    g, req = res.summary["generator"], res.requests.sort_values("intended")
+    assert g["in_flight_max"] == 3 and g["in_flight_cap_hits"] > 0
+    # a request waiting for a slot is late: its wait is in its latency, and the generator says so
+    assert req["send_delay_ms"].iloc[-1] > 500
+    assert (req["e2e_ms"] >= req["send_delay_ms"]).all() and (req["ttft_ms"] >= req["send_delay_ms"]).all()
+    assert g["schedule_delay_p50_ms"] > 10 and any("schedule delay p50" in b for b in g["behind"])
+
+
+def test_open_loop_distributed_splits_the_rate(bed: ServedBed, tmp_path: Path) -> None:
+    load = LoadSpec(arrival="constant", baseline_rps=20, spike_rps=20, baseline_s=0, spike_s=2, hold_s=0,
+                    cooldown_s=0, max_tokens=8, request_timeout_s=10, workers=2, seed=4)
+    res = L.run_load(load, tmp_path, base_url=bed.url, host=HOST)
+    s, g = res.summary, res.summary["generator"]
+    assert s["failures"] == 0 and g["processes"] == 3 and g["behind"] == []
+    assert g["scheduled"] == g["sent"] == s["requests"] == 40 and g["achieved_ratio"] == 1.0
+    req = res.requests.sort_values("intended")
+    assert set(req["worker"]) == {1, 2} and (req["worker"] == 1).sum() == 20
+    # two streams of 10/s interleave into one of 20/s
+    gaps = req["intended"].diff().dt.total_seconds().dropna()
+    assert gaps.to_numpy() == pytest.approx(0.05, abs=1e-3)

@@ -171,7 +171,7 @@ def test_summary_has_the_report_contract() -> None:
     assert s["e2e_p95_ms"] == pytest.approx(np.percentile([115.0, 145.0], 95))
     assert s["output_tokens"] == 6 and s["output_tokens_per_s"] == 1.5
     assert s["errors"] == {"HTTP 503: busy": 1, "truncated stream: ended without [DONE]": 1}
-    assert s["users_max"] == 4 and s["generator"] == {"processes": 1}
+    assert s["users_max"] == 4 and s["generator"]["processes"] == 1 and s["generator"]["behind"] == []
     json.dumps(s)  # report.json-ready
 
 
