@@ -54,8 +54,10 @@ demo-tidal: testbed-up
 bench: testbed-up
 	$(PY) -m tests.bench.run
 
+# the highest Poisson rate tidegate keeps on schedule vs inference-perf's, and their TTFT/ITL at half
+# of it (docs/bench-load.md; the closed-loop generator bench is `$(PY) -m tests.bench.load`)
 bench-load: setup
-	$(PY) -m tests.bench.load
+	$(PY) -m tests.bench.load_rate
 
 bench-staging: testbed-up
 	$(PY) -m tests.bench.staging
