@@ -84,6 +84,14 @@ class StoreError(TidegateError, RuntimeError):
     """The results store cannot be reached, or holds no readable run of that id (exit 2)."""
 
 
+class CorruptEntry(StoreError):
+    """A run of the store cannot be read: its marker or report.json is missing, unreadable or another's."""
+
+
+class NoSuchRun(StoreError, LookupError):
+    """The store holds no run of that id."""
+
+
 class StoreWarning(UserWarning):
     """A store entry was skipped (corrupt or incomplete)."""
 
@@ -279,6 +287,8 @@ class _LocalBackend:
             return (self.root / key).read_bytes()
         except FileNotFoundError:
             raise KeyError(key) from None
+        except OSError as exc:
+            raise CorruptEntry(f"results store {self.url}: cannot read {key}: {exc.strerror or exc}") from None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -338,7 +348,7 @@ class _OssBackend:
     def _call(self, what: str, fn, *args, **kw):
         try:
             return fn(*args, **kw)
-        except self._oss2.exceptions.NotFound:
+        except self._oss2.exceptions.NoSuchKey:
             raise
         except (self._oss2.exceptions.OssError, self._oss2.exceptions.RequestError) as exc:
             raise self._error(exc, what) from None
@@ -374,7 +384,7 @@ class _OssBackend:
         try:
             return self._call(f"results store {self.url}: read {key}",
                               lambda: self.bucket.get_object(self.key(key)).read())
-        except self._oss2.exceptions.NotFound:
+        except self._oss2.exceptions.NoSuchKey:
             raise KeyError(key) from None
 
 
@@ -509,12 +519,12 @@ class Store:
         try:
             marker = json.loads(self._backend.read(f"{INDEX}/{run_id}.json"))
         except KeyError:
-            raise StoreError(f"results store {self.url}: no run {run_id!r}",
-                             hint="`tidegate history list` shows the runs it holds") from None
+            raise NoSuchRun(f"results store {self.url}: no run {run_id!r}",
+                            hint="`tidegate history list` shows the runs it holds") from None
         except ValueError:
-            raise StoreError(f"results store {self.url}: run {run_id}: its marker is not JSON") from None
+            raise CorruptEntry(f"results store {self.url}: run {run_id}: its marker is not JSON") from None
         if not isinstance(marker, dict) or marker.get("run_id") != run_id:
-            raise StoreError(f"results store {self.url}: run {run_id}: its marker names another run")
+            raise CorruptEntry(f"results store {self.url}: run {run_id}: its marker names another run")
         return marker
 
     def _load(self, run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -522,11 +532,11 @@ class Store:
         try:
             doc = json.loads(self._backend.read(f"{RUNS}/{run_id}/report.json"))
         except KeyError:
-            raise StoreError(f"results store {self.url}: run {run_id}: report.json is missing") from None
+            raise CorruptEntry(f"results store {self.url}: run {run_id}: report.json is missing") from None
         except ValueError:
-            raise StoreError(f"results store {self.url}: run {run_id}: report.json is not JSON") from None
+            raise CorruptEntry(f"results store {self.url}: run {run_id}: report.json is not JSON") from None
         if not isinstance(doc, dict) or doc.get("run_id") != run_id or not isinstance(doc.get("spec"), str):
-            raise StoreError(f"results store {self.url}: run {run_id}: report.json is not this run's report")
+            raise CorruptEntry(f"results store {self.url}: run {run_id}: report.json is not this run's report")
         return doc, marker
 
     def list(self, spec: str | None = None) -> list[RunEntry]:
@@ -538,10 +548,12 @@ class Store:
             self._warn(f"results store {self.url}: skipped {RUNS}/{orphan}: no publication marker "
                        "(an interrupted publish; publish it again)")
 
-        def one(run_id: str) -> RunEntry | str:
+        def one(run_id: str) -> RunEntry | str | None:
             try:
                 return RunEntry.from_report(*self._load(run_id))
-            except StoreError as exc:
+            except NoSuchRun:  # unpublished since the listing
+                return None
+            except CorruptEntry as exc:
                 return f"skipped a corrupt entry: {exc.one_line()}"
 
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -550,7 +562,7 @@ class Store:
         for r in results:
             if isinstance(r, str):
                 self._warn(r)
-            elif spec is None or r.spec == spec:
+            elif r is not None and (spec is None or r.spec == spec):
                 entries.append(r)
         return sorted(entries, key=_sort_key, reverse=True)
 
@@ -572,14 +584,14 @@ class Store:
         out = Path(dest)
         for rel, meta in self.files(run_id).items():
             if rel.startswith("/") or ".." in Path(rel).parts:
-                raise StoreError(f"results store {self.url}: run {run_id}: refused file name {rel!r}")
+                raise CorruptEntry(f"results store {self.url}: run {run_id}: refused file name {rel!r}")
             try:
                 data = self._backend.read(f"{RUNS}/{run_id}/{rel}")
             except KeyError:
-                raise StoreError(f"results store {self.url}: run {run_id}: {rel} is missing") from None
+                raise CorruptEntry(f"results store {self.url}: run {run_id}: {rel} is missing") from None
             if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
-                raise StoreError(f"results store {self.url}: run {run_id}: {rel} does not match its "
-                                 "published hash")
+                raise CorruptEntry(f"results store {self.url}: run {run_id}: {rel} does not match its "
+                                   "published hash")
             path = out / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
@@ -650,7 +662,9 @@ __all__ = [
     "EXIT_CODES",
     "KEY_FIGURES",
     "STORE_ENV",
+    "CorruptEntry",
     "Judgement",
+    "NoSuchRun",
     "RunEntry",
     "Store",
     "StoreError",
