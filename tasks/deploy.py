@@ -1,6 +1,7 @@
 """deploy_service: apply the InferenceService and its HPA, wait until Ready, or say why not.
 
-The wait watches the InferenceService (no sleep loop). On timeout the diagnosis names the
+The wait watches the InferenceService (no sleep loop), in sessions of ``CANCEL_CHECK_S`` with a
+``tasks.cancel`` checkpoint between them (SIGTERM stops the wait). On timeout the diagnosis names the
 first cause it finds among the predictor pods, in the order a person would look: no pod at
 all (the Deployment or the KServe controller), image pull failures, crash loops, Pending
 with the scheduler's own message, Running but not Ready (model loading / probe failing).
@@ -12,10 +13,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tasks import cancel
 from tasks.errors import StageFailed
 from tasks.kube import Kube, condition_true
 
 ISVC_API = "serving.kserve.io/v1beta1"
+CANCEL_CHECK_S = 5.0
 
 
 @dataclass
@@ -80,11 +83,18 @@ def deploy(kube: Kube, objects: list[dict], spec, *, create: Callable[[list[dict
     name = spec.service.name
     create(objects)
     started = time.monotonic()
-    try:
-        kube.wait_for(ISVC_API, "InferenceService", name, ns, condition_true, timeout_s=timeout_s)
-    except TimeoutError:
-        raise StageFailed(f"deploy: InferenceService {ns}/{name} not Ready after {timeout_s:.0f}s: "
-                          f"{diagnose(kube, ns, spec.service.predictor_name)}") from None
+    deadline = started + timeout_s
+    while True:
+        cancel.check()
+        session_s = min(CANCEL_CHECK_S, deadline - time.monotonic())
+        if session_s <= 0:
+            raise StageFailed(f"deploy: InferenceService {ns}/{name} not Ready after {timeout_s:.0f}s: "
+                              f"{diagnose(kube, ns, spec.service.predictor_name)}")
+        try:
+            kube.wait_for(ISVC_API, "InferenceService", name, ns, condition_true, timeout_s=session_s)
+            break
+        except TimeoutError:
+            continue
     dep = kube.get("apps/v1", "Deployment", spec.service.predictor_name, ns) or {}
     hpa_name = next((o["metadata"]["name"] for o in objects if o["kind"] == "HorizontalPodAutoscaler"), "")
     return ServiceHandle(

@@ -187,3 +187,47 @@ def test_sigterm_between_stages_starts_no_further_stage(monkeypatch, tmp_path):
     report = json.loads((tmp_path / "reports" / "sigterm-unit-between" / "report.json").read_text())
     st = {name: rec["status"] for name, rec in report["stages"].items()}
     assert (st["spike"], st["verify"], st["teardown"]) == ("passed", "not_run", "passed")
+
+
+# -- the deploy stage's readiness wait ------------------------------------------------------------------
+class _NeverReady:
+    """A cluster on which the InferenceService never becomes Ready (each watch session times out)."""
+
+    def __init__(self):
+        self.sessions = 0
+
+    def wait_for(self, *_args, timeout_s: float, **_kw):
+        self.sessions += 1
+        time.sleep(timeout_s)
+        raise TimeoutError
+
+    def get(self, *_args, **_kw):
+        return None
+
+    def list(self, *_args, **_kw):
+        return []
+
+
+def test_sigterm_stops_the_readiness_wait_between_watch_sessions(monkeypatch):
+    from tasks import deploy as D
+
+    monkeypatch.setattr(D, "CANCEL_CHECK_S", 0.1)
+    kube, created = _NeverReady(), []
+    spec = load_spec(str(LOCAL), [])
+    with cancel.deferring():
+        timer = threading.Timer(0.35, os.kill, (os.getpid(), signal.SIGTERM))
+        timer.start()
+        began = time.monotonic()
+        with pytest.raises(cancel.Terminated):
+            D.deploy(kube, [], spec, create=created.append, timeout_s=60)
+        timer.join()
+    assert time.monotonic() - began < 2 and created == [[]] and kube.sessions >= 2
+
+
+def test_the_readiness_wait_still_ends_at_its_timeout(monkeypatch):
+    from tasks import deploy as D
+    from tasks.errors import StageFailed
+
+    monkeypatch.setattr(D, "CANCEL_CHECK_S", 0.1)
+    with cancel.deferring(), pytest.raises(StageFailed, match="not Ready after 0s"):
+        D.deploy(_NeverReady(), [], load_spec(str(LOCAL), []), create=lambda _objs: [], timeout_s=0.35)
