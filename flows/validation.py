@@ -118,7 +118,8 @@ def execute(spec: RolloutSpec, stages: list[str], run_id: str, *, use_prefect: b
     check_run_id(run_id)  # it becomes a path (reports/<run id>/) and a label
     check_inputs(spec, stages)  # a bad load shape or model source is refused before anything runs
     adopted = parse_adopt(adopt)
-    report = RunReport(run_id=run_id, spec=spec.name, profile=spec.profile, started_at=reporting.now_iso())
+    report = RunReport(run_id=run_id, spec=spec.name, profile=spec.profile, started_at=reporting.now_iso(),
+                       image=spec.service.image, commit=_commit())
     ctx = RunContext(spec=spec, run_id=run_id, report=report, profile=resolve_profile(spec),
                      ledger=Ledger.open(reporting.reports_root() / run_id), adopt=adopted)
     with reporting.redacting_logs(ctx.secrets), cancel.deferring():  # secrets are redacted from its logs
@@ -165,6 +166,7 @@ def _run(ctx: RunContext, stages: list[str], use_prefect: bool) -> RunOutcome:
     html_doc = reporting.render_html(report, load=ctx.load, timeline=ctx.timeline, spec=spec, cost=ctx.cost)
     out_dir = reporting.write(report, secrets=ctx.secrets, tables=ctx.tables(), html_doc=html_doc)
     _publish_artifacts(report, out_dir, use_prefect, ctx.secrets)
+    _publish_run(spec, out_dir)
     if failure is not None:
         raise failure
     if report.verdict == "fail":
@@ -190,6 +192,34 @@ def evidence_gaps(ctx: RunContext) -> list[str]:
     if gen.get("behind"):  # open loop: it did not hold the schedule, so the latencies are not the service's
         gaps.append(f"the load generator fell behind its schedule: {'; '.join(gen['behind'])}")
     return gaps
+
+
+def _commit() -> str | None:
+    """The git commit of this tidegate checkout (None when it is not one)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent.parent,
+                             capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 and len(out.stdout.strip()) == 40 else None
+
+
+def _publish_run(spec: RolloutSpec, out_dir: Path) -> None:
+    """Put the run's report directory into the results store (``results.store``) for history and
+    baselines. The run's verdict does not depend on it: a store that cannot be written is a warning."""
+    if not spec.results.publish:
+        return
+    from tasks.history import Store
+
+    try:
+        entry = Store.for_spec(spec, spec.results.store, endpoint=spec.results.endpoint).publish(out_dir)
+        log.info("run %s published to the results store (%s)", entry.run_id, spec.results.store or "default")
+    except (TidegateError, OSError) as exc:
+        one = exc.one_line() if isinstance(exc, TidegateError) else str(exc)
+        log.warning("the run was not published to the results store: %s", one)
+        print(f"tidegate: warning: the run was not published to the results store: {one}", file=sys.stderr)
 
 
 def _publish_artifacts(report: RunReport, out_dir: Path, use_prefect: bool, secrets: list[str]) -> None:

@@ -325,6 +325,8 @@ class RunReport(BaseModel):
     run_id: str = Field(description="Label of everything the run created; the report's directory name.")
     spec: str = Field(description="The spec's name; runs of one spec are compared with each other.")
     profile: str = Field(description="local (the test bed) or ack.")
+    image: str | None = Field(None, description="The service image under test (service.image).")
+    commit: str | None = Field(None, description="The git commit of the tidegate checkout that ran, when known.")
     started_at: str = Field(description="ISO time the run started.")
     finished_at: str = Field("", description="ISO time the run finished.")
     stages: dict[str, StageRecord] = Field(default_factory=dict, description="Every stage, in order.")

@@ -60,7 +60,7 @@ from tasks.spec.cluster import ClusterSpec, ResourcePolicyOptions
 from tasks.spec.cost import MAX_PRICE, CostSpec, PoolPrice
 from tasks.spec.load import LengthSpec, LoadSpec, RequestSlo, RequestsSpec, TidalSpec
 from tasks.spec.loader import _unwrap_model, apply_overrides, load_spec, spec_from_dict
-from tasks.spec.rollout import STAGE_NAMES, RolloutSpec, StageName, TeardownSpec
+from tasks.spec.rollout import ResultsSpec, STAGE_NAMES, RolloutSpec, StageName, TeardownSpec
 from tasks.spec.service import (
     NATIVE_SCALE_METRICS,
     SEED_COMMAND,
@@ -80,7 +80,7 @@ from tasks.spec.storage import (
 
 __all__ = [
     # the models
-    "ClusterSpec", "CostSpec", "IngressSpec", "LengthSpec", "LoadSpec", "RequestSlo", "RequestsSpec", "ModelSpec", "NasSpec", "OssCredentials",
+    "ClusterSpec", "CostSpec", "IngressSpec", "ResultsSpec", "LengthSpec", "LoadSpec", "RequestSlo", "RequestsSpec", "ModelSpec", "NasSpec", "OssCredentials",
     "OssSpec", "PoolPrice", "ResourcePolicyOptions", "RolloutSpec", "ServiceSpec", "SloRule",
     "StorageSpec", "TeardownSpec", "TidalSpec",
     # loading

@@ -33,6 +33,19 @@ class TeardownSpec(_Strict):
                            description="How long teardown waits for the objects to be gone.")
 
 
+class ResultsSpec(_Strict):
+    """Where every run's report directory is kept for history and baselines (``tidegate history``)."""
+
+    store: str | None = Field(
+        None, title="Results store", max_length=1024,
+        description="A directory, file:///path or oss://bucket/prefix (with storage.oss's credentials); "
+                    "unset: $TIDEGATE_RESULTS, else <reports>/.store. Every run is published there after its "
+                    "report is written.")
+    endpoint: str | None = Field(None, title="OSS endpoint", max_length=1024,
+                                 description="For an oss:// store; default storage.oss.endpoint.")
+    publish: bool = Field(True, title="Publish runs", description="Publish every run to the store.")
+
+
 class RolloutSpec(_Strict):
     """One validation run: the model, where it is staged, the cluster, the service, the load,
     the SLO gate and the teardown."""
@@ -59,6 +72,7 @@ class RolloutSpec(_Strict):
     cost: CostSpec = Field(default_factory=CostSpec, title="Cost", description=CostSpec.__doc__)
     teardown: TeardownSpec = Field(default_factory=TeardownSpec, title="Teardown",
                                    description=TeardownSpec.__doc__)
+    results: ResultsSpec = Field(default_factory=ResultsSpec, title="Results", description=ResultsSpec.__doc__)
     stages: list[StageName] | None = Field(
         None, title="Stages",
         description=f"Stages to run by default ({', '.join(STAGE_NAMES)}); empty runs all; "
