@@ -1,5 +1,6 @@
 """The code that runs inside the Locust subprocess of the spike stage (never import it elsewhere
-for anything but :func:`step_at`; ``tasks.load`` starts it).
+for anything but its pure helpers: :func:`step_at` and the arrival schedule, :func:`unit_gaps`,
+:class:`RateIntegral`, :func:`intended_offsets`; ``tasks.load`` starts it).
 
     python -m tasks._locust_runner --config run/locust-config.json --role local|master|worker [--index N]
 
@@ -19,14 +20,43 @@ line with a timestamp per SSE event and because ``FastHttpUser``'s per-request b
 (event firing, response wrappers, stats) costs more CPU than the request itself against a
 fast endpoint. Locust's own request statistics are not used: the records are the data.
 
+Arrivals (``cfg["arrival"]``)
+    ``closed``: the Locust users above, each sending its next request when the last returned,
+    along the users shape (``cfg["steps"]``). ``poisson``, ``gamma``, ``constant`` (open loop):
+    no Locust users run; each process's ``OpenLoop`` draws intended send times over the rate
+    table (``cfg["rate_steps"]``, ``LoadShape.rate_table``) by time rescaling of a unit-rate
+    renewal process (exponential gaps; gamma gaps with shape ``1/cv^2``; constant gaps), sleeps
+    until each and sends the request on a greenlet of its own over a pool of keep-alive
+    connections, at most ``cfg["max_in_flight"]`` at once (a request due at the cap waits for a
+    slot: schedule delay; the waits are counted). ``local`` dispatches the whole rate; with
+    workers, the master sends them the start epoch (Locust custom message ``tidegate_start``),
+    each worker dispatches ``rate / workers`` from its own seed (``schedule_seed(seed, index)``)
+    and answers ``tidegate_done`` after its drain, and the master quits when all answered.
+    After the shape, requests in flight get ``stop_timeout_s`` to finish, then are cancelled.
+    Request content (prompt, max_tokens) comes from ``tasks.requestgen.RequestSource`` for
+    ``cfg["requests"]`` (``kind: requestgen``), or the fixed prompt (``kind: fixed``).
+
 Record (one JSON object per line): ``start``/``end`` (UTC epoch s), ``e2e_ms``, ``status``
 (0: no HTTP answer), ``error`` ("" when ok), ``ttft_ms`` (first non-empty content delta; None
 when none arrived or not streamed), ``itl_ms`` (gap before every further content chunk),
 ``chunks`` (content chunks), ``output_tokens`` + ``tokens_source`` (``usage`` when the server
 reported it, else ``chunks``), ``done`` (``[DONE]`` seen), ``cancelled`` (the generator
 stopped the user mid-request), ``users`` (the process's running users at the start; None on
-workers, whose own count is not the total: the parent joins ``users.jsonl`` instead),
-``worker``.
+workers, whose own count is not the total: the parent joins ``users.jsonl`` instead; open loop:
+the requests in flight in this process, this one included), ``worker``, ``intended`` (UTC epoch
+s: the intended send time; closed loop: = ``start``), ``send_delay_ms`` (start - intended),
+``input_tokens`` (the request source's estimate) and ``max_tokens``, and for open loop
+``in_flight``. **Open loop: ``ttft_ms`` and ``e2e_ms`` count from ``intended``**, not from the
+actual send, so the time a request waited to be sent is part of its latency (no coordinated
+omission), and ``end = intended + e2e_ms``; closed loop: intended = start, nothing changes.
+
+``runner.json`` (local / master) and ``runner-worker<N>.json``: times (``started_at`` is the
+shape's start; open loop: the epoch the schedule counts from), ``cpu_seconds``,
+``cpu_max_percent`` / ``cpu_mean_percent`` (1 s samples, 100 = one core), loop lag, records
+kept / dropped, failures; open loop also ``arrival``, ``seed``, ``scheduled`` (intended send
+times drawn within the shape), ``sent``, ``nominal_requests`` (this process's share of the rate
+integral), ``in_flight_max``, ``in_flight_cap_hits``, ``max_in_flight``; the local open-loop
+process samples its requests in flight into ``users.jsonl``.
 
 Bounds: every request runs under ``request_timeout_s``; a failed request is followed by a
 pause of ``failure_pause_s`` so an unreachable target cannot spin the generator; at most

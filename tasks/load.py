@@ -18,21 +18,36 @@ Load shape
     shrinking) is then observed under the light traffic a real service still has after a
     peak, and the TTFT of the requests in flight while cloud pods are removed is measured.
 
+Open-loop arrivals (``load.arrival`` poisson, gamma, constant)
+    The shape is a rate (``LoadShape.rate_table``: the spike's baseline_rps -> ramp -> spike_rps
+    -> cool-down at baseline_rps, or a tidal rps curve); every generator process draws intended
+    send times from the arrival process and sends each request at its time whether or not
+    earlier ones returned (``tasks._locust_runner``); TTFT and e2e count from the intended
+    send time. ``summary.generator`` then says whether the generator kept its schedule
+    (``generator_figures``); ``behind`` non-empty means the figures measure the generator.
+    ``constant_rate_spec`` is one phase at a fixed rate (``tidegate load --rate``).
+
 Request
     The seed's chat request (``chat_request``) ``POST <ingress url>/v1/chat/completions`` with
-    ``Host: <ingress host>``; every user sends it in a closed loop (no think time). A failed
+    ``Host: <ingress host>``, its prompt and max_tokens from ``tasks.requestgen`` per request
+    (``request_config``); closed loop: every user sends in a loop (no think time). A failed
     request is followed by a 0.2 s pause, so an unreachable target cannot spin the generator.
     Users leaving at a ramp-down or at the end of the shape finish their request first (up to
     ``request_timeout_s``); requests cut by an abort (``stop_event``, the time bound) are
     recorded with ``cancelled`` and left out of every figure but ``summary.cancelled``.
 
 ``LoadResult.requests`` (one row per request, CSV ``requests.csv``)
-    id, start, end (UTC datetimes), t_s (start, seconds since the shape started), phase (shape
-    phase at start), users (concurrent users the generator ran at start), worker (process
+    id, start, end (UTC datetimes), t_s (intended send time, seconds since the shape started;
+    closed loop: the start), phase (shape phase at the intended send time), users (concurrent
+    users the generator ran at start; open loop: requests in flight in the sending process,
+    this one included), worker (process
     index), status (HTTP status, 0 when no answer), ok, cancelled, error (text, "" when ok),
     ttft_ms, e2e_ms, output_tokens, tokens_source (``usage`` | ``chunks``), chunks (content
     chunks received), done ([DONE] seen), itl_count, itl_mean_ms, itl_p95_ms, itl_max_ms,
-    tpot_ms. Latency columns are NaN where they do not apply (no token received, not streamed).
+    tpot_ms, intended (UTC datetime: the intended send time; closed loop = start), send_delay_ms
+    (start - intended), input_tokens (the request's estimated prompt tokens), max_tokens.
+    Latency columns are NaN where they do not apply (no token received, not streamed); open
+    loop: ttft_ms and e2e_ms count from ``intended`` (the send delay is part of them).
 
 ``LoadResult.itl`` (one row per inter-token gap, every request, first token excluded)
     request (id), t_s (arrival of the token closing the gap, seconds since the shape started),
@@ -50,7 +65,10 @@ Request
     tpot_p95_ms, users_max, tokens_source counts, errors (top error texts), by_phase (the
     contract keys per phase, by the phase a request was *sent* in), generator (processes,
     CPU seconds and peak %, event-loop lag p99 = the generator's own share of the latencies it
-    reports, records dropped, stopped early, deadline hit). Values are None when there is no
+    reports, records dropped, stopped early, deadline hit; arrival, seed, cpu_percent_max over
+    every process, schedule_delay_p50/p99/max_ms; open loop also scheduled, sent,
+    nominal_requests, requested_rps, nominal_rps, achieved_rps, achieved_ratio, in_flight_max,
+    in_flight_cap_hits, max_in_flight; and ``behind``, see ``generator_figures``). Values are None when there is no
     data (a gate's ``no-data``). Definitions of every figure: ``DEFINITIONS``. Latency
     percentiles are over successful requests; failures count in requests and error_rate only.
 
@@ -231,8 +249,16 @@ class LoadResult:
             return "n/a" if s.get(key) is None else f"{s[key]:.0f} ms"
 
         rps = "n/a" if s.get("rps") is None else f"{s['rps']:.1f}"
+        gen = s.get("generator") or {}
+        if self.shape.open_loop:
+            level = (f"{gen.get('arrival')} arrivals (seed {gen.get('seed')}), up to "
+                     f"{gen.get('in_flight_max', s['users_max'])} in flight")
+            if gen.get("behind"):
+                level += f"; the generator fell behind: {'; '.join(gen['behind'])}"
+        else:
+            level = f"up to {s['users_max']} users"
         return (f"{s['requests']} requests ({s['failures']} failed) in {s['duration_s']:.0f}s of the "
-                f"{self.shape.kind} shape, up to {s['users_max']} users: {rps} rps, TTFT p95 "
+                f"{self.shape.kind} shape, {level}: {rps} rps, TTFT p95 "
                 f"{ms('ttft_p95_ms')}, ITL p95 {ms('itl_p95_ms')}, e2e p95 {ms('e2e_p95_ms')}")
 
 
@@ -788,7 +814,7 @@ def run_load(spec: RolloutSpec | LoadSpec, out_dir: Path | str, *, base_url: str
 
 
 __all__ = [
-    "CONTRACT_KEYS", "DEFINITIONS", "LoadResult", "LoadShape", "MAX_USERS_PER_PROCESS", "Phase",
+    "CONTRACT_KEYS", "DEFINITIONS", "LoadResult", "constant_rate_spec", "generator_figures", "request_config", "LoadShape", "MAX_USERS_PER_PROCESS", "Phase",
     "PER_SECOND_COLUMNS", "REQUEST_COLUMNS", "Step", "chat_request", "check_capacity",
     "compute_result", "read_runner_output", "register_shape", "run_load", "shape_for", "spike_shape",
 ]

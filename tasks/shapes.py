@@ -31,10 +31,12 @@ MAX_STEPS = 100_000
 # 400 users at ~50 tokens/s each keep a process near half a core, where its own timestamp lag
 # stays small; shapes above it need load.workers.
 MAX_USERS_PER_PROCESS = 400
-# Open-loop requests/s one generator process is trusted with (one greenlet per request, the
-# same per-token CPU as a user); above it a shape needs load.workers. A first bound, to be
-# replaced by what `make bench-load` measures on this machine.
-MAX_RPS_PER_PROCESS = 500.0
+# Open-loop requests/s one generator process is trusted with; above it a shape needs
+# load.workers. Measured 2026-12-06 against the zero-latency emulator, streamed, 16 tokens per
+# request: 600/s took 39 % of a core (about 0.65 ms of CPU per request) with schedule delay p50
+# 0.7 ms, so 1500/s is about one core: beyond it one process cannot keep the schedule whatever
+# the responses. Below it the run checks itself (summary.generator.behind: CPU, schedule delay).
+MAX_RPS_PER_PROCESS = 1500.0
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,21 @@ import numpy as np
 import pytest
 
 from tasks import load as L
-from tasks._locust_runner import RateIntegral, intended_offsets, schedule_seed, unit_gaps
+from tasks._locust_runner import (
+    RateIntegral,
+    intended_offsets,
+    schedule_seed,
+    unit_gaps,
+)
 from tasks.errors import SpecError
-from tasks.shapes import MAX_RPS_PER_PROCESS, LoadShape, Step, check_capacity, rate_spike_shape, spike_shape
+from tasks.shapes import (
+    MAX_RPS_PER_PROCESS,
+    LoadShape,
+    Step,
+    check_capacity,
+    rate_spike_shape,
+    spike_shape,
+)
 from tasks.spec import LoadSpec, TidalSpec
 from tasks.tidal import plan_tidal
 
