@@ -27,7 +27,7 @@ from tasks.ownership import check_free, create_owned, delete_owned
 from tasks.elastic import describe_elasticity, run_spike, verify_spike
 from tasks.errors import GateFailed, SpecError, StageFailed, StagingError
 from tasks.gate import describe, evaluate, failure_message, last_passing_report, verdict
-from tasks.load import check_capacity, shape_for
+from tasks.load import check_capacity, request_config, shape_for
 from tasks.names import ALWAYS_RUN, CREATES_OBJECTS, STAGE_ALIASES, STAGE_NAMES
 from tasks.render import render_manifests, render_oss_secret
 from tasks.report import reports_root
@@ -222,6 +222,8 @@ def check_inputs(spec: RolloutSpec, stages: Iterable[str]) -> None:
         # users per process (closed loop) or requests/s per process (open loop); a tidal CSV is
         # read here, so a users curve under an open arrival is refused before the run
         check_capacity(shape_for(spec.load), spec.load.workers)
+        # load.requests: a JSONL or trace file (and a tokenizer) read and checked now, not mid-run
+        request_config(spec.load, spec.model.served_name)
     if "stage" in stages:
         try:  # no network I/O: a remote source is only parsed here
             staging.check_source(spec.model.source, storage_kind=spec.storage.kind)

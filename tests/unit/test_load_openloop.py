@@ -278,3 +278,23 @@ def test_constant_rate_spec() -> None:
 def test_request_config_falls_back_or_uses_requestgen() -> None:
     cfg = L.request_config(LoadSpec(), "qwen")
     assert cfg["kind"] in ("fixed", "requestgen") and isinstance(cfg["config"], dict)
+
+
+# -- checked before the run (tasks.stages.check_inputs) -------------------------------------------
+def rollout(load: LoadSpec):
+    from tasks.spec import load_spec
+
+    return load_spec("examples/qwen-chat.local.yaml").model_copy(update={"load": load})
+
+
+def test_check_inputs_accepts_open_loop_and_checks_its_rate_and_requests(tmp_path: Path) -> None:
+    from tasks.stages import check_inputs
+
+    check_inputs(rollout(open_spec()), ["spike"])
+    with pytest.raises(SpecError, match="set load.workers to at least 2"):
+        check_inputs(rollout(open_spec(spike_rps=MAX_RPS_PER_PROCESS + 1)), ["spike"])
+    check_inputs(rollout(open_spec(spike_rps=MAX_RPS_PER_PROCESS + 1, workers=2)), ["spike"])
+    missing = LoadSpec(requests={"source": "jsonl", "path": str(tmp_path / "none.jsonl")})
+    with pytest.raises(SpecError, match="none.jsonl"):
+        check_inputs(rollout(missing), ["spike"])
+    check_inputs(rollout(missing), ["smoke"])  # only the load stage needs them
