@@ -17,8 +17,9 @@ load generator could not hold the load); ``warn`` if a rule warned; else ``pass`
 from __future__ import annotations
 
 import json
+import math
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +80,60 @@ def last_passing_report(root: Path, spec_name: str, exclude_run: str | None = No
     return best[1] if best else None
 
 
-def evaluate(rules, report: dict[str, Any], *, baseline: dict[str, Any] | None = None) -> list[RuleResult]:
+@dataclass
+class Baselines:
+    """What statistical rules compare with: the candidate's per-request samples (``requests``
+    table) and the baseline runs (report.json and requests table each; newest first)."""
+
+    candidate_requests: Any = None                       # pandas DataFrame or None
+    runs: list[tuple[dict[str, Any], Any]] = field(default_factory=list)
+    source: str = ""
+
+    def samples(self, table: Any, column: str) -> list[float]:
+        if table is None or column not in getattr(table, "columns", ()):
+            return []
+        ok = table[table["ok"].astype(str).str.lower().isin(("true", "1"))] if "ok" in table else table
+        return [float(v) for v in ok[column].dropna().tolist()]
+
+
+def _statistical(r, report: dict[str, Any], history: Baselines | None) -> RuleResult:
+    from tasks import stats
+    from tasks.spec.slo import SAMPLE_RULES
+
+    higher_is_worse = r.op in ("<=", "<")
+    allowed = float(r.allowed_increase or 0) / 100
+    threshold = f"{'+' if higher_is_worse else '-'}{r.allowed_increase:g}% vs baseline"
+    runs = history.runs if history is not None else []
+    if not runs:
+        return RuleResult(r.rule, _no_data_status(r), None, threshold, r.op,
+                          "no baseline: no earlier run of this spec passed the full chain (results store)")
+    ids = ", ".join(str(doc.get("run_id")) for doc, _ in runs)
+    if r.test == "mann_whitney":
+        column = SAMPLE_RULES[r.rule]
+        cand = history.samples(history.candidate_requests, column)
+        base = [v for _, table in runs for v in history.samples(table, column)]
+        c = stats.compare_samples(cand, base, allowed_increase=allowed, confidence=r.confidence,
+                                  higher_is_worse=higher_is_worse)
+        value = round(c.median_c, 2) if c.n_c and math.isfinite(c.median_c) else None
+        detail = f"{c.reason} (baseline runs {ids})"
+    else:
+        value = lookup(report, r.rule)
+        vals = [v for v in (lookup(doc, r.rule) for doc, _ in runs) if isinstance(v, (int, float))
+                and not isinstance(v, bool)]
+        c = stats.compare_to_distribution(value if isinstance(value, (int, float)) else None, vals,
+                                          allowed_increase=allowed, higher_is_worse=higher_is_worse)
+        detail = f"{c.reason} (baseline runs {ids})"
+    status = {"pass": "pass", "fail": r.severity}.get(c.verdict, _no_data_status(r))
+    return RuleResult(r.rule, status, value, threshold, r.op, detail)
+
+
+def evaluate(rules, report: dict[str, Any], *, baseline: dict[str, Any] | None = None,
+             history: Baselines | None = None) -> list[RuleResult]:
     out = []
     for r in rules:
+        if getattr(r, "test", "threshold") != "threshold":
+            out.append(_statistical(r, report, history))
+            continue
         value = lookup(report, r.rule)
         if value is None:
             out.append(RuleResult(r.rule, _no_data_status(r), None, r.threshold, r.op,
@@ -150,5 +202,5 @@ def failure_message(results: list[RuleResult], findings: list[str]) -> str:
     return f"gate failed: {'; '.join(bad)}{why}"
 
 
-__all__ = ["OPS", "RuleResult", "describe", "evaluate", "failure_message", "full_chain_passed",
+__all__ = ["OPS", "Baselines", "RuleResult", "describe", "evaluate", "failure_message", "full_chain_passed",
            "inconclusive_reasons", "last_passing_report", "lookup", "verdict"]

@@ -49,7 +49,7 @@ import shutil
 import socket
 import uuid
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -578,20 +578,38 @@ class Store:
         files = self._marker(check_run_id(run_id)).get("files")
         return files if isinstance(files, dict) else {}
 
+    def read_file(self, run_id: str, rel: str) -> bytes | None:
+        """One file of a run as published (checked against its hash), None when the run has none."""
+        meta = self.files(run_id).get(rel)
+        return None if meta is None else self._read_checked(run_id, rel, meta)
+
+    def _read_checked(self, run_id: str, rel: str, meta: dict[str, Any]) -> bytes:
+        if rel.startswith("/") or ".." in Path(rel).parts:
+            raise CorruptEntry(f"results store {self.url}: run {run_id}: refused file name {rel!r}")
+        try:
+            data = self._backend.read(f"{RUNS}/{run_id}/{rel}")
+        except KeyError:
+            raise CorruptEntry(f"results store {self.url}: run {run_id}: {rel} is missing") from None
+        if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+            raise CorruptEntry(f"results store {self.url}: run {run_id}: {rel} does not match its "
+                               "published hash")
+        return data
+
+    def requests(self, run_id: str):
+        """The run's per-request table (requests.csv) as a DataFrame, None when it has none."""
+        import io
+
+        import pandas as pd
+
+        data = self.read_file(run_id, "requests.csv")
+        return None if data is None else pd.read_csv(io.BytesIO(data))
+
     def fetch(self, run_id: str, dest: str | os.PathLike[str]) -> Path:
         """Copy the run's report directory into ``dest`` (created), each file checked against the
         size and hash the marker recorded; return ``dest``."""
         out = Path(dest)
         for rel, meta in self.files(run_id).items():
-            if rel.startswith("/") or ".." in Path(rel).parts:
-                raise CorruptEntry(f"results store {self.url}: run {run_id}: refused file name {rel!r}")
-            try:
-                data = self._backend.read(f"{RUNS}/{run_id}/{rel}")
-            except KeyError:
-                raise CorruptEntry(f"results store {self.url}: run {run_id}: {rel} is missing") from None
-            if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
-                raise CorruptEntry(f"results store {self.url}: run {run_id}: {rel} does not match its "
-                                   "published hash")
+            data = self._read_checked(run_id, rel, meta)
             path = out / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
@@ -638,13 +656,20 @@ def carried_evidence_gaps(doc: dict[str, Any]) -> list[str]:
             if str(r) not in gate_made and not any(str(r).startswith(f"{rule}: ") for rule in rules)]
 
 
-def judge(rules, candidate: dict[str, Any], baselines: list[dict[str, Any]]) -> Judgement:
-    """Judge ``candidate`` (a report.json) by ``rules`` (a spec's ``slo``) with ``tasks.gate.evaluate``
-    against the first of ``baselines``, and decide with ``tasks.gate.verdict``: a stage of the
-    candidate that failed (the gate stage aside: that is the judgement being redone) fails it; its
-    lost evidence keeps it inconclusive."""
+def judge(rules, candidate: dict[str, Any], baselines: list[dict[str, Any]], *,
+          requests: Callable[[str], Any] | None = None) -> Judgement:
+    """Judge ``candidate`` (a report.json) by ``rules`` (a spec's ``slo``) with ``tasks.gate.evaluate``:
+    relative rules against the first of ``baselines``, statistical rules against all of them (their
+    per-request tables from ``requests(run_id)``, e.g. ``Store.requests``); decide with
+    ``tasks.gate.verdict``: a stage of the candidate that failed (the gate stage aside: that is the
+    judgement being redone) fails it; its lost evidence keeps it inconclusive."""
+    from tasks.gate import Baselines
+
     base = baselines[0] if baselines else None
-    results = evaluate(rules, candidate, baseline=base)
+    load = requests or (lambda _rid: None)
+    history = Baselines(candidate_requests=load(str(candidate.get("run_id"))),
+                        runs=[(b, load(str(b.get("run_id")))) for b in baselines])
+    results = evaluate(rules, candidate, baseline=base, history=history)
     stages = candidate.get("stages") or {}
     failed = [f"stage {name} {st.get('status')}: {st.get('detail', '')}".rstrip(": ")
               for name, st in stages.items()

@@ -26,7 +26,7 @@ from tasks.deploy import deploy
 from tasks.ownership import check_free, create_owned, delete_owned
 from tasks.elastic import describe_elasticity, run_spike, verify_spike
 from tasks.errors import GateFailed, SpecError, StageFailed, StagingError
-from tasks.gate import describe, evaluate, failure_message, last_passing_report, verdict
+from tasks.gate import Baselines, describe, evaluate, failure_message, last_passing_report, verdict
 from tasks.load import check_capacity, request_config, shape_for
 from tasks.names import ALWAYS_RUN, CREATES_OBJECTS, STAGE_ALIASES, STAGE_NAMES
 from tasks.render import render_manifests, render_oss_secret
@@ -166,13 +166,27 @@ def verify_elasticity(ctx: RunContext) -> str:
     return head + ("; missing: " + "; ".join(missing) if missing else "")
 
 
+def _baselines(ctx: RunContext) -> Baselines:
+    """The baseline runs of the spec's statistical rules: the newest results.baseline_runs runs of
+    this spec in the results store that passed the full chain, with their per-request tables."""
+    from tasks.history import Store
+
+    spec = ctx.spec
+    store = Store.for_spec(spec, spec.results.store, endpoint=spec.results.endpoint)
+    entries = store.baselines(spec.name, n=spec.results.baseline_runs, exclude=ctx.run_id)
+    return Baselines(candidate_requests=ctx.load.requests if ctx.load is not None else None,
+                     runs=[(store.get(e.run_id), store.requests(e.run_id)) for e in entries],
+                     source=store.url)
+
+
 def gate(ctx: RunContext) -> str:
     """Judge the report so far by the spec's rules; GateFailed when the verdict is fail."""
     doc = ctx.report.to_dict()
     baseline = None
     if any(r.relative for r in ctx.spec.slo):
         baseline = last_passing_report(reports_root(), ctx.spec.name, exclude_run=ctx.run_id)
-    results = evaluate(ctx.spec.slo, doc, baseline=baseline)
+    history = _baselines(ctx) if any(r.test != "threshold" for r in ctx.spec.slo) else None
+    results = evaluate(ctx.spec.slo, doc, baseline=baseline, history=history)
     ctx.gate = results
     ctx.report.gate = [r.report_block() for r in results]
     v = verdict(results)

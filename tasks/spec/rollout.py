@@ -44,6 +44,9 @@ class ResultsSpec(_Strict):
     endpoint: str | None = Field(None, title="OSS endpoint", max_length=1024,
                                  description="For an oss:// store; default storage.oss.endpoint.")
     publish: bool = Field(True, title="Publish runs", description="Publish every run to the store.")
+    baseline_runs: int = Field(5, ge=1, le=100, title="Baseline runs",
+                               description="Statistical gate rules compare with this many newest runs of the "
+                                           "spec in the store that passed the full chain.")
 
 
 class RolloutSpec(_Strict):

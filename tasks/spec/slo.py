@@ -14,6 +14,9 @@ from tasks.spec.base import _RULE, _FieldError, _show, _Strict
 # rule can only name a key the report fills; ``stages.<name>.<field>`` is read as is
 REPORT_KEYS = {section: set(keys) for section, keys in rule_keys().items()}
 OPEN_REPORT_SECTIONS = OPEN_RULE_SECTIONS
+# per-request figures a mann_whitney rule compares (the candidate's requests against the baselines')
+SAMPLE_RULES = {"load.ttft_ms": "ttft_ms", "load.itl_ms": "itl_mean_ms", "load.e2e_ms": "e2e_ms",
+                "load.tpot_ms": "tpot_ms"}
 
 
 class SloRule(_Strict):
@@ -36,6 +39,20 @@ class SloRule(_Strict):
     critical: bool = Field(False, title="Critical",
                            description="A figure the release cannot go without: no data for it fails the run "
                                        "(on_no_data defaults to fail).")
+    test: Literal["threshold", "mann_whitney", "baseline_distribution"] = Field(
+        "threshold", title="Test",
+        description="threshold: value <op> threshold (or its change vs the last passing run with relative); "
+                    "mann_whitney: the run's per-request samples (load.ttft_ms, load.itl_ms, load.e2e_ms, "
+                    "load.tpot_ms) against the baseline runs' with a Mann-Whitney U test and a Hodges-Lehmann "
+                    "shift beyond allowed_increase (Kayenta's canary judgement); baseline_distribution: a "
+                    "per-run figure against the baseline runs' median and spread (>= 3 runs). op gives the "
+                    "direction: <= or < when higher is worse.")
+    allowed_increase: float | None = Field(
+        None, ge=0, le=1000, title="Allowed change (%)",
+        description="Statistical tests: the change in percent of the baseline's median that is tolerated "
+                    "(\"10%\" or 10).")
+    confidence: float = Field(0.95, ge=0.5, le=0.9999, title="Confidence",
+                              description="Statistical tests: the confidence of the significance test.")
     on_no_data: Literal["fail", "inconclusive"] | None = Field(
         None, title="If no data",
         description="Outcome when the run produced no value for the metric (or a relative rule has no "
@@ -53,11 +70,23 @@ class SloRule(_Strict):
             raise ValueError(f"must be a finite number or true/false (got {_show(value)})")
         return value
 
+    @field_validator("allowed_increase", mode="before")
+    @classmethod
+    def _percent(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().endswith("%"):
+            try:
+                return float(value.strip()[:-1])
+            except ValueError:
+                raise ValueError(f"must be a percentage such as 10% (got {_show(value)})") from None
+        return value
+
     @field_validator("rule")
     @classmethod
     def _rule(cls, value: str) -> str:
         if not _RULE.match(value):
             raise ValueError(f"must be a dotted report key such as load.error_rate (got {_show(value)})")
+        if value in SAMPLE_RULES:
+            return value  # a per-request figure: a mann_whitney rule (checked below)
         section, key = value.split(".", 1)
         if section in REPORT_KEYS:
             if key not in REPORT_KEYS[section]:
@@ -67,6 +96,24 @@ class SloRule(_Strict):
             raise ValueError(f"section {section!r} unknown (allowed: "
                              f"{', '.join([*REPORT_KEYS, *OPEN_REPORT_SECTIONS])})")
         return value
+
+    @model_validator(mode="after")
+    def _test(self) -> SloRule:
+        if self.test == "mann_whitney" and self.rule not in SAMPLE_RULES:
+            raise _FieldError("rule", f"a mann_whitney rule compares per-request samples: one of "
+                                      f"{', '.join(sorted(SAMPLE_RULES))} (got {self.rule})")
+        if self.test != "mann_whitney" and self.rule in SAMPLE_RULES:
+            raise _FieldError("rule", f"{self.rule} is a per-request sample: use test: mann_whitney, or a "
+                                      f"report figure such as load.{self.rule.split('.')[1].replace('_ms', '_p95_ms')}")
+        if self.test != "threshold":
+            if self.allowed_increase is None:
+                raise _FieldError("allowed_increase", f"is required with test {self.test} (e.g. 10%)")
+            if self.relative:
+                raise _FieldError("relative", f"does not apply to test {self.test} (it compares with baselines)")
+            if self.op not in ("<=", "<", ">=", ">"):
+                raise _FieldError("op", f"gives the direction of test {self.test}: <= when higher is worse, "
+                                        ">= when lower is worse")
+        return self
 
     @model_validator(mode="after")
     def _op(self) -> SloRule:
