@@ -56,7 +56,8 @@ shape's start; open loop: the epoch the schedule counts from), ``cpu_seconds``,
 kept / dropped, failures; open loop also ``arrival``, ``seed``, ``scheduled`` (intended send
 times drawn within the shape), ``sent``, ``nominal_requests`` (this process's share of the rate
 integral), ``in_flight_max``, ``in_flight_cap_hits``, ``max_in_flight``; the local open-loop
-process samples its requests in flight into ``users.jsonl``.
+process samples its requests in flight into ``users.jsonl``, a worker into
+``users-worker<N>.jsonl`` (the parent sums them).
 
 Bounds: every request runs under ``request_timeout_s``; a failed request is followed by a
 pause of ``failure_pause_s`` so an unreachable target cannot spin the generator; at most
@@ -536,7 +537,8 @@ class OpenLoop:
         self.in_flight_max = max(self.in_flight_max, self.in_flight)
         try:
             prompt, max_tokens, input_tokens = self.source.next()
-            rec: dict[str, Any] = {"users": self.in_flight, "in_flight": self.in_flight,
+            # a worker's own count is not the total: the parent joins the summed samples instead
+            rec: dict[str, Any] = {"users": self.in_flight if self.share >= 1.0 else None, "in_flight": self.in_flight,
                                    "input_tokens": int(input_tokens), "max_tokens": int(max_tokens)}
             rec = self.send(conn, self.body_for(prompt, max_tokens), rec, intended)
             self.recorder.add(rec)
@@ -690,6 +692,18 @@ def _drive_open(cfg: dict[str, Any], role: str, runner: Any, recorder: Recorder,
     gevent.spawn(lag.run)
     gevent.spawn_later(max(0.0, deadline - time.time()) + 10.0, hard_exit)
 
+    def sampler() -> None:  # the open-loop "users" are the requests in flight
+        assert dispatcher is not None
+        path = os.path.join(out_dir, "users.jsonl" if role == "local" else f"users-{name}.jsonl")
+        with open(path, "a", encoding="utf-8") as fh:
+            while True:
+                fh.write(json.dumps([round(time.time(), 3), int(dispatcher.in_flight)]) + "\n")
+                fh.flush()
+                gevent.sleep(SAMPLE_INTERVAL_S)
+
+    if dispatcher is not None:
+        gevent.spawn(sampler)
+
     def dispatch(t0: float) -> None:
         assert dispatcher is not None
         info["started_at"] = t0
@@ -759,19 +773,9 @@ def _drive_open(cfg: dict[str, Any], role: str, runner: Any, recorder: Recorder,
 
     # local
     assert dispatcher is not None
-    users_path = os.path.join(out_dir, "users.jsonl")
-
-    def sampler() -> None:  # the open-loop "users" are the requests in flight
-        with open(users_path, "a", encoding="utf-8") as fh:
-            while True:
-                fh.write(json.dumps([round(time.time(), 3), int(dispatcher.in_flight)]) + "\n")
-                fh.flush()
-                gevent.sleep(SAMPLE_INTERVAL_S)
-
     cpu0 = cpu_s()
     t0 = time.time() + 0.05
     _write_json(os.path.join(out_dir, "started.json"), {"started_at": t0})
-    gevent.spawn(sampler)
     gevent.spawn(_cpu_sampler, info)
     runs.append(gevent.spawn(dispatch, t0))
     done_event.wait()

@@ -149,7 +149,7 @@ BEHIND_ACHIEVED_RATIO = 0.97
 BEHIND_DELAY_P50_MS = 10.0
 BEHIND_CPU_PERCENT = 85.0
 
-_RUNNER_FILES = ("records-", "runner", "users.jsonl", "started.json", "locust-config.json")
+_RUNNER_FILES = ("records-", "runner", "users", "started.json", "locust-config.json")
 
 
 # -- load shapes -------------------------------------------------------------------------------
@@ -406,8 +406,8 @@ def compute_result(records: Sequence[dict[str, Any]], users: Sequence[Sequence[f
         "e2e_p50_ms": _pct(e2e[ok], 50),
         "tpot_p50_ms": _pct(tpot[ok], 50),
         "tpot_p95_ms": _pct(tpot[ok], 95),
-        # open loop: users are the requests in flight (sampled; distributed: the largest a
-        # worker's records saw)
+        # open loop: users are the requests in flight (sampled; distributed: summed over the
+        # workers' samples)
         "users_max": int(u_n.max()) if u_n.size else (int(requests["users"].max()) if n else 0),
         "streamed": streamed_tokens,
         "tokens_source": dict(Counter(requests.loc[ok, "tokens_source"])) if n else {},
@@ -579,6 +579,16 @@ def read_runner_output(run_dir: Path) -> tuple[list[dict[str, Any]], list[list[f
             for line in fh:
                 with contextlib.suppress(ValueError):
                     samples.append(json.loads(line))
+    per_worker = []
+    for path in sorted(run_dir.glob("users-worker*.jsonl")):
+        with open(path, encoding="utf-8") as fh:
+            rows = []
+            for line in fh:
+                with contextlib.suppress(ValueError):
+                    rows.append(json.loads(line))
+            per_worker.append(rows)
+    if per_worker and not samples:
+        samples = merge_samples(per_worker)
     info: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError):
         info = json.loads((run_dir / "runner.json").read_text())
@@ -589,6 +599,25 @@ def read_runner_output(run_dir: Path) -> tuple[list[dict[str, Any]], list[list[f
     info["worker_info"] = workers
     info["torn_lines"] = torn
     return records, samples, info
+
+
+def merge_samples(per_process: Sequence[Sequence[Sequence[float]]]) -> list[list[float]]:
+    """The total of several processes' ``[epoch, count]`` samples (open loop, distributed: the
+    requests in flight): at every sample time, the sum of each process's latest count.
+
+    >>> merge_samples([[[1.0, 2], [3.0, 4]], [[2.0, 1]]])
+    [[1.0, 2], [2.0, 3], [3.0, 5]]
+    """
+    events = sorted((float(row[0]), i, int(row[1])) for i, rows in enumerate(per_process) for row in rows)
+    latest = [0] * len(per_process)
+    out: list[list[float]] = []
+    for t, i, n in events:
+        latest[i] = n
+        if out and out[-1][0] == t:
+            out[-1][1] = sum(latest)
+        else:
+            out.append([t, sum(latest)])
+    return out
 
 
 # -- running the generator --------------------------------------------------------------------

@@ -383,6 +383,26 @@ def test_open_loop_distributed_splits_the_rate(bed: ServedBed, tmp_path: Path) -
     assert g["scheduled"] == g["sent"] == s["requests"] == 40 and g["achieved_ratio"] == 1.0
     req = res.requests.sort_values("intended")
     assert set(req["worker"]) == {1, 2} and (req["worker"] == 1).sum() == 20
+    assert 1 <= s["users_max"] <= g["in_flight_max"]  # the workers' in-flight samples, summed
     # two streams of 10/s interleave into one of 20/s
     gaps = req["intended"].diff().dt.total_seconds().dropna()
     assert gaps.to_numpy() == pytest.approx(0.05, abs=1e-3)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_open_loop_stop_event_cancels_what_is_in_flight(slow_bed: ServedBed, tmp_path: Path, workers: int) -> None:
+    stop = threading.Event()
+    timer = threading.Timer(4.0 if workers else 2.0, stop.set)
+    timer.start()
+    began = time.monotonic()
+    try:
+        res = L.run_load(slow_load(spike_s=120, workers=workers), tmp_path, base_url=slow_bed.url, host=HOST,
+                         stop_event=stop)
+    finally:
+        timer.cancel()
+    assert time.monotonic() - began < 25
+    s, g = res.summary, res.summary["generator"]
+    assert g["stopped_early"] and s["duration_s"] < 15
+    # the server holds a queue when the run stops: those requests are cancelled, not failures
+    assert s["cancelled"] > 0 and s["failures"] == 0 and s["requests"] > 0
+    assert g["scheduled"] >= g["sent"] == s["requests"] + s["cancelled"]

@@ -298,3 +298,8 @@ def test_check_inputs_accepts_open_loop_and_checks_its_rate_and_requests(tmp_pat
     with pytest.raises(SpecError, match="none.jsonl"):
         check_inputs(rollout(missing), ["spike"])
     check_inputs(rollout(missing), ["smoke"])  # only the load stage needs them
+
+
+def test_distributed_in_flight_samples_are_summed() -> None:
+    assert L.merge_samples([[[1.0, 2], [3.0, 4]], [[2.0, 1], [3.0, 0]]]) == [[1.0, 2], [2.0, 3], [3.0, 4]]
+    assert L.merge_samples([]) == []
