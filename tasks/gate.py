@@ -88,6 +88,7 @@ class Baselines:
     candidate_requests: Any = None                       # pandas DataFrame or None
     runs: list[tuple[dict[str, Any], Any]] = field(default_factory=list)
     source: str = ""
+    series: list[dict[str, Any]] = field(default_factory=list)   # earlier runs' reports, oldest first
 
     def samples(self, table: Any, column: str) -> list[float]:
         if table is None or column not in getattr(table, "columns", ()):
@@ -127,10 +128,67 @@ def _statistical(r, report: dict[str, Any], history: Baselines | None) -> RuleRe
     return RuleResult(r.rule, status, value, threshold, r.op, detail)
 
 
+# key figures watched for change points without a rule (warn), and whether higher is worse
+CHANGE_POINT_FIGURES = {"load.ttft_p95_ms": True, "load.e2e_p95_ms": True, "load.error_rate": True,
+                        "load.slo_attainment": False, "elasticity.time_to_first_cloud_pod_ready_s": True,
+                        "elasticity.time_to_cloud_node_s": True, "cost.hybrid_cost_per_day": True}
+MIN_SERIES = 5
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def change_point_at_run(report: dict[str, Any], history: Baselines | None, figure: str, *,
+                        higher_is_worse: bool, min_magnitude: float = 0.0) -> tuple[str, str]:
+    """(pass | regressed | inconclusive, one line): does this run land on a change point of
+    ``figure``'s series over the spec's earlier runs (E-divisive means, ``tasks.stats``)."""
+    from tasks import stats
+
+    value = _number(lookup(report, figure))
+    earlier = [(doc, _number(lookup(doc, figure))) for doc in (history.series if history else [])]
+    earlier = [(doc, v) for doc, v in earlier if v is not None]
+    if value is None or len(earlier) < MIN_SERIES:
+        return "inconclusive", f"{len(earlier)} earlier runs with {figure} (a change point needs {MIN_SERIES})"
+    series = [v for _, v in earlier] + [value]
+    found = [c for c in stats.change_points(series, min_magnitude=min_magnitude) if c.index == len(series) - 1]
+    if not found:
+        return "pass", f"no change point at this run over {len(series)} runs"
+    c = found[0]
+    worse = c.mean_after > c.mean_before if higher_is_worse else c.mean_after < c.mean_before
+    verb = "regressed" if worse else "improved"
+    run = report.get("run_id")
+    image = f" (image {report['image']})" if report.get("image") else ""
+    text = (f"{figure} {verb} from {c.mean_before:.3g} to {c.mean_after:.3g} ({c.relative_change:+.0%}) at run "
+            f"{run}{image}, over {len(series)} runs (p {c.p_value:.2g})")
+    return ("regressed" if worse else "pass"), text
+
+
+def change_point_warnings(rules, report: dict[str, Any], history: Baselines | None) -> list[RuleResult]:
+    """A warning for each key figure (``CHANGE_POINT_FIGURES``) that regressed at this run, unless a
+    change_point rule names it (that rule decides)."""
+    named = {r.rule for r in rules if getattr(r, "test", "") == "change_point"}
+    out = []
+    for figure, higher in CHANGE_POINT_FIGURES.items():
+        if figure in named:
+            continue
+        status, text = change_point_at_run(report, history, figure, higher_is_worse=higher)
+        if status == "regressed":
+            out.append(RuleResult(f"change_point:{figure}", "warn", _number(lookup(report, figure)),
+                                  "no change point", "==", text))
+    return out
+
+
 def evaluate(rules, report: dict[str, Any], *, baseline: dict[str, Any] | None = None,
              history: Baselines | None = None) -> list[RuleResult]:
     out = []
     for r in rules:
+        if getattr(r, "test", "threshold") == "change_point":
+            status, text = change_point_at_run(report, history, r.rule, higher_is_worse=r.op in ("<=", "<"),
+                                               min_magnitude=float(r.allowed_increase or 0) / 100)
+            out.append(RuleResult(r.rule, {"pass": "pass", "regressed": r.severity}.get(status, _no_data_status(r)),
+                                  _number(lookup(report, r.rule)), "no change point", r.op, text))
+            continue
         if getattr(r, "test", "threshold") != "threshold":
             out.append(_statistical(r, report, history))
             continue
@@ -202,5 +260,5 @@ def failure_message(results: list[RuleResult], findings: list[str]) -> str:
     return f"gate failed: {'; '.join(bad)}{why}"
 
 
-__all__ = ["OPS", "Baselines", "RuleResult", "describe", "evaluate", "failure_message", "full_chain_passed",
+__all__ = ["CHANGE_POINT_FIGURES", "OPS", "Baselines", "RuleResult", "change_point_at_run", "change_point_warnings", "describe", "evaluate", "failure_message", "full_chain_passed",
            "inconclusive_reasons", "last_passing_report", "lookup", "verdict"]

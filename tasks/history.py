@@ -663,13 +663,15 @@ def judge(rules, candidate: dict[str, Any], baselines: list[dict[str, Any]], *,
     per-request tables from ``requests(run_id)``, e.g. ``Store.requests``); decide with
     ``tasks.gate.verdict``: a stage of the candidate that failed (the gate stage aside: that is the
     judgement being redone) fails it; its lost evidence keeps it inconclusive."""
-    from tasks.gate import Baselines
+    from tasks.gate import Baselines, change_point_warnings
 
     base = baselines[0] if baselines else None
     load = requests or (lambda _rid: None)
     history = Baselines(candidate_requests=load(str(candidate.get("run_id"))),
-                        runs=[(b, load(str(b.get("run_id")))) for b in baselines])
+                        runs=[(b, load(str(b.get("run_id")))) for b in baselines],
+                        series=list(reversed(baselines)))
     results = evaluate(rules, candidate, baseline=base, history=history)
+    results += change_point_warnings(rules, candidate, history)
     stages = candidate.get("stages") or {}
     failed = [f"stage {name} {st.get('status')}: {st.get('detail', '')}".rstrip(": ")
               for name, st in stages.items()

@@ -26,7 +26,15 @@ from tasks.deploy import deploy
 from tasks.ownership import check_free, create_owned, delete_owned
 from tasks.elastic import describe_elasticity, run_spike, verify_spike
 from tasks.errors import GateFailed, SpecError, StageFailed, StagingError
-from tasks.gate import Baselines, describe, evaluate, failure_message, last_passing_report, verdict
+from tasks.gate import (
+    Baselines,
+    change_point_warnings,
+    describe,
+    evaluate,
+    failure_message,
+    last_passing_report,
+    verdict,
+)
 from tasks.load import check_capacity, request_config, shape_for
 from tasks.names import ALWAYS_RUN, CREATES_OBJECTS, STAGE_ALIASES, STAGE_NAMES
 from tasks.render import render_manifests, render_oss_secret
@@ -166,17 +174,36 @@ def verify_elasticity(ctx: RunContext) -> str:
     return head + ("; missing: " + "; ".join(missing) if missing else "")
 
 
+SERIES_RUNS = 30  # earlier runs a change point is looked for over
+
+
+def _history(ctx: RunContext) -> Baselines | None:
+    """The spec's earlier runs in the results store (``_baselines``); None when it cannot be read
+    (statistical rules are then inconclusive, and no change point is looked for)."""
+    from tasks.errors import TidegateError
+
+    try:
+        return _baselines(ctx)
+    except (TidegateError, OSError) as exc:
+        one = exc.one_line() if isinstance(exc, TidegateError) else str(exc)
+        ctx.report.warnings.append(f"the results store could not be read for baselines: {one}")
+        return None
+
+
 def _baselines(ctx: RunContext) -> Baselines:
     """The baseline runs of the spec's statistical rules: the newest results.baseline_runs runs of
-    this spec in the results store that passed the full chain, with their per-request tables."""
+    this spec in the results store that passed the full chain, with their per-request tables; and
+    the newest SERIES_RUNS of them (reports only) for change points."""
     from tasks.history import Store
 
     spec = ctx.spec
     store = Store.for_spec(spec, spec.results.store, endpoint=spec.results.endpoint)
     entries = store.baselines(spec.name, n=spec.results.baseline_runs, exclude=ctx.run_id)
+    samples = any(r.test == "mann_whitney" for r in spec.slo)  # per-request tables only when a rule compares them
+    series = [store.get(e.run_id) for e in reversed(store.baselines(spec.name, n=SERIES_RUNS, exclude=ctx.run_id))]
     return Baselines(candidate_requests=ctx.load.requests if ctx.load is not None else None,
-                     runs=[(store.get(e.run_id), store.requests(e.run_id)) for e in entries],
-                     source=store.url)
+                     runs=[(store.get(e.run_id), store.requests(e.run_id) if samples else None) for e in entries],
+                     source=store.url, series=series)
 
 
 def gate(ctx: RunContext) -> str:
@@ -185,8 +212,9 @@ def gate(ctx: RunContext) -> str:
     baseline = None
     if any(r.relative for r in ctx.spec.slo):
         baseline = last_passing_report(reports_root(), ctx.spec.name, exclude_run=ctx.run_id)
-    history = _baselines(ctx) if any(r.test != "threshold" for r in ctx.spec.slo) else None
+    history = _history(ctx)
     results = evaluate(ctx.spec.slo, doc, baseline=baseline, history=history)
+    results += change_point_warnings(ctx.spec.slo, doc, history)
     ctx.gate = results
     ctx.report.gate = [r.report_block() for r in results]
     v = verdict(results)

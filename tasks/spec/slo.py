@@ -39,14 +39,16 @@ class SloRule(_Strict):
     critical: bool = Field(False, title="Critical",
                            description="A figure the release cannot go without: no data for it fails the run "
                                        "(on_no_data defaults to fail).")
-    test: Literal["threshold", "mann_whitney", "baseline_distribution"] = Field(
+    test: Literal["threshold", "mann_whitney", "baseline_distribution", "change_point"] = Field(
         "threshold", title="Test",
         description="threshold: value <op> threshold (or its change vs the last passing run with relative); "
                     "mann_whitney: the run's per-request samples (load.ttft_ms, load.itl_ms, load.e2e_ms, "
                     "load.tpot_ms) against the baseline runs' with a Mann-Whitney U test and a Hodges-Lehmann "
                     "shift beyond allowed_increase (Kayenta's canary judgement); baseline_distribution: a "
-                    "per-run figure against the baseline runs' median and spread (>= 3 runs). op gives the "
-                    "direction: <= or < when higher is worse.")
+                    "per-run figure against the baseline runs' median and spread (>= 3 runs); change_point: the "
+                    "run lands on a change point (E-divisive, as Apache Otava) of the figure's series over the "
+                    "spec's earlier runs (>= 5; without such a rule a change point of a key figure warns). "
+                    "op gives the direction: <= or < when higher is worse.")
     allowed_increase: float | None = Field(
         None, ge=0, le=1000, title="Allowed change (%)",
         description="Statistical tests: the change in percent of the baseline's median that is tolerated "
@@ -106,7 +108,7 @@ class SloRule(_Strict):
             raise _FieldError("rule", f"{self.rule} is a per-request sample: use test: mann_whitney, or a "
                                       f"report figure such as load.{self.rule.split('.')[1].replace('_ms', '_p95_ms')}")
         if self.test != "threshold":
-            if self.allowed_increase is None:
+            if self.allowed_increase is None and self.test != "change_point":
                 raise _FieldError("allowed_increase", f"is required with test {self.test} (e.g. 10%)")
             if self.relative:
                 raise _FieldError("relative", f"does not apply to test {self.test} (it compares with baselines)")

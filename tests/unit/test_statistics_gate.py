@@ -103,3 +103,35 @@ def test_judge_redoes_a_statistical_rule_on_stored_runs(tmp_path):
     j = judge([MW], cand, bases, requests=store.requests)
     assert j.verdict == "fail" and j.exit_code == 1
     assert "s-20261200-000000-abc0" in j.results[0].detail
+
+
+def _series(values: list[float]) -> list[dict]:
+    return [_report(f"s-{i}", v) for i, v in enumerate(values)]
+
+
+def test_change_point_at_this_run_warns_and_a_rule_can_fail_it():
+    from tasks.gate import change_point_warnings
+
+    rng = np.random.default_rng(3)
+    earlier = _series(list(41 + rng.normal(0, 1.5, 20)))
+    cand = {**_report("cand", 63.0), "image": "vllm:0.7"}
+    hist = Baselines(series=earlier)
+    (warn,) = change_point_warnings([], cand, hist)
+    assert warn.status == "warn" and warn.rule == "change_point:elasticity.time_to_first_cloud_pod_ready_s"
+    assert "regressed from 40.8 to 63 " in warn.detail and "at run cand (image vllm:0.7)" in warn.detail
+    rule = SloRule(rule="elasticity.time_to_first_cloud_pod_ready_s", test="change_point", op="<=")
+    (res,) = evaluate([rule], cand, history=hist)
+    assert res.status == "fail"
+    assert change_point_warnings([rule], cand, hist) == []   # the rule decides, no second warning
+
+
+def test_change_point_needs_a_series_and_ignores_noise_and_improvements():
+    from tasks.gate import change_point_warnings
+
+    rng = np.random.default_rng(4)
+    flat = _series(list(41 + rng.normal(0, 1.5, 20)))
+    assert change_point_warnings([], _report("cand", 42.0), Baselines(series=flat)) == []
+    assert change_point_warnings([], _report("cand", 20.0), Baselines(series=flat)) == []   # faster: no warning
+    rule = SloRule(rule="elasticity.time_to_first_cloud_pod_ready_s", test="change_point", op="<=")
+    (res,) = evaluate([rule], _report("cand", 63.0), history=Baselines(series=flat[:3]))
+    assert res.status == "inconclusive" and "needs 5" in res.detail
