@@ -107,6 +107,8 @@ import pandas as pd
 
 from tasks import cancel
 from tasks.errors import SpecError, StageFailed, StageNotImplemented
+from tasks.goodput import KEYS as GOODPUT_KEYS
+from tasks.goodput import describe_slo, goodput
 from tasks.report_model import CONTRACT_KEYS as REPORT_CONTRACT_KEYS
 from tasks.report_model import E2E, ITL, TPOT, TTFT, LoadBlock
 from tasks.shapes import (
@@ -279,12 +281,13 @@ def _rate(count: float, seconds: float) -> float | None:
 
 def compute_result(records: Sequence[dict[str, Any]], users: Sequence[Sequence[float]], shape: LoadShape,
                    started_at: float, ended_at: float, *, generator: dict[str, Any] | None = None,
-                   out_dir: Path | None = None) -> LoadResult:
+                   out_dir: Path | None = None, slo: Any = None) -> LoadResult:
     """Turn runner records into the DataFrames and the summary (pure; no I/O).
 
     ``records`` are the runner's per-request dicts (``tasks._locust_runner`` docstring),
     ``users`` its samples ``[epoch, user_count, ...]``, ``started_at``/``ended_at`` the epochs
-    at which the shape started and ended.
+    at which the shape started and ended, ``slo`` the per-request SLOs (``load.slo``) goodput is
+    counted against (``tasks.goodput``; None: good = succeeded).
     """
     recs = sorted(records, key=lambda r: r.get("intended", r["start"]))
     n = len(recs)
@@ -415,6 +418,16 @@ def compute_result(records: Sequence[dict[str, Any]], users: Sequence[Sequence[f
         "by_phase": _by_phase(requests, itl, u_t, u_n, shape, started_at, ended_at),
         "generator": generator_figures(generator or {}, send_delay, n, duration),
     }
+    # goodput over the episode, drain included (the last request's end), and per phase
+    episode_s = max(duration, float(np.nanmax(end[finished]) - started_at) if n_finished else 0.0)
+    good = goodput(requests, slo, duration_s=episode_s, phases=shape.phases())
+    summary["arrival"] = summary["generator"].get("arrival", "closed")
+    for key in GOODPUT_KEYS:
+        summary[key] = good[key]
+    summary["goodput"] = {"rule": describe_slo(good["slo"]), "slo": good["slo"], "episode_s": good["episode_s"],
+                          "good_requests": good["good_requests"]}
+    for name, figures in good["by_phase"].items():
+        summary["by_phase"].setdefault(name, {}).update(figures)
     phases = [Phase(name, _utc(started_at + a), _utc(started_at + min(b, max(duration, a))))
               for name, a, b in shape.phases() if a < max(duration, 1e-9)]
     return LoadResult(requests=requests, itl=itl, per_second=per_second, phases=phases, summary=summary,
@@ -836,7 +849,7 @@ def run_load(spec: RolloutSpec | LoadSpec, out_dir: Path | str, *, base_url: str
         })
     result = compute_result(records, samples, shape, float(info["started_at"]),
                             float(info.get("shape_ended_at") or info.get("stopped_at") or info["started_at"]),
-                            generator=generator, out_dir=out)
+                            generator=generator, out_dir=out, slo=load.slo)
     result.requests.to_csv(out / "requests.csv", index=False)
     result.per_second.to_csv(out / "per_second.csv", index=False)
     return result

@@ -303,3 +303,18 @@ def test_check_inputs_accepts_open_loop_and_checks_its_rate_and_requests(tmp_pat
 def test_distributed_in_flight_samples_are_summed() -> None:
     assert L.merge_samples([[[1.0, 2], [3.0, 4]], [[2.0, 1], [3.0, 0]]]) == [[1.0, 2], [2.0, 3], [3.0, 4]]
     assert L.merge_samples([]) == []
+
+
+def test_goodput_counts_latency_from_the_intended_send_time() -> None:
+    from tasks.spec import RequestSlo
+
+    # TTFT from the intended time: 50 ms of service + the send delay; the SLO is 100 ms
+    records = [rec(i * 0.4, d) for i, d in enumerate([1.0, 2.0, 80.0, 3.0, 1.0, 1.0, 2.0, 70.0, 1.0, 1.0])]
+    res = L.compute_result(records, [], SHAPE, T0, T0 + 4.0, generator={"arrival": "poisson"},
+                           slo=RequestSlo(ttft_ms=100))
+    s = res.summary
+    assert s["arrival"] == "poisson" and s["slo_attainment"] == 0.8 and s["goodput"]["good_requests"] == 8
+    assert s["goodput"]["slo"] == {"ttft_ms": 100.0} and "TTFT <= 100 ms" in s["goodput"]["rule"]
+    assert s["by_phase"]["baseline"]["slo_attainment"] == 0.8 and s["by_phase"]["spike"]["slo_attainment"] == 0.8
+    res.report_block()  # the report model takes it
+    assert L.compute_result(records, [], SHAPE, T0, T0 + 4.0).summary["slo_attainment"] == 1.0
