@@ -39,6 +39,7 @@ from prefect import flow
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flows import clusterlock
 from flows.hooks import on_crashed, on_failure
 from flows.release import release_spec, spec_parameters
 from flows.runid import new_run_id
@@ -106,7 +107,8 @@ class DeploymentSettings(BaseSettings):
       on_failure=[on_failure], on_crashed=[on_crashed])
 def release_gate(spec_path: str = DEFAULT_SPEC, image: str | None = None, model_source: str | None = None,
                  overrides: list[str] | None = None, stages: list[StageName] | None = None,
-                 run_id: str | None = None, spec: RolloutSpec | None = None) -> dict:
+                 run_id: str | None = None, spec: RolloutSpec | None = None,
+                 wait_for_cluster: bool = True) -> dict:
     """Gate a release: validate the spec with the image or model under test.
 
     The run ends Failed when the gate fails or a stage fails (and Crashed when the run could
@@ -123,6 +125,8 @@ def release_gate(spec_path: str = DEFAULT_SPEC, image: str | None = None, model_
         run_id: Id of the run (names reports/<run_id>/ and labels what the run creates);
             empty generates one.
         spec: Inline RolloutSpec used instead of spec_path (for workers without the file).
+        wait_for_cluster: Queue behind a validation (the nightly) that holds the cluster; false:
+            stop at once (exit 2) instead of waiting.
     """
     resolved = release_spec(spec_path, image, model_source, overrides, spec)
     selected = normalize_stages(stages or resolved.stages)
@@ -135,7 +139,8 @@ def release_gate(spec_path: str = DEFAULT_SPEC, image: str | None = None, model_
     rid = run_id or new_run_id(resolved)
     print(f"release gate run {rid}: spec {resolved.name}, image {resolved.service.image}, "
           f"model {resolved.model.source}, stages {','.join(selected)}")
-    outcome = execute(resolved, selected, rid, use_prefect=True)
+    with clusterlock.hold(resolved, wait=wait_for_cluster):
+        outcome = execute(resolved, selected, rid, use_prefect=True)
     return {"run_id": outcome.run_id, "verdict": outcome.verdict, "report_dir": outcome.report_dir}
 
 

@@ -96,6 +96,15 @@ def register_deployments(settings=None) -> list[tuple[str, str, str]]:
     with client() as c:
         ensure_work_pool(c, s.work_pool, "process")
     rows = []
+    from flows import clusterlock
+    from tasks.errors import TidegateError
+    from tasks.spec import load_spec
+
+    try:  # one validation at a time against the nightly spec's cluster
+        name = clusterlock.ensure_limit(load_spec(s.spec_file(s.nightly_spec)))
+        rows.append((f"global concurrency limit {name}", "1 slot", "-"))
+    except TidegateError as exc:
+        print(f"tidegate: warning: no cluster concurrency limit: {exc.one_line()}", file=sys.stderr)
     for d in build_deployments(s):
         dep_id = d.apply(work_pool_name=s.work_pool)
         sched = ", ".join(f"cron '{sc.schedule.cron}' {sc.schedule.timezone}" for sc in d.schedules or []) or "-"

@@ -31,6 +31,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NONE as NO_CACHE
 
+from flows import clusterlock
 from flows.hooks import on_crashed, on_failure
 from flows.runid import check_run_id, new_run_id, run_id_for_flow_run
 from tasks import cancel

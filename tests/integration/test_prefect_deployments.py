@@ -542,3 +542,53 @@ def test_ui_flow_run_page_shows_state_and_report_artifact(prefect_server, passin
     browser.save_screenshot(str(tmp_path / "report-artifact.png"))
     assert "PASS" in text and run.parameters["run_id"] in text, text[:2000]
     assert shot.stat().st_size > 10_000
+
+
+CLUSTER_LOCK_SCRIPT = r'''
+import sys, threading, time
+from flows import clusterlock
+from tasks.errors import ClusterError
+from tasks.spec import load_spec
+
+spec = load_spec("examples/qwen-chat.local.yaml", [f"cluster.kubeconfig={sys.argv[1]}"])
+name = clusterlock.ensure_limit(spec)
+spans = []
+
+def run(tag):
+    with clusterlock.hold(spec, timeout_s=60):
+        t0 = time.monotonic()
+        time.sleep(1.5)
+        spans.append((tag, t0, time.monotonic()))
+
+threads = [threading.Thread(target=run, args=(t,)) for t in ("first", "second")]
+for t in threads:
+    t.start()
+time.sleep(0.5)
+try:
+    with clusterlock.hold(spec, wait=False):
+        print("NOWAIT acquired")
+except ClusterError as exc:
+    print("NOWAIT refused:", exc.one_line())
+for t in threads:
+    t.join(90)
+(a, a0, a1), (b, b0, b1) = sorted(spans, key=lambda s: s[1])
+print("LIMIT", name)
+print("OVERLAP", max(0.0, min(a1, b1) - max(a0, b0)))
+'''
+
+
+def test_two_runs_against_one_cluster_run_one_after_the_other(prefect_server, tmp_path):
+    """The cluster's global concurrency limit (one slot, created at registration): two runs holding
+    it at once are serialised (enqueue); one that asked not to wait is refused naming the cluster."""
+    kubeconfig = tmp_path / "kc.yaml"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: 'https://127.0.0.1:6443'}\n"
+        "users:\n- name: u\n  user: {token: x}\ncontexts:\n- name: c\n  context: {cluster: c, user: u}\n"
+        "current-context: c\n")
+    r = subprocess.run([sys.executable, "-c", CLUSTER_LOCK_SCRIPT, str(kubeconfig)], cwd=ROOT,
+                       env=prefect_server.env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = dict(ln.split(" ", 1) for ln in r.stdout.splitlines() if " " in ln)
+    assert lines["LIMIT"].startswith("tidegate-cluster-")
+    assert float(lines["OVERLAP"]) == 0.0, r.stdout
+    assert lines["NOWAIT"].startswith("refused: another tidegate run holds cluster https://127.0.0.1:6443"), r.stdout

@@ -146,7 +146,7 @@ def test_ui_form_release_gate_parameters(deployments):
     schema = deployments["release-gate"]._parameter_openapi_schema.model_dump()
     props = schema["properties"]
     order = [k for k, _ in sorted(props.items(), key=lambda kv: kv[1]["position"])]
-    assert order == ["spec_path", "image", "model_source", "overrides", "stages", "run_id", "spec"]
+    assert order == ["spec_path", "image", "model_source", "overrides", "stages", "run_id", "spec", "wait_for_cluster"]
     assert all(p.get("description") for p in props.values())
     stage_enum = props["stages"]["anyOf"][0]["items"]["enum"]
     assert {"prepare", "teardown", "gate"} <= set(stage_enum)
