@@ -75,10 +75,16 @@ def ensure_limit(spec) -> str:
 @contextlib.contextmanager
 def hold(spec, *, wait: bool = True, timeout_s: float | None = None) -> Iterator[str]:
     """Hold the cluster's slot while the block runs; ``wait=False``: ClusterError at once when another
-    run holds it. Yields the limit's name."""
+    run holds it. Yields the limit's name ("" when the spec names no readable cluster: the stages
+    that need one then fail on their own, with their own message)."""
     from prefect.concurrency.sync import concurrency
 
-    name = limit_name(spec)
+    try:
+        name = limit_name(spec)
+    except ClusterError as exc:  # no cluster to name (e.g. only the stage stage): nothing to hold
+        log.info("no cluster lock: %s", exc.one_line())
+        yield ""
+        return
     try:
         cm = concurrency(name, occupy=1, timeout_seconds=(timeout_s if wait else 0.5), strict=False)
         cm.__enter__()
