@@ -96,10 +96,6 @@ def cmd_load(args: argparse.Namespace) -> int:
     from tasks.load import run_load
 
     load, url, host, served = _load_spec(args)
-    from tasks.stages import check_inputs
-    from tasks.spec import RolloutSpec
-
-    check_inputs(RolloutSpec.model_validate({"load": load.model_dump()}), ["spike"])
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else Path("reports") / f"load-{stamp}-{secrets.token_hex(2)}"
     print(f"tidegate: load {load.arrival} against {url} (Host {host or '-'}, model {served}); files in {out}",
