@@ -30,9 +30,11 @@ PORTS = {
     "webhook": 58443, "gateway": 58000, "oss": 58333, "seaweed_s3": 23334, "seaweed_master": 23333,
     "seaweed_volume": 23081, "seaweed_filer": 23888, "replica_base": 53000,
 }
-# a spike short enough for a fault test, long enough for spill-over and back on the test bed
+# a spike short enough for a fault test, long enough for spill-over and back on the test bed: closed
+# loop (users), whose load backs off while the service scales, so that a 40 s spike holds the gate's
+# latency rules; the open-loop demo is tests/e2e/test_spike_e2e.py
 SHORT_LOAD = ["--set", "load.baseline_s=5", "--set", "load.spike_s=40", "--set", "load.hold_s=10",
-              "--set", "load.cooldown_s=35"]
+              "--set", "load.cooldown_s=35", "--set", "load.arrival=closed"]
 RUN_STARTED = re.compile(r"tidegate: run (\S+) started")
 
 

@@ -58,7 +58,8 @@ def test_apiserver_restart_mid_spike(clean_bed, tmp_path, case):
                   "watches resume: no duplicate timeline entries, no event lost, HPA/pod Ready rows after the "
                   "restart; the run completes (exit 0/1, report, teardown)")
     cli = Cli(bed, validate_args(bed, "--set", "load.baseline_s=5", "--set", "load.spike_s=60", "--set",
-                                 "load.hold_s=15", "--set", "load.cooldown_s=45", stages=FULL, prefect=True),
+                                 "load.hold_s=15", "--set", "load.cooldown_s=45", "--set", "load.arrival=closed",
+                                 stages=FULL, prefect=True),
               tmp_path / "reports")
     rid = cli.run_id()
     cli.wait_for_spike()
@@ -231,7 +232,8 @@ def _run_with_component_stopped(bed, reports: Path, component: str, cooldown_s: 
     preflight saw it healthy), and started again afterwards: (cli, exit code, seconds the stop
     took, seconds the restart took)."""
     cli = Cli(bed, validate_args(bed, "--set", "load.baseline_s=15", "--set", "load.spike_s=40", "--set",
-                                 "load.hold_s=10", "--set", f"load.cooldown_s={cooldown_s}", stages=FULL), reports)
+                                 "load.hold_s=10", "--set", f"load.cooldown_s={cooldown_s}", "--set",
+                                 "load.arrival=closed", stages=FULL), reports)
     try:
         cli.wait_for_spike()
         t0 = time.monotonic()

@@ -300,7 +300,7 @@ def test_overrides_do_not_mutate_their_input():
     ("service.gpus", "--set 'service.gpus': expected key.path=value"),
     ("=3", "expected key.path=value"),
     ("service..gpus=1", "empty path segment"),
-    ("slo.7.threshold=1", "slo[7]: no such list item (the list has 5)"),
+    ("slo.7.threshold=1", "slo[7]: no such list item (the list has 6)"),
     ("service.gpus.count=1", "service.gpus is a value, not a section"),
     ("service.gpus=[1", "--set service.gpus: value is not valid YAML"),
     ("service.image=" + "x" * 10_000, "--set service.image: value too long"),
