@@ -79,6 +79,8 @@ def _load_spec(args: argparse.Namespace):
         updates["cv"] = args.cv
     if args.seed is not None:
         updates["seed"] = args.seed
+    if args.workers is not None:
+        updates["workers"] = args.workers
     slo = {k: getattr(args, f"slo_{k}") for k in ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms")
            if getattr(args, f"slo_{k}") is not None}
     if slo:
@@ -138,6 +140,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, help="seconds of load at that rate (default 60)")
     p.add_argument("--max-tokens", type=int, help="max_tokens of each request")
     p.add_argument("--seed", type=int, help="seed of the arrival and length draws")
+    p.add_argument("--workers", type=int, help="Locust worker processes (the rate is split across them; "
+                                               "one process holds up to 1500 requests/s)")
     for name, what in (("ttft-ms", "TTFT"), ("itl-ms", "ITL p95"), ("tpot-ms", "TPOT"), ("e2e-ms", "e2e")):
         p.add_argument(f"--slo-{name}", type=float, help=f"per-request SLO for goodput: {what} in ms")
     p.add_argument("--out", help="directory for requests.csv, per_second.csv and the generator's files")
