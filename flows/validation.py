@@ -164,7 +164,8 @@ def _run(ctx: RunContext, stages: list[str], use_prefect: bool) -> RunOutcome:
     if report.verdict == "inconclusive":
         report.inconclusive_reasons = inconclusive_reasons(ctx.gate, gate_ran=gate_ran, evidence_gaps=gaps)
     report.fill_definitions()
-    html_doc = reporting.render_html(report, load=ctx.load, timeline=ctx.timeline, spec=spec, cost=ctx.cost)
+    html_doc = reporting.render_html(report, load=ctx.load, timeline=ctx.timeline, spec=spec, cost=ctx.cost,
+                                     history=ctx.history)
     out_dir = reporting.write(report, secrets=ctx.secrets, tables=ctx.tables(), html_doc=html_doc)
     _publish_artifacts(report, out_dir, use_prefect, ctx.secrets)
     _publish_run(spec, out_dir)

@@ -16,7 +16,7 @@ import pandas as pd
 from tasks.cluster import ClusterReport
 from tasks.cost import CostReport
 from tasks.deploy import ServiceHandle
-from tasks.gate import RuleResult
+from tasks.gate import Baselines, RuleResult
 from tasks.kube import Kube
 from tasks.load import LoadResult
 from tasks.observe import Timeline
@@ -55,6 +55,7 @@ class RunContext:
     elasticity: Elasticity | None = None       # verify
     cost: CostReport | None = None             # verify
     gate: list[RuleResult] = field(default_factory=list)  # gate
+    history: Baselines | None = None           # gate: the spec's earlier runs from the results store
 
     def connect(self) -> Kube:
         """The cluster connection (made on first use, checked with a ping)."""

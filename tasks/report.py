@@ -308,13 +308,54 @@ def plots(load=None, timeline=None, spec=None) -> list[tuple[str, str]]:
     return figs
 
 
-def render_html(report: RunReport, *, load=None, timeline=None, spec=None, cost=None) -> str:
+def trend_plot(series: list[dict], candidate: dict, figures: dict[str, bool]):
+    """Small multiples: each key figure over the spec's earlier runs (oldest first) and this run,
+    highlighted; None when fewer than two earlier runs have any of them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tasks.gate import lookup
+
+    def num(v):
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    shown = [f for f in figures if sum(num(lookup(d, f)) is not None for d in series) >= 2]
+    if not shown:
+        return None
+    cols = min(3, len(shown))
+    rows = (len(shown) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.4 * rows), squeeze=False)
+    for ax, f in zip(axes.flat, shown):
+        xs = [i for i, d in enumerate(series) if num(lookup(d, f)) is not None]
+        ax.plot(xs, [num(lookup(series[i], f)) for i in xs], marker=".", color="tab:grey", lw=1)
+        value = num(lookup(candidate, f))
+        if value is not None:
+            ax.plot([len(series)], [value], marker="o", color="tab:red", ms=7, label="this run")
+        ax.set_title(f, fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(shown):]:
+        ax.axis("off")
+    fig.suptitle(f"key figures over the last {len(series)} full-chain passes of this spec (red: this run)",
+                 fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def render_html(report: RunReport, *, load=None, timeline=None, spec=None, cost=None, history=None) -> str:
     try:
         figures = plots(load, timeline, spec)
         if cost is not None:
             from tasks.cost import cost_plot
 
             figures.append(("Cost accumulated over the run per pool", _png(cost_plot(cost))))
+        if history is not None and history.series:
+            from tasks.gate import CHANGE_POINT_FIGURES
+
+            trend = trend_plot(history.series, report.to_dict(), CHANGE_POINT_FIGURES)
+            if trend is not None:
+                figures.append(("Trends: the key figures of this spec's earlier runs and this run", _png(trend)))
     except Exception as exc:  # noqa: BLE001 - a plot must never cost the report
         report.warnings = [*report.warnings, f"plots failed: {type(exc).__name__}: {exc}"]
         figures = []

@@ -212,7 +212,7 @@ def gate(ctx: RunContext) -> str:
     baseline = None
     if any(r.relative for r in ctx.spec.slo):
         baseline = last_passing_report(reports_root(), ctx.spec.name, exclude_run=ctx.run_id)
-    history = _history(ctx)
+    history = ctx.history = _history(ctx)
     results = evaluate(ctx.spec.slo, doc, baseline=baseline, history=history)
     results += change_point_warnings(ctx.spec.slo, doc, history)
     ctx.gate = results
@@ -246,7 +246,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("verify", "verify", verify_elasticity, ("load", "timeline", "observed_until"),
           ("elasticity", "findings", "cost"),
           summary="spill-over and spill-back from the timeline; the run's cost"),
-    Stage("gate", "gate", gate, (), ("gate",), summary="the spec's SLO rules against the report"),
+    Stage("gate", "gate", gate, (), ("gate", "history"), summary="the spec's SLO rules against the report"),
     Stage("teardown", "teardown", teardown_run, (), (),
           summary="delete exactly what the run created, by uid (also after a failure)"),
 )

@@ -135,3 +135,15 @@ def test_change_point_needs_a_series_and_ignores_noise_and_improvements():
     rule = SloRule(rule="elasticity.time_to_first_cloud_pod_ready_s", test="change_point", op="<=")
     (res,) = evaluate([rule], _report("cand", 63.0), history=Baselines(series=flat[:3]))
     assert res.status == "inconclusive" and "needs 5" in res.detail
+
+
+def test_history_trends_are_drawn_in_the_report():
+    from tasks.report import render_html
+    from tasks.report_model import RunReport
+
+    rep = RunReport(run_id="cand", spec="s", profile="local", started_at="2026-12-06T00:00:00+00:00")
+    series = [{"run_id": f"s-{i}", "load": {"ttft_p95_ms": 150.0 + i},
+               "elasticity": {"time_to_first_cloud_pod_ready_s": 40.0 + i % 3}} for i in range(8)]
+    doc = render_html(rep, history=Baselines(series=series))
+    assert "Trends: the key figures of this spec" in doc and doc.count("data:image/png;base64") == 1
+    assert "Trends" not in render_html(rep, history=Baselines(series=series[:1]))   # too short to draw
