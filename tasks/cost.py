@@ -258,6 +258,12 @@ class CostReport:
     scale_down_lag_s: float | None = None
     requests_served: int | None = None
     requests_per_gpu_hour: float | None = None
+    gpus_time_averaged: dict[str, float] = field(default_factory=dict)
+    idc_cost_run: float | None = None
+    cost_run: float | None = None
+    good_output_tokens: int | None = None
+    slo_attainment: float | None = None
+    cost_per_million_good_output_tokens: float | None = None
     phases: list[tuple[str, float, float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -309,7 +315,27 @@ class CostReport:
             "prices": {pool: price.model_dump() for pool, price in self.prices.items()},
             "pools": {"idc": self.idc_pool, "cloud": self.cloud_pool},
             "notes": list(self.notes),
+            "gpus_time_averaged": dict(self.gpus_time_averaged),
+            "idc_cost_run": money(self.idc_cost_run),
+            "cost_run": money(self.cost_run),
+            "good_output_tokens": self.good_output_tokens,
+            "slo_attainment": self.slo_attainment,
+            "cost_per_million_good_output_tokens": money(self.cost_per_million_good_output_tokens),
+            "basis": self._basis(),
         }
+
+    def _basis(self) -> dict[str, str]:
+        """Which figures were measured and which extrapolated, and from what."""
+        run = f"measured over this run's {self.window_s:.0f} s" if self.window_s else "measured"
+        out = {k: run for k in ("cloud_cost_run", "idc_cost_run", "cost_run", "gpus_time_averaged",
+                                "cost_per_million_good_output_tokens", "slo_attainment")}
+        if self.day_scale is not None and self.real_span_s:
+            ext = (f"extrapolated x{self.day_scale:.3g} to 24 h from {self.real_span_s:.0f} s of real time "
+                   f"(run seconds x compression factor {self.compression_factor or 1:g})")
+            out.update({k: ext for k in ("cloud_cost_per_day", "idc_cost_per_day", "hybrid_cost_per_day",
+                                         "idc_for_peak_cost_per_day", "cloud_only_cost_per_day",
+                                         "cloud_cost_per_day_idle_unscaled")})
+        return out
 
     def describe(self) -> str:
         """One line for the stage's detail."""
@@ -490,7 +516,37 @@ def compute_cost(timeline: Any, spec: RolloutSpec, *, started_at: Any, ended_at:
     gpu_hours = sum(report.replica_seconds.values()) * gpus / 3600.0
     if report.requests_served is not None and gpu_hours > 0:
         report.requests_per_gpu_hour = report.requests_served / gpu_hours
+    # attainment against cost: the GPUs each pool held on average, what the run cost (IDC amortised
+    # over the window, cloud as billed), and that per million output tokens of SLO-good requests
+    report.gpus_time_averaged = {pool: round(sec * gpus / window, 3) for pool, sec in report.replica_seconds.items()}
+    if idc_node_h is not None:
+        report.idc_cost_run = report.node_seconds.get(idc_pool, 0.0) * idc_node_h / 3600.0
+    if report.idc_cost_run is not None and report.cloud_cost_run is not None:
+        report.cost_run = report.idc_cost_run + report.cloud_cost_run
+    report.good_output_tokens, report.slo_attainment = _good_tokens(load, spec)
+    if report.cost_run is not None and report.good_output_tokens:
+        report.cost_per_million_good_output_tokens = report.cost_run / report.good_output_tokens * 1e6
     return report
+
+
+def _good_tokens(load: Any, spec: RolloutSpec) -> tuple[int | None, float | None]:
+    """Output tokens of SLO-good requests (``tasks.goodput``) and the run's attainment."""
+    requests = getattr(load, "requests", None)
+    if requests is None or not hasattr(requests, "columns") or "ok" not in requests.columns:
+        return None, None
+    import pandas as pd
+
+    from tasks.goodput import good_mask, slo_limits
+
+    reqs = requests[~requests["cancelled"].astype(bool)] if "cancelled" in requests.columns else requests
+    if not len(reqs):
+        return None, None
+    good = good_mask(reqs, slo_limits(spec.load.slo))
+    attainment = round(float(good.mean()), 4)
+    if "output_tokens" not in reqs.columns:
+        return None, attainment
+    tokens = pd.to_numeric(reqs.loc[good, "output_tokens"], errors="coerce").fillna(0).sum()
+    return int(tokens), attainment
 
 
 # -- the plot -----------------------------------------------------------------------------------

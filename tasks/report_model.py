@@ -268,6 +268,16 @@ class CostBlock(_Block):
     billing_granularity: str = _detail("Unit each cloud node's time is rounded up to.", "second")
     minimum_charge_s: int = _detail("Each cloud node is billed for at least this many seconds.", 0)
     prices: dict[str, dict[str, Any]] = _detail("The spec's price per pool.", default_factory=dict)
+    gpus_time_averaged: dict[str, float] = _detail(
+        "Per pool: GPUs held by the service's Ready replicas, averaged over the window.", default_factory=dict)
+    idc_cost_run: float | None = _detail("The IDC pool's amortised cost over this run's window.")
+    cost_run: float | None = _gated("idc_cost_run + cloud_cost_run: what this run cost.")
+    good_output_tokens: int | None = _detail("Output tokens of SLO-good requests (load.slo; drain included).")
+    slo_attainment: float | None = _detail("SLO-good requests / finished requests (as load.slo_attainment).")
+    cost_per_million_good_output_tokens: float | None = _gated(
+        "cost_run per million output tokens of SLO-good requests: what good service cost.")
+    basis: dict[str, str] = _detail("For each figure: measured over the run, or extrapolated (by what factor, "
+                                    "from what).", default_factory=dict)
     pools: dict[str, str] = _detail("The pool ids: idc and cloud.", default_factory=dict)
     notes: list[str] = _detail("What the figures assume or could not measure.", default_factory=list)
 
