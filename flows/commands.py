@@ -35,9 +35,70 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     stages = normalize_stages(args.stages)
     _setup_logging(args.verbose)
-    outcome = run_local(spec, stages, use_prefect=not args.no_prefect, adopt=args.adopt)
+    import time
+
+    began = time.time()
+    try:
+        outcome = run_local(spec, stages, use_prefect=not args.no_prefect, adopt=args.adopt)
+    finally:  # also after a failed gate or stage: the figures the run has, then its one-line verdict
+        _print_summary(began)
     print(f"tidegate: {outcome.verdict.upper()} run {outcome.run_id}; report {outcome.report_dir}/report.html")
     return outcome.exit_code
+
+
+SUMMARY_FIGURES = (
+    ("requests", "load.requests", "{:.0f}"), ("error rate", "load.error_rate", "{:.2%}"),
+    ("TTFT p50 / p95 (ms)", ("load.ttft_p50_ms", "load.ttft_p95_ms"), "{:.0f}"),
+    ("e2e p95 (ms)", "load.e2e_p95_ms", "{:.0f}"), ("SLO attainment", "load.slo_attainment", "{:.1%}"),
+    ("achieved / requested rate", ("load.generator.achieved_rps", "load.generator.requested_rps"), "{:.2f}/s"),
+    ("HPA max replicas", "elasticity.hpa_max_replicas", "{:.0f}"),
+    ("cloud pods max", "elasticity.cloud_pods_max", "{:.0f}"),
+    ("first cloud pod Ready (s)", "elasticity.time_to_first_cloud_pod_ready_s", "{:.1f}"),
+    ("back to IDC", "elasticity.scale_in_back_to_idc", "{}"),
+    ("cost of the run", "cost.cost_run", "{:.4f}"),
+)
+
+
+def _print_summary(began: float) -> None:
+    """The run's key figures and gate rules as a table on stdout (from reports/latest/report.json, when
+    that run started after ``began``)."""
+    import json
+
+    from tasks.gate import lookup
+    from tasks.report import reports_root
+
+    path = reports_root() / "latest" / "report.json"
+    try:
+        doc = json.loads(path.read_text())
+        if path.stat().st_mtime < began:
+            return
+    except (OSError, ValueError):
+        return
+
+    def fmt(key, pattern: str) -> str:
+        keys = key if isinstance(key, tuple) else (key,)
+        vals = [lookup(doc, k) for k in keys]
+        out = []
+        for v in vals:
+            if v is None:
+                out.append("-")
+            elif isinstance(v, bool) or not isinstance(v, (int, float)):
+                out.append(str(v))
+            else:
+                out.append(pattern.format(v))
+        return " / ".join(out)
+
+    rows = [(label, fmt(key, pattern)) for label, key, pattern in SUMMARY_FIGURES]
+    rows = [r for r in rows if r[1].strip("- /")]
+    width = max([len(label) for label, _ in rows] + [10])
+    print(f"\nrun {doc.get('run_id')}: {str(doc.get('verdict', '')).upper()}")
+    for label, value in rows:
+        print(f"  {label:<{width}}  {value}")
+    for rule in doc.get("gate") or []:
+        print(f"  gate {rule.get('status', ''):<12} {rule.get('rule')} = {rule.get('value')} "
+              f"(want {rule.get('op')} {rule.get('threshold')})")
+    for reason in doc.get("inconclusive_reasons") or []:
+        print(f"  inconclusive: {reason}")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

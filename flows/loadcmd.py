@@ -97,7 +97,10 @@ def _load_spec(args: argparse.Namespace):
 def cmd_load(args: argparse.Namespace) -> int:
     from tasks.load import run_load
 
+    from flows.commands import _setup_logging
+
     load, url, host, served = _load_spec(args)
+    _setup_logging(False)   # the generator's progress lines (tidegate.load)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else Path("reports") / f"load-{stamp}-{secrets.token_hex(2)}"
     print(f"tidegate: load {load.arrival} against {url} (Host {host or '-'}, model {served}); files in {out}",

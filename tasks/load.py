@@ -86,6 +86,7 @@ import datetime as dt
 import importlib.util
 import itertools
 import json
+import logging
 import math
 import os
 import random
@@ -714,7 +715,62 @@ def _kill(procs: Sequence[_Proc]) -> None:
             p.popen.wait(timeout=5)
 
 
-def _wait(procs: list[_Proc], kill_at: float, stop_event: threading.Event | None) -> tuple[bool, bool]:
+PROGRESS_INTERVAL_S = 10.0
+progress_log = logging.getLogger("tidegate.load")
+
+
+class Progress:
+    """One line every ``interval_s`` while the generator runs, read from the records its processes
+    flush every second: elapsed of the shape, requests completed per second, failures, TTFT p50/p95
+    of the requests that completed in the interval (a console for `make demo`; the figures of the
+    report are computed from all records afterwards)."""
+
+    def __init__(self, run_dir: Path, duration_s: float, began: float, interval_s: float = PROGRESS_INTERVAL_S):
+        self.run_dir, self.duration_s, self.began, self.interval_s = run_dir, duration_s, began, interval_s
+        self.offsets: dict[Path, int] = {}
+        self.next_at = began + interval_s
+        self.lines = 0
+
+    def _new_records(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for path in sorted(self.run_dir.glob("records-*.jsonl")):
+            try:
+                with open(path, "rb") as fh:
+                    fh.seek(self.offsets.get(path, 0))
+                    blob = fh.read()
+            except OSError:
+                continue
+            end = blob.rfind(b"\n") + 1          # a line still being written waits for the next tick
+            self.offsets[path] = self.offsets.get(path, 0) + end
+            for line in blob[:end].splitlines():
+                with contextlib.suppress(ValueError):
+                    out.append(json.loads(line))
+        return out
+
+    def tick(self, now: float) -> str | None:
+        if now < self.next_at:
+            return None
+        span = now - (self.next_at - self.interval_s)
+        self.next_at = now + self.interval_s
+        recs = [r for r in self._new_records() if not r.get("cancelled")]
+        ok = [r for r in recs if not r.get("error")]
+        ttft = sorted(float(r["ttft_ms"]) for r in ok if r.get("ttft_ms") is not None)
+
+        def pct(q: float) -> str:
+            return f"{ttft[min(len(ttft) - 1, int(q * len(ttft)))]:.0f}" if ttft else "-"
+
+        inflight = max((int(r["in_flight"]) for r in recs if r.get("in_flight") is not None), default=None)
+        elapsed = now - self.began
+        line = (f"load: elapsed {elapsed:.0f}/{self.duration_s:.0f} s, {len(recs) / span:.1f} rps completed "
+                f"({len(recs) - len(ok)} failed), TTFT p50 {pct(0.5)} ms p95 {pct(0.95)} ms"
+                + (f", {inflight} in flight" if inflight is not None else ""))
+        progress_log.info("%s", line)
+        self.lines += 1
+        return line
+
+
+def _wait(procs: list[_Proc], kill_at: float, stop_event: threading.Event | None,
+          progress: Progress | None = None) -> tuple[bool, bool]:
     """Wait for every process; (stopped early, killed at the time bound). A checkpoint of
     ``tasks.cancel``: Terminated (the caller kills the processes)."""
     lead = procs[0]
@@ -723,6 +779,9 @@ def _wait(procs: list[_Proc], kill_at: float, stop_event: threading.Event | None
     while any(p.popen.poll() is None for p in procs):
         cancel.check()
         now = time.time()
+        if progress is not None:
+            with contextlib.suppress(Exception):  # a console line must never cost the run
+                progress.tick(now)
         if now > kill_at:
             _kill(procs)
             return stopped, True
@@ -795,7 +854,8 @@ def run_load(spec: RolloutSpec | LoadSpec, out_dir: Path | str, *, base_url: str
     config.write_text(json.dumps(cfg, indent=1))
     procs = _start(run_dir, config, int(load.workers))
     try:
-        stopped, killed = _wait(procs, deadline + KILL_GRACE_S, stop_event)
+        stopped, killed = _wait(procs, deadline + KILL_GRACE_S, stop_event,
+                                progress=Progress(run_dir, shape.duration_s, time.time()))
     finally:
         _kill(procs)
     if killed:
