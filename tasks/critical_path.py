@@ -58,9 +58,12 @@ Invariants:
 The bill (:func:`violation_bill`): a request belongs to the step in effect when it was sent
 (``load_started_at + t_s``): between two known steps of an event, the later one is what the
 service was waiting for. Steps are grouped into lags (``STEP_LAGS``: e.g. node created, node
-Ready and GPU allocatable are all "waiting for the cloud node"). When events overlap, the
-request goes to the event that started first (its capacity was the next to arrive); outside
-every event it goes to "no scale event in progress".
+Ready and GPU allocatable are all "waiting for the cloud node"); when unknown steps lie
+between two known ones, the interval cannot be split and its lag names them all ("waiting for
+the autoscaler's decision or for the cloud node (autoscaler decision unknown)"). When events
+overlap, the request goes to the event that started first (its capacity was the next to
+arrive); outside every event it goes to "no scale event in progress", with the count per load
+phase beside it as in every entry.
 
 Example::
 
@@ -77,7 +80,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -233,7 +235,9 @@ class _Ask:
 
     @property
     def direction(self) -> str:
-        return "up" if self.replicas_from is None or self.replicas_to > self.replicas_from else "down"
+        if self.replicas_from is None:  # a rescale event with no HPA status before it: its reason tells
+            return "down" if "below" in str(self.rows[0].message or "") else "up"
+        return "up" if self.replicas_to > self.replicas_from else "down"
 
     def evidence(self) -> str:
         rescale = [r for r in self.rows if r.reason == "SuccessfulRescale"]
@@ -598,17 +602,21 @@ def violation_bill(requests_df: pd.DataFrame, events: Sequence[ScaleEvent], *,
                                                         i))
     for i in ordered:
         ev = events[i]
-        known = ev.known_steps
-        for prev, cur in pairwise(known):
-            if cur.at <= prev.at:
+        prev: Step | None = None
+        between: list[Step] = []
+        for cur in ev.steps:
+            if not cur.known:
+                between.append(cur)
                 continue
-            a = prev.at.tz_convert("UTC").tz_localize(None).to_datetime64()
-            b = cur.at.tz_convert("UTC").tz_localize(None).to_datetime64()
-            inside = ~assigned & (t >= a) & (t < b)
-            if inside.any():
-                label, span = STEP_LAGS.get((ev.direction, cur.step), (f"waiting for {cur.step}", cur.step))
-                labels[inside], spans[inside] = label, span
-                assigned |= inside
+            if prev is not None and cur.at > prev.at:
+                a = prev.at.tz_convert("UTC").tz_localize(None).to_datetime64()
+                b = cur.at.tz_convert("UTC").tz_localize(None).to_datetime64()
+                inside = ~assigned & (t >= a) & (t < b)
+                if inside.any():
+                    label, span = _lag(ev.direction, between, prev, cur)
+                    labels[inside], spans[inside] = label, span
+                    assigned |= inside
+            prev, between = cur, []
     phase_of = _phase_names(bad, sent, phases)
     total = len(bad)
     out = []
@@ -619,6 +627,21 @@ def violation_bill(requests_df: pd.DataFrame, events: Sequence[ScaleEvent], *,
                     "share": round(float(mask.sum()) / total, 4),
                     "phases": {str(k): int(v) for k, v in counts.items()}})
     return sorted(out, key=lambda e: (-e["requests"], e["step"]))
+
+
+def _lag(direction: str, unknown: list[Step], prev: Step, cur: Step) -> tuple[str, str]:
+    """The lag a request sent between ``prev`` and ``cur`` waited in, and its span. Unknown steps
+    between them cannot split the interval: their lags are named together with ``cur``'s."""
+    label, span = STEP_LAGS.get((direction, cur.step), (f"waiting for {cur.step}", f"{prev.step} -> {cur.step}"))
+    others = []
+    for s in unknown:
+        other = STEP_LAGS.get((direction, s.step), (f"waiting for {s.step}", ""))[0]
+        if other != label and other not in others:
+            others.append(other)
+    if not others:
+        return label, span
+    names = [others[0]] + [o.removeprefix("waiting ") for o in others[1:] + [label]]
+    return " or ".join(names) + f" ({', '.join(s.step for s in unknown)} unknown)", f"{prev.step} -> {cur.step}"
 
 
 def _phase_names(bad: pd.DataFrame, sent: pd.Series, phases: Iterable[Any] | None) -> np.ndarray:

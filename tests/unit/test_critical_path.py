@@ -356,3 +356,38 @@ def test_violation_bill_on_recorded_requests_ttft_150(openloop_events, openloop_
     assert "waiting for the new pod to warm up" in {b["step"] for b in bill}
     sentence = bill_sentence(largest)
     assert sentence.startswith(f"{largest['requests']} requests (") and "% of all violations)" in sentence
+
+
+def test_critical_path_existing_elastic_node_and_pending_pod():
+    rows = [
+        _row(-100, "Node", "el-0", "NodeCreated", pool="np-elastic", node="el-0"),
+        _row(-100, "Node", "el-0", "NodeReady", pool="np-elastic", node="el-0"),
+        _hpa(0, 1, 1, 30.0), _hpa(5, 1, 2, 90.0),
+        _row(5, "Pod", "ns/p-a", "PodCreated"),
+        _row(6, "Pod", "ns/p-a", "PodScheduled", "scheduled to el-0", pool="np-elastic", node="el-0"),
+        _row(9, "Pod", "ns/p-a", "PodReady", pool="np-elastic", node="el-0"),
+        _hpa(10, 2, 2, 80.0), _hpa(15, 2, 3, 85.0),
+        _row(15, "Pod", "ns/p-b", "PodCreated"),
+        _row(16, "Event", "ns/p-b", "FailedScheduling", "0/2 nodes are available"),
+    ]
+    # a plain DataFrame (as read from timeline.csv) works as well as a Timeline
+    df = pd.DataFrame(rows).astype({"time": str})
+    on_existing, pending = scale_events(df, load_started_at=_at(0), phases=None, **POOLS)
+    assert on_existing.pool == "np-elastic" and set(on_existing.not_needed) == set(CLOUD_STEPS) | {"pod Pending on IDC"}
+    assert pending.pool is None and pending.step("pod Pending on IDC").known
+    assert pending.step("autoscaler decision").evidence.startswith("unknown: no TriggeredScaleUp")
+    assert pending.step("node Ready").evidence.startswith("unknown: the pod was never scheduled")
+    assert pending.step("pod Ready").evidence == "unknown: the pod was never Ready in the timeline"
+    assert pending.total_s == 16.0  # load start -> FailedScheduling
+    _check_ordered_and_adding_up(pending)
+
+
+def test_violation_bill_names_the_lags_an_unknown_step_hides():
+    up = _event("up", [("load step", 0), ("pod Pending on IDC", 10), ("autoscaler decision", None),
+                       ("node created", 40), ("pod Ready", 50)])
+    bill = violation_bill(_requests([12, 30, 45], good_at=[]), [up], load_started_at=T0)
+    merged = next(b for b in bill if b["requests"] == 2)
+    assert merged["step"] == ("waiting for the autoscaler's decision or for the cloud node "
+                              "(autoscaler decision unknown)")
+    assert merged["span"] == "pod Pending on IDC -> node created"
+    assert "waited for the autoscaler's decision or for the cloud node" in bill_sentence(merged)
