@@ -19,6 +19,7 @@ as it ends one it terminated itself (Crashed; Cancelled when its runner asked fo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -260,12 +261,40 @@ def elastic_rollout_validation(spec: RolloutSpec, stages: list[str] | None = Non
 
         rid = run_id_for_flow_run(spec.name, flow_run.id) if flow_run.id else new_run_id(spec)
     try:
-        outcome = execute(spec, selected, rid, use_prefect=True, adopt=adopt)
+        with clusterlock.hold(spec):  # one validation per cluster: a second run queues behind this one
+            outcome = execute(spec, selected, rid, use_prefect=True, adopt=adopt)
     except cancel.Terminated as exc:  # torn down and reported: Prefect ends the run as for its own SIGTERM
         from prefect.exceptions import TerminationSignal
 
         raise TerminationSignal(signal=exc.signum) from exc
     return {"run_id": outcome.run_id, "verdict": outcome.verdict, "report_dir": outcome.report_dir}
+
+
+class ExpectedErrorFilter(logging.Filter):
+    """Prefect logs the exception that ends a flow run with its traceback ("Encountered exception
+    during execution"). For tidegate's expected failures (a ``TidegateError``: the one-line message
+    the CLI prints last) the traceback is noise a user reads as a crash: keep the line, drop the
+    traceback. Anything else (a bug) keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, TidegateError):
+            record.msg, record.args = f"{record.getMessage().split(':', 1)[0]}: {exc.one_line()}", None
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+@contextlib.contextmanager
+def _quiet_expected_errors():
+    filt = ExpectedErrorFilter()
+    handlers = {h for name in ("", "prefect", "prefect.flow_runs") for h in logging.getLogger(name).handlers}
+    for h in handlers:
+        h.addFilter(filt)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(filt)
 
 
 def run_local(spec: RolloutSpec, stages: list[str] | None, *, use_prefect: bool | None = None,
@@ -290,7 +319,7 @@ def run_local(spec: RolloutSpec, stages: list[str] | None, *, use_prefect: bool 
     reaper.start(os.getpid())  # stops Prefect's temporary server should this process be SIGKILLed
     # deferring here too: Prefect sends the process a second SIGTERM when its flow run ended on
     # one, and that must not raise somewhere in its exit path
-    with cancel.deferring():
+    with cancel.deferring(), _quiet_expected_errors():
         try:
             result = elastic_rollout_validation(spec=spec, stages=selected, run_id=rid, adopt=adopt)
         except TerminationSignal as exc:
