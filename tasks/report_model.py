@@ -215,6 +215,14 @@ class ElasticityBlock(_Block):
                                           "their creation.", 0)
     failed_create_events: int = _gated("FailedCreate events of the predictor's ReplicaSets: pods the HPA asked "
                                        "for were never created (quota, admission).", 0)
+    scale_events: list[dict[str, Any]] = _detail(
+        "The critical path of every scale event, up and down (tasks/critical_path.py): {direction, replicas_from, "
+        "replicas_to, pool, pod, steps: [{step, started_at, seconds, evidence}], not_needed, total_s}; a step "
+        "the cluster does not reveal is unknown (seconds null, evidence 'unknown: why'), never guessed.",
+        default_factory=list)
+    violation_bill: list[dict[str, Any]] = _detail(
+        "Requests that missed load.slo, by the step of a scale event's critical path in effect when they were "
+        "sent ({step, span, requests, share, phases}), largest first.", default_factory=list)
 
 
 class CostBlock(_Block):

@@ -22,10 +22,12 @@ from tasks import staging
 from tasks.cluster import preflight
 from tasks.context import RunContext
 from tasks.cost import cost_of_run
+from tasks.critical_path import NO_EVENT, bill_sentence, scale_events, violation_bill
 from tasks.deploy import deploy
 from tasks.ownership import check_free, create_owned, delete_owned
 from tasks.elastic import describe_elasticity, run_spike, verify_spike
 from tasks.errors import GateFailed, SpecError, StageFailed, StagingError
+from tasks.goodput import good_mask, slo_limits
 from tasks.gate import (
     Baselines,
     change_point_warnings,
@@ -167,11 +169,34 @@ def verify_elasticity(ctx: RunContext) -> str:
     ctx.elasticity = el
     ctx.report.elasticity = ElasticityBlock.model_validate(el.block())
     ctx.report.findings = [FindingBlock.model_validate(f) for f in el.findings_block()]
+    events, bill = _critical_path(ctx)
+    ctx.report.elasticity.scale_events = [e.block() for e in events]
+    ctx.report.elasticity.violation_bill = bill
     ctx.cost = cost_of_run(ctx.spec, ctx.load, ctx.timeline, ctx.observed_until)
     ctx.report.cost = CostBlock.model_validate(ctx.cost.block())
     head = f"{describe_elasticity(el)}; cost: {ctx.cost.describe()}"
+    if bill and bill[0]["step"] != NO_EVENT:
+        head += f"; {bill_sentence(bill[0])}"
     missing = [f.detail for f in el.findings if not f.ok]
     return head + ("; missing: " + "; ".join(missing) if missing else "")
+
+
+def _critical_path(ctx: RunContext) -> tuple[list, list[dict]]:
+    """The scale events' critical paths and the bill of the requests that missed load.slo (a
+    figure that cannot be computed is a warning, never the run)."""
+    spec, load = ctx.spec, ctx.load
+    try:
+        events = scale_events(ctx.timeline, load_started_at=load.started_at, phases=load.phases,
+                              hpa_target=float(spec.service.scale_target), elastic_pool=spec.cluster.elastic_pool_id,
+                              idc_pool=spec.cluster.idc_pool_id, requests_df=load.requests)
+        reqs = load.requests
+        limits = slo_limits(spec.load.slo)
+        bill = violation_bill(reqs, events, load_started_at=load.started_at, phases=load.phases,
+                              good=lambda df: good_mask(df, limits)) if len(reqs) else []
+    except Exception as exc:  # noqa: BLE001 - a derived figure must not cost the run its report
+        ctx.report.warnings.append(f"critical path not computed: {type(exc).__name__}: {exc}")
+        return [], []
+    return events, bill
 
 
 SERIES_RUNS = 30  # earlier runs a change point is looked for over
