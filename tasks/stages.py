@@ -166,12 +166,11 @@ def verify_elasticity(ctx: RunContext) -> str:
     if ctx.load is None or ctx.timeline is None:
         raise StageFailed("verify needs the spike stage's load data and timeline: select spike with verify")
     el = verify_spike(ctx.spec, ctx.load, ctx.timeline, ctx.observed_until)
+    events, bill = _critical_path(ctx)
+    el.scale_events, el.violation_bill = [e.block() for e in events], bill
     ctx.elasticity = el
     ctx.report.elasticity = ElasticityBlock.model_validate(el.block())
     ctx.report.findings = [FindingBlock.model_validate(f) for f in el.findings_block()]
-    events, bill = _critical_path(ctx)
-    ctx.report.elasticity.scale_events = [e.block() for e in events]
-    ctx.report.elasticity.violation_bill = bill
     ctx.cost = cost_of_run(ctx.spec, ctx.load, ctx.timeline, ctx.observed_until)
     ctx.report.cost = CostBlock.model_validate(ctx.cost.block())
     head = f"{describe_elasticity(el)}; cost: {ctx.cost.describe()}"

@@ -129,6 +129,8 @@ class Elasticity:
     elastic_pool_at_max_while_pending: bool | None = None
     nodes_not_ready_in_time: int = 0
     failed_create_events: int = 0
+    scale_events: list[dict[str, Any]] = field(default_factory=list)     # filled by the verify stage
+    violation_bill: list[dict[str, Any]] = field(default_factory=list)   # (tasks.critical_path)
     findings: list[Finding] = field(default_factory=list)
 
     def block(self, *, extras: bool = True) -> dict[str, Any]:
