@@ -174,7 +174,13 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """``tidegate report schema``: the JSON Schema of report.json (``--check FILE``: exit 1 when
-    FILE, e.g. reports/schema/report.schema.json, differs from it)."""
+    FILE, e.g. reports/schema/report.schema.json, differs from it). ``tidegate report export RUN
+    --format llmd [--out FILE]``: the run (a report directory or a run id under reports/) as an
+    llm-d Benchmark Report v0.2 (tasks/export.py), on stdout or into FILE."""
+    if args.action == "export":
+        return _report_export(args)
+    if args.target:
+        raise SpecError(f"`report schema` takes no run ({args.target!r})", hint="tidegate report export RUN --format llmd")
     from tasks.report_model import report_schema_text
 
     text = report_schema_text()
@@ -190,6 +196,26 @@ def cmd_report(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 1
         print(f"tidegate: {args.check} matches the report model", file=sys.stderr)
+        return 0
+    sys.stdout.write(text)
+    return 0
+
+
+def _report_export(args: argparse.Namespace) -> int:
+    from tasks.export import export_run
+
+    if not args.target:
+        raise SpecError("`report export` needs a run: a report directory or a run id under reports/",
+                        hint="tidegate report export reports/<run id> --format llmd")
+    if args.check:
+        raise SpecError("--check goes with `report schema`, not `report export`")
+    text = export_run(args.target, args.format)
+    if args.out:
+        try:
+            Path(args.out).write_text(text)
+        except OSError as exc:
+            raise SpecError(f"--out: cannot write {args.out}: {exc.strerror}") from None
+        print(f"tidegate: wrote {args.out} ({args.format})", file=sys.stderr)
         return 0
     sys.stdout.write(text)
     return 0
@@ -233,7 +259,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait until the objects are gone")
     p.set_defaults(func=cmd_cleanup)
 
-    p = sub.add_parser("report", help="the report contract: `report schema` prints report.json's JSON Schema")
-    p.add_argument("action", choices=["schema"])
-    p.add_argument("--check", metavar="FILE", help="exit 1 if FILE differs from the schema (CI)")
+    p = sub.add_parser("report", help="the report contract: `report schema` prints report.json's JSON Schema; "
+                                      "`report export RUN --format llmd` writes a run in another tool's format")
+    p.add_argument("action", choices=["schema", "export"])
+    p.add_argument("target", nargs="?", metavar="RUN",
+                   help="export: a report directory or a run id under reports/ (TIDEGATE_REPORTS_DIR)")
+    p.add_argument("--check", metavar="FILE", help="schema: exit 1 if FILE differs from the schema (CI)")
+    p.add_argument("--format", choices=["llmd"], default="llmd",
+                   help="export: llmd = llm-d-benchmark's Benchmark Report, schema v0.2")
+    p.add_argument("--out", metavar="FILE", help="export: write FILE instead of stdout")
     p.set_defaults(func=cmd_report)

@@ -162,8 +162,30 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def basic_html(report: RunReport, figures: list[tuple[str, str]] | None = None) -> str:
-    """The report page; ``figures`` are (title, PNG data URI) pairs."""
+def _rule_line(r: Any) -> str:
+    shown = {"<=": "&le;", ">=": "&ge;", "<": "&lt;", ">": "&gt;", "==": "="}.get(r.op, html.escape(r.op))
+    value = "no data" if r.value is None else html.escape(_cell(r.value))
+    title = f" title='{html.escape(r.detail)}'" if r.detail else ""
+    return (f"<li class='{html.escape(r.status)}'{title}><b>{html.escape(r.status)}</b> {html.escape(r.rule)} = "
+            f"{value} ({shown} {html.escape(str(r.threshold))})</li>")
+
+
+def _findings_html(report: RunReport) -> str:
+    if not report.findings:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(f.name)}</td><td class='{'pass' if f.ok else 'fail'}'>"
+        f"{'ok' if f.ok else 'missing'}</td><td>{html.escape(f.detail)}"
+        f"<ul>{''.join('<li>' + html.escape(e) + '</li>' for e in f.evidence[:6])}</ul></td></tr>"
+        for f in report.findings)
+    return f"<h2>findings</h2><table>{rows}</table>"
+
+
+def basic_html(report: RunReport, figures: list[tuple[str, str]] | None = None,
+               dashboard: str | None = None, dashboard_note: str = "") -> str:
+    """The report page; ``figures`` are (title, PNG data URI) pairs, ``dashboard`` the dashboard's
+    PNG data URI (``dashboard_figure``). Order: the verdict, the gate's rules in one compact list and
+    the dashboard (the first screen), then the findings, the detailed figures, the tables."""
     md = markdown_summary(report)
     rows = "".join(f"<tr><td>{html.escape(n)}</td><td class='{html.escape(s.status)}'>{html.escape(s.status)}</td>"
                    f"<td>{s.seconds:.1f}</td><td>{html.escape(s.detail)}</td></tr>" for n, s in report.stages.items())
@@ -178,15 +200,33 @@ def basic_html(report: RunReport, figures: list[tuple[str, str]] | None = None) 
         + "</table>" for b, block in sections.items() if block)
     figs = "".join(f"<figure><img src='{html.escape(uri)}' alt='{html.escape(title)}'>"
                    f"<figcaption>{html.escape(title)}</figcaption></figure>" for title, uri in figures or [])
+    rules = ("<ul id='rules' class='rules'>" + "".join(_rule_line(r) for r in report.gate) + "</ul>"
+             if report.gate else "<p id='rules' class='rules'>no gate rule was judged</p>")
+    reasons = ("<p class='inconclusive'>inconclusive: " + html.escape("; ".join(report.inconclusive_reasons))
+               + "</p>" if report.inconclusive_reasons else "")
+    if dashboard:
+        dash = (f"<div id='dashboard'><img src='{html.escape(dashboard)}' alt='dashboard: load, latency, HPA, "
+                f"pods, nodes and cost over one time axis'>"
+                + (f"<p class='note'>{html.escape(dashboard_note)}</p>" if dashboard_note else "") + "</div>")
+    else:
+        dash = f"<div id='dashboard'><p class='note'>dashboard: no data{(': ' + html.escape(dashboard_note)) if dashboard_note else ''}</p></div>"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>tidegate {html.escape(report.run_id)}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:70em}} table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:4px 8px}} .passed,.pass{{background:#d4f7d4}} .failed,.fail,.error{{background:#f7d4d4}}
-.warn,.skipped,.not_run,.inconclusive{{background:#f7f0d4}} img{{max-width:100%}}</style></head><body>
+<style>body{{font-family:sans-serif;margin:1em 2em;max-width:86em}} h1{{font-size:1.4em;margin:.2em 0}}
+table{{border-collapse:collapse;margin:1em 0}} td,th{{border:1px solid #ccc;padding:4px 8px}}
+.passed,.pass{{background:#d4f7d4}} .failed,.fail,.error{{background:#f7d4d4}}
+.warn,.skipped,.not_run,.inconclusive{{background:#f7f0d4}} img{{max-width:100%}} .meta{{margin:.2em 0;color:#444}}
+ul.rules{{list-style:none;padding:0;margin:.3em 0;font-size:.85em}} ul.rules li{{display:inline-block;margin:2px 4px 2px 0;
+padding:1px 6px;border-radius:3px}} #dashboard img{{display:block;width:100%;height:auto}} .note{{color:#666;font-size:.85em}}
+@media print{{body{{max-width:none;margin:0}} #dashboard img{{page-break-inside:avoid}}}}</style></head><body>
 <h1>tidegate run {html.escape(report.run_id)}: <span class="{html.escape(report.verdict)}">{html.escape(report.verdict.upper())}</span></h1>
-<p>spec {html.escape(report.spec)} &middot; profile {html.escape(report.profile)} &middot; {html.escape(report.started_at)} &rarr; {html.escape(report.finished_at)}</p>
+<p class="meta">spec {html.escape(report.spec)} &middot; profile {html.escape(report.profile)} &middot; {html.escape(report.started_at)} &rarr; {html.escape(report.finished_at)}</p>
+{rules}{reasons}
+{dash}
+{_findings_html(report)}
+{figs}
 <h2>stages</h2><table><tr><th>stage</th><th>status</th><th>s</th><th>detail</th></tr>{rows}</table>
 {"<h2>gate</h2><table><tr><th>rule</th><th>status</th><th>value</th><th>threshold</th></tr>" + gate + "</table>" if gate else ""}
-{blocks}{figs}
+{blocks}
 <!-- markdown summary
 {html.escape(md)}
 --></body></html>
@@ -343,7 +383,321 @@ def trend_plot(series: list[dict], candidate: dict, figures: dict[str, bool]):
     return fig
 
 
+# -- the dashboard: one figure, stacked panels over one time axis ------------------------------
+# what marks a scale event on every panel: reason -> (legend label, colour, line style)
+SCALE_EVENTS = {"SuccessfulRescale": ("HPA rescale", "tab:purple", "-"),
+                "TriggeredScaleUp": ("autoscaler scale-up", "tab:red", "--"),
+                "NodeReady": ("node Ready", "tab:green", ":"),
+                "NodeDeleted": ("node deleted", "tab:brown", ":")}
+PHASE_COLOURS = {"baseline": "#eeeeee", "ramp": "#fde2c4", "spike": "#f9c9c9", "hold": "#fbd9b0",
+                 "cooldown": "#d6e6f5"}
+POOL_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:grey")
+_TARGET = re.compile(r"\(target ([0-9.]+)\)")
+_METRIC_NAME = re.compile(r"(?:^|; )([A-Za-z_][\w.:/-]*) [-0-9.e+]+ \(target ")
+
+
+def _stamp(value: Any):
+    import pandas as pd
+
+    if value is None:
+        return None
+    stamp = pd.Timestamp(value)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def _pool_order(pools: list[str], idc: str | None, cloud: str | None) -> list[str]:
+    return sorted(set(pools), key=lambda p: (p != idc, p != cloud, p))
+
+
+def _pool_label(pool: str, idc: str | None, cloud: str | None) -> str:
+    return f"{pool} (IDC)" if pool == idc else f"{pool} (cloud)" if pool == cloud else pool
+
+
+def _steps_over(series, col: str, t0, x_from: float, x_to: float) -> dict[str, tuple[list[float], list[float]]]:
+    """A ``time, pool, <col>`` step series as (xs, ys) per pool over [x_from, x_to] seconds from t0."""
+    import pandas as pd
+
+    out: dict[str, tuple[list[float], list[float]]] = {}
+    lo, hi = t0 + pd.Timedelta(seconds=x_from), t0 + pd.Timedelta(seconds=x_to)
+    for pool, part in series.groupby("pool"):
+        part = part.sort_values("time")
+        before = part[part["time"] <= lo]
+        inside = part[(part["time"] > lo) & (part["time"] <= hi)]
+        xs = [x_from, *((t - t0).total_seconds() for t in inside["time"]), x_to]
+        ys = [int(before[col].iloc[-1]) if len(before) else 0, *inside[col].astype(int).tolist()]
+        ys.append(ys[-1])
+        out[str(pool)] = (xs, ys)
+    return out
+
+
+def _legend(ax, *extra_axes) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    for other in extra_axes:
+        h, lab = other.get_legend_handles_labels()
+        handles, labels = handles + h, labels + lab
+    if handles:
+        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.04 if extra_axes else 1.01, 1.0),
+                  fontsize=7, frameon=False, borderaxespad=0.0)
+
+
+def _slo_lines(report: RunReport | None, spec: Any) -> list[tuple[float, str, str]]:
+    """(ms, label, colour): the spec's per-request SLOs and the gate's threshold rules on latency."""
+    lines: list[tuple[float, str, str]] = []
+    slo = getattr(getattr(spec, "load", None), "slo", None)
+    if slo is None and report is not None and report.load is not None:
+        slo = type("Slo", (), (report.load.goodput or {}).get("slo") or {})
+    for key, colour in (("ttft_ms", "tab:blue"), ("e2e_ms", "tab:green")):
+        value = getattr(slo, key, None)
+        if isinstance(value, (int, float)) and value > 0:
+            lines.append((float(value), f"SLO {key.replace('_ms', '')} {value:g} ms (load.slo)", colour))
+    for r in report.gate if report is not None else []:
+        if (r.rule.startswith("load.") and r.rule.endswith("_ms") and isinstance(r.threshold, (int, float))
+                and not isinstance(r.threshold, bool) and r.op in ("<=", "<") and r.threshold > 0):
+            colour = "tab:green" if "e2e" in r.rule else "tab:blue"
+            lines.append((float(r.threshold), f"gate {r.rule} {r.op} {r.threshold:g}", colour))
+    return lines
+
+
+def dashboard_figure(report: RunReport | None = None, *, load=None, timeline=None, spec=None, cost=None):
+    """The dashboard: one matplotlib Figure of stacked panels sharing one x axis (seconds since the
+    load started): offered vs achieved load, latency percentiles against the SLO lines, the HPA's
+    metric against its target with desired replicas, Ready pods per pool, nodes per pool, cost
+    accumulated per pool. Load phases are shaded and scale events (SCALE_EVENTS) drawn as vertical
+    lines on every panel. A panel without data is left out; None when no panel has data.
+
+    The figure carries ``tidegate_panels`` (the panels' names, top to bottom) and
+    ``tidegate_events`` (the scale events drawn, (x, reason)); phase spans have gid ``phase``, event
+    lines gid ``scale-event``, so that tests can read what was drawn."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    ps = getattr(load, "per_second", None)
+    has_load = ps is not None and len(ps) > 0
+    frame = getattr(timeline, "df", None)
+    has_tl = frame is not None and len(frame) > 0
+    t0 = _stamp(getattr(load, "started_at", None)) if load is not None else None
+    if t0 is None and has_tl:
+        t0 = _stamp(getattr(timeline, "started_at", None)) or frame["time"].min()
+    if t0 is None and report is not None and report.phases:
+        t0 = _stamp(report.phases[0].start)
+    if t0 is None:
+        return None
+    # x range: the load, the observed window, the cost window
+    x_to = 0.0
+    if has_load:
+        x_to = max(x_to, float(ps["t_s"].max()) + 1)
+    end = _stamp(getattr(load, "ended_at", None)) if load is not None else None
+    if end is not None:
+        x_to = max(x_to, (end - t0).total_seconds())
+    x_from = 0.0
+    if has_tl:
+        started = _stamp(getattr(timeline, "started_at", None))
+        stopped = _stamp(getattr(timeline, "stopped_at", None))
+        if started is not None:
+            x_from = min(x_from, (started - t0).total_seconds())
+        last = stopped if stopped is not None else frame["time"].max()
+        x_to = max(x_to, (last - t0).total_seconds())
+    cost_ok = cost is not None and getattr(cost, "status", "") == "ok" and (getattr(cost, "window_s", 0) or 0) > 0
+    cost_offset = 0.0
+    if cost_ok:
+        cstart = _stamp(getattr(cost, "started_at", None))
+        cost_offset = (cstart - t0).total_seconds() if cstart is not None else 0.0
+        x_to = max(x_to, cost_offset + float(cost.window_s))
+    if x_to <= x_from:
+        return None
+
+    idc = getattr(timeline, "idc_pool_id", None) or getattr(getattr(spec, "cluster", None), "idc_pool_id", None)
+    cloud = (getattr(timeline, "elastic_pool_id", None)
+             or getattr(getattr(spec, "cluster", None), "elastic_pool_id", None))
+    if report is not None and report.cost is not None:
+        idc = idc or report.cost.pools.get("idc")
+        cloud = cloud or report.cost.pools.get("cloud")
+
+    panels: list[tuple[str, Any]] = []   # (name, draw(ax))
+    if has_load:
+        open_loop = bool(getattr(getattr(load, "shape", None), "open_loop", False)) or (
+            report is not None and report.load is not None and report.load.arrival not in (None, "closed"))
+
+        def draw_load(ax):
+            x = ps["t_s"].astype(float)
+            mean = lambda col: ps[col].astype(float).rolling(5, min_periods=1, center=True).mean()
+            ax.plot(x, mean("started"), color="tab:blue", lw=1.4,
+                    label="requested/s (intended send times)" if open_loop else "sent/s")
+            ax.plot(x, mean("completed"), color="tab:orange", lw=1.4, label="completed/s")
+            if float(ps["failures"].sum()) > 0:
+                ax.plot(x, mean("failures"), color="tab:red", lw=1.2, label="failed/s")
+            ax.set_ylabel("req/s (5 s mean)", fontsize=8)
+            ax.set_ylim(bottom=0)
+            twin = []
+            if not open_loop and "users" in ps:
+                ax2 = ax.twinx()
+                ax2.step(x, ps["users"], where="post", color="tab:grey", lw=1, label="users")
+                ax2.set_ylabel("users", fontsize=8)
+                ax2.set_ylim(bottom=0)
+                ax2.tick_params(labelsize=7)
+                twin = [ax2]
+            _legend(ax, *twin)
+        panels.append(("load", draw_load))
+        lat_cols = [c for c in ("ttft_p50_ms", "ttft_p95_ms", "e2e_p95_ms") if c in ps and ps[c].notna().any()]
+        if lat_cols:
+            def draw_latency(ax):
+                x = ps["t_s"].astype(float)
+                style = {"ttft_p50_ms": ("tab:blue", ":"), "ttft_p95_ms": ("tab:blue", "-"),
+                         "e2e_p95_ms": ("tab:green", "-")}
+                values = []
+                for col in lat_cols:
+                    colour, ls = style[col]
+                    ax.plot(x, ps[col], color=colour, ls=ls, lw=1.2, label=col.replace("_ms", "").replace("_", " "))
+                    values += [v for v in ps[col].dropna().tolist() if v > 0]
+                merged: dict[tuple[float, str], list[str]] = {}
+                for value, label, colour in _slo_lines(report, spec):
+                    merged.setdefault((value, colour), []).append(label)
+                for (value, colour), labels in merged.items():
+                    ax.axhline(value, color=colour, ls="--", lw=1, alpha=0.8, label="; ".join(labels))
+                    values.append(value)
+                if values and min(values) > 0:
+                    ax.set_yscale("log")
+                ax.set_ylabel("ms", fontsize=8)
+                _legend(ax)
+            panels.append(("latency", draw_latency))
+    if has_tl:
+        hpa = frame[(frame["kind"] == "HPA") & frame["metric_value"].notna()].sort_values("time")
+        desired = frame[(frame["kind"] == "HPA") & frame["desired_replicas"].notna()].sort_values("time")
+        if len(hpa) or len(desired):
+            def draw_hpa(ax):
+                metric = getattr(getattr(spec, "service", None), "scale_metric", None)
+                if metric is None and len(hpa):
+                    named = hpa["message"].astype(str).str.extract(_METRIC_NAME)[0].dropna()
+                    metric = str(named.iloc[-1]) if len(named) else None
+                metric = metric or "HPA metric"
+                target = getattr(getattr(spec, "service", None), "scale_target", None)
+                if target is None and len(hpa):
+                    found = hpa["message"].astype(str).str.extract(_TARGET)[0].dropna()
+                    target = float(found.iloc[-1]) if len(found) else None
+                if len(hpa):
+                    xs = [(t - t0).total_seconds() for t in hpa["time"]]
+                    ys = hpa["metric_value"].astype(float).tolist()
+                    ax.step([*xs, x_to], [*ys, ys[-1]], where="post", color="tab:purple", lw=1.2, label=metric)
+                if target is not None:
+                    ax.axhline(float(target), color="tab:purple", ls="--", lw=1, alpha=0.7,
+                               label=f"target {float(target):g}")
+                ax.set_ylabel("metric", fontsize=8)
+                ax.set_ylim(bottom=0)
+                twin = []
+                if len(desired):
+                    ax2 = ax.twinx()
+                    xs = [(t - t0).total_seconds() for t in desired["time"]]
+                    ys = desired["desired_replicas"].astype(float).tolist()
+                    ax2.step([*xs, x_to], [*ys, ys[-1]], where="post", color="black", lw=1, label="desired replicas")
+                    ax2.set_ylabel("replicas", fontsize=8)
+                    ax2.set_ylim(0, max(ys) + 1)
+                    ax2.yaxis.get_major_locator().set_params(integer=True)
+                    ax2.tick_params(labelsize=7)
+                    twin = [ax2]
+                _legend(ax, *twin)
+            panels.append(("hpa", draw_hpa))
+        for name, series, col, ylabel in (("pods", timeline.pods_per_pool(), "pods", "Ready pods"),
+                                          ("nodes", timeline.nodes_per_pool(), "nodes", "nodes")):
+            if not len(series):
+                continue
+
+            def draw_steps(ax, series=series, col=col, ylabel=ylabel):
+                steps = _steps_over(series, col, t0, x_from, x_to)
+                top = 0
+                for i, pool in enumerate(_pool_order(list(steps), idc, cloud)):
+                    xs, ys = steps[pool]
+                    ax.step(xs, ys, where="post", color=POOL_COLOURS[min(i, len(POOL_COLOURS) - 1)], lw=1.4,
+                            label=_pool_label(pool, idc, cloud))
+                    top = max(top, max(ys))
+                ax.set_ylim(0, top + 1)
+                ax.yaxis.get_major_locator().set_params(integer=True)
+                ax.set_ylabel(ylabel, fontsize=8)
+                _legend(ax)
+            panels.append((name, draw_steps))
+    if cost_ok and getattr(cost, "nodes", None):
+        def draw_cost(ax):
+            n = 300
+            xs = sorted({float(cost.window_s) * i / n for i in range(n + 1)}
+                        | {iv.start_s for iv in cost.nodes} | {iv.end_s for iv in cost.nodes})
+            unit = getattr(cost, "currency", "")
+            pools = _pool_order([iv.pool for iv in cost.nodes], idc, cloud)
+            total = [0.0] * len(xs)
+            priced = True
+            for i, pool in enumerate(pools):
+                price = (getattr(cost, "prices", {}) or {}).get(pool)
+                node_h = price.node_hour() if price is not None and hasattr(price, "node_hour") else None
+                ivs = [iv for iv in cost.nodes if iv.pool == pool]
+                per_s = (node_h if node_h is not None else float(getattr(price, "gpus_per_node", 1) or 1)) / 3600.0
+                priced = priced and node_h is not None
+                ys = [per_s * sum(max(0.0, min(x, iv.end_s) - iv.start_s) for iv in ivs) for x in xs]
+                total = [a + b for a, b in zip(total, ys)]
+                ax.plot([x + cost_offset for x in xs], ys, color=POOL_COLOURS[min(i, len(POOL_COLOURS) - 1)],
+                        lw=1.4, label=_pool_label(pool, idc, cloud) + ("" if node_h is not None else " (GPU-h)"))
+            if priced and len(pools) > 1:
+                ax.plot([x + cost_offset for x in xs], total, color="black", lw=1, ls="--", label=f"total ({unit})")
+            ax.set_ylabel(f"cost ({unit})" if priced else "cost / GPU-h", fontsize=8)
+            ax.set_ylim(bottom=0)
+            _legend(ax)
+        panels.append(("cost", draw_cost))
+    if not panels:
+        return None
+
+    fig = Figure(figsize=(13.0, 1.2 * len(panels) + 0.8))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    titles = {"load": "offered vs achieved load", "latency": "latency per second (by send time) vs SLO",
+              "hpa": "HPA metric vs target, desired replicas", "pods": "Ready pods per pool",
+              "nodes": "nodes per pool", "cost": "cost accumulated per pool (node time x price)"}
+    phases = [(p.name, (_stamp(p.start) - t0).total_seconds(), (_stamp(p.end) - t0).total_seconds())
+              for p in (getattr(load, "phases", None) or (report.phases if report is not None else []))]
+    events: list[tuple[float, str]] = []
+    if has_tl:
+        for row in frame[frame["reason"].isin(list(SCALE_EVENTS))].itertuples(index=False):
+            x = (row.time - t0).total_seconds()
+            if x_from <= x <= x_to:
+                events.append((x, row.reason))
+    for ax, (name, draw) in zip(axes, panels):
+        for pname, a, b in phases:
+            ax.axvspan(a, b, color=PHASE_COLOURS.get(pname, "#eeeeee"), alpha=0.6, lw=0, zorder=0, gid="phase")
+        draw(ax)
+        for x, reason in events:
+            _, colour, ls = SCALE_EVENTS[reason]
+            ax.axvline(x, color=colour, ls=ls, lw=0.9, alpha=0.75, gid="scale-event")
+        ax.set_title(titles[name], fontsize=8, loc="left", pad=2)
+        ax.tick_params(labelsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_xlim(x_from, x_to)
+    axes[-1].set_xlabel("seconds since the load started" + (f" ({t0.strftime('%Y-%m-%d %H:%M:%S')} UTC)"), fontsize=8)
+    handles = [Patch(color=PHASE_COLOURS.get(n, "#eeeeee"), label=n) for n in dict.fromkeys(p[0] for p in phases)]
+    handles += [Line2D([], [], color=SCALE_EVENTS[r][1], ls=SCALE_EVENTS[r][2], label=SCALE_EVENTS[r][0])
+                for r in dict.fromkeys(r for _, r in events)]
+    if handles:
+        fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.06, 1.0), ncol=len(handles), fontsize=7,
+                   frameon=False)
+    fig.subplots_adjust(left=0.06, right=0.80, top=1 - 0.55 / fig.get_figheight(), bottom=0.45 / fig.get_figheight(),
+                        hspace=0.32)
+    fig.tidegate_panels = [name for name, _ in panels]
+    fig.tidegate_events = events
+    return fig
+
+
 def render_html(report: RunReport, *, load=None, timeline=None, spec=None, cost=None, history=None) -> str:
+    dashboard, note = None, ""
+    try:
+        fig = dashboard_figure(report, load=load, timeline=timeline, spec=spec, cost=cost)
+        if fig is not None:
+            dashboard = _png(fig)
+            missing = [n for n, ok in (("timeline", timeline is not None and len(getattr(timeline, "df", ())) > 0),
+                                       ("cost", cost is not None and getattr(cost, "status", "") == "ok"))
+                       if not ok]
+            note = f"no data for: {', '.join(missing)} (panels left out)" if missing else ""
+        else:
+            note = "neither load nor timeline was recorded"
+    except Exception as exc:  # noqa: BLE001 - a plot must never cost the report
+        report.warnings = [*report.warnings, f"dashboard failed: {type(exc).__name__}: {exc}"]
+        note = f"the dashboard could not be drawn ({type(exc).__name__})"
     try:
         figures = plots(load, timeline, spec)
         if cost is not None:
@@ -359,15 +713,110 @@ def render_html(report: RunReport, *, load=None, timeline=None, spec=None, cost=
     except Exception as exc:  # noqa: BLE001 - a plot must never cost the report
         report.warnings = [*report.warnings, f"plots failed: {type(exc).__name__}: {exc}"]
         figures = []
-    doc = basic_html(report, figures)
-    if report.findings:
-        rows = "".join(
-            f"<tr><td>{html.escape(f.name)}</td><td class='{'pass' if f.ok else 'fail'}'>"
-            f"{'ok' if f.ok else 'missing'}</td><td>{html.escape(f.detail)}"
-            f"<ul>{''.join('<li>' + html.escape(e) + '</li>' for e in f.evidence[:6])}</ul></td></tr>"
-            for f in report.findings)
-        doc = doc.replace("<h2>stages</h2>", f"<h2>findings</h2><table>{rows}</table><h2>stages</h2>", 1)
+    doc = basic_html(report, figures, dashboard=dashboard, dashboard_note=note)
     if report.definitions:
         dl = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in report.definitions.items())
         doc = doc.replace("</body>", f"<h2>definitions</h2><dl>{dl}</dl></body>", 1)
     return doc
+
+
+# -- a recorded run, read back from its directory -------------------------------------------------
+@dataclass
+class RecordedLoad:
+    """What the dashboard and the exports read of a ``LoadResult``, rebuilt from a report directory's
+    per_second.csv and requests.csv (columns: tasks/load.py's docstring)."""
+
+    per_second: Any
+    requests: Any
+    phases: list[Any]
+    started_at: Any
+    ended_at: Any
+    summary: dict[str, Any]
+    shape: Any = None
+
+
+@dataclass
+class RecordedRun:
+    """A run read back from ``reports/<run-id>/``: report.json and whatever tables it wrote
+    (None where a table is missing)."""
+
+    directory: Path
+    report: RunReport
+    load: RecordedLoad | None
+    timeline: Any
+    cost: Any
+
+
+def resolve_run_dir(target: str | Path) -> Path:
+    """A report directory, or a run id under ``reports_root()`` (``latest`` included)."""
+    path = Path(target)
+    if (path / "report.json").is_file():
+        return path
+    under = reports_root() / str(target)
+    if (under / "report.json").is_file():
+        return under
+    from tasks.errors import SpecError
+
+    raise SpecError(f"no report at {target}: neither a directory with report.json nor a run id under "
+                    f"{reports_root()}", hint="give a report directory or a run id (TIDEGATE_REPORTS_DIR)")
+
+
+def read_run(target: str | Path) -> RecordedRun:
+    """report.json and the CSV tables of a run directory (or run id), as render_html takes them."""
+    import pandas as pd
+
+    from tasks.observe import Timeline
+
+    directory = resolve_run_dir(target)
+    report = RunReport.model_validate(json.loads((directory / "report.json").read_text()))
+    load = None
+    if (directory / "per_second.csv").is_file():
+        ps = pd.read_csv(directory / "per_second.csv")
+        ps["second"] = pd.to_datetime(ps["second"], utc=True, format="ISO8601")
+        req = None
+        if (directory / "requests.csv").is_file():
+            req = pd.read_csv(directory / "requests.csv", keep_default_na=True)
+            for col in ("start", "end", "intended"):
+                if col in req:
+                    req[col] = pd.to_datetime(req[col], utc=True, format="ISO8601")
+            if "error" in req:
+                req["error"] = req["error"].astype(object).where(req["error"].notna(), "")
+        phases = [type("Phase", (), {"name": p.name, "start": _stamp(p.start), "end": _stamp(p.end)})()
+                  for p in report.phases]
+        started = phases[0].start if phases else (ps["second"].iloc[0] if len(ps) else None)
+        ended = phases[-1].end if phases else None
+        summary = report.load.model_dump(mode="json") if report.load is not None else {}
+        load = RecordedLoad(per_second=ps, requests=req, phases=phases, started_at=started, ended_at=ended,
+                            summary=summary)
+    timeline = None
+    if (directory / "timeline.csv").is_file():
+        pools = report.cost.pools if report.cost is not None else {}
+        timeline = Timeline.read_csv(directory / "timeline.csv", started_at=load.started_at if load else None,
+                                     idc_pool_id=pools.get("idc"), elastic_pool_id=pools.get("cloud"))
+    cost = None
+    if (directory / "cost_intervals.csv").is_file() and report.cost is not None and report.cost.status == "ok":
+        from tasks.cost import CostReport, Interval
+        from tasks.spec.cost import PoolPrice
+
+        iv = pd.read_csv(directory / "cost_intervals.csv")
+        intervals = [Interval(kind=r.kind, key=str(r.object), object=str(r.object), pool=str(r.pool),
+                              node=None if pd.isna(r.node) else str(r.node), start_s=float(r.start_s),
+                              end_s=float(r.end_s), open_at_end=bool(r.open_at_end)) for r in iv.itertuples()]
+        c = report.cost
+        cost = CostReport(status=c.status, currency=c.currency, idc_pool=c.pools.get("idc", ""),
+                          cloud_pool=c.pools.get("cloud", ""), compression_factor=c.compression_factor,
+                          billing_granularity=c.billing_granularity, minimum_charge_s=c.minimum_charge_s,
+                          prices={k: PoolPrice.model_validate(v) for k, v in c.prices.items()},
+                          started_at=load.started_at if load else None, window_s=c.window_s,
+                          nodes=[i for i in intervals if i.kind == "node"],
+                          pods=[i for i in intervals if i.kind == "pod"],
+                          cloud_cost_run=c.cloud_cost_run,
+                          phases=[(p.name, (p.start - load.started_at).total_seconds(),
+                                   (p.end - load.started_at).total_seconds()) for p in load.phases] if load else [])
+    return RecordedRun(directory=directory, report=report, load=load, timeline=timeline, cost=cost)
+
+
+def render_run(target: str | Path) -> str:
+    """report.html of a recorded run, rendered again from its directory."""
+    run = read_run(target)
+    return render_html(run.report, load=run.load, timeline=run.timeline, cost=run.cost)
