@@ -451,7 +451,8 @@ def _slo_lines(report: RunReport | None, spec: Any) -> list[tuple[float, str, st
         if isinstance(value, (int, float)) and value > 0:
             lines.append((float(value), f"SLO {key.replace('_ms', '')} {value:g} ms (load.slo)", colour))
     for r in report.gate if report is not None else []:
-        if (r.rule.startswith("load.") and r.rule.endswith("_ms") and isinstance(r.threshold, (int, float))
+        if (r.rule.startswith(("load.ttft_", "load.e2e_")) and r.rule.endswith("_ms")
+                and isinstance(r.threshold, (int, float))
                 and not isinstance(r.threshold, bool) and r.op in ("<=", "<") and r.threshold > 0):
             colour = "tab:green" if "e2e" in r.rule else "tab:blue"
             lines.append((float(r.threshold), f"gate {r.rule} {r.op} {r.threshold:g}", colour))
