@@ -330,6 +330,7 @@ def _build_sender(cfg: dict[str, Any], recorder: Recorder):
         try:
             resp = conn.http().request("POST", path, body=body, headers=headers)
             status = rec["status"] = resp.get_code()
+            rec["pod"] = resp.get("x-tidegate-served-by") or None   # the test bed's emulator says which pod
             if status != 200:
                 rec["error"] = _error_text(status, resp.read(MAX_ERROR_BODY_BYTES))
                 conn.drop()

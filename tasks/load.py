@@ -44,7 +44,8 @@ Request
     index), status (HTTP status, 0 when no answer), ok, cancelled, error (text, "" when ok),
     ttft_ms, e2e_ms, output_tokens, tokens_source (``usage`` | ``chunks``), chunks (content
     chunks received), done ([DONE] seen), itl_count, itl_mean_ms, itl_p95_ms, itl_max_ms,
-    tpot_ms, intended (UTC datetime: the intended send time; closed loop = start), send_delay_ms
+    tpot_ms, intended (UTC datetime: the intended send time; closed loop = start), send_delay_ms,
+    pod (the pod that served it when the target says: the test bed's emulator does; empty otherwise)
     (start - intended), input_tokens (the request's estimated prompt tokens), max_tokens.
     Latency columns are NaN where they do not apply (no token received, not streamed); open
     loop: ttft_ms and e2e_ms count from ``intended`` (the send delay is part of them).
@@ -135,7 +136,7 @@ DEFINITIONS: dict[str, str] = {
 REQUEST_COLUMNS = ("id", "start", "end", "t_s", "phase", "users", "worker", "status", "ok", "cancelled",
                    "error", "ttft_ms", "e2e_ms", "output_tokens", "tokens_source", "chunks", "done",
                    "itl_count", "itl_mean_ms", "itl_p95_ms", "itl_max_ms", "tpot_ms", "intended",
-                   "send_delay_ms", "input_tokens", "max_tokens")
+                   "send_delay_ms", "input_tokens", "max_tokens", "pod")
 PER_SECOND_COLUMNS = ("second", "t_s", "phase", "users", "started", "completed", "failures",
                       "ttft_p50_ms", "ttft_p95_ms", "e2e_p95_ms", "itl_p95_ms", "output_tokens_per_s")
 
@@ -379,6 +380,7 @@ def compute_result(records: Sequence[dict[str, Any]], users: Sequence[Sequence[f
                                  dtype=np.int64),
         "max_tokens": np.array([-1 if r.get("max_tokens") is None else int(r["max_tokens"]) for r in recs],
                                dtype=np.int64),
+        "pod": [r.get("pod") or None for r in recs],   # the pod that served it, where the target says (the twin)
     }, columns=list(REQUEST_COLUMNS))
 
     itl = pd.DataFrame({"request": gap_req[keep], "t_s": arrivals[keep], "itl_ms": flat[keep].astype(np.float32)})

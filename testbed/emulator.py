@@ -88,6 +88,10 @@ _WIDE_CHAR = re.compile(r"[\u1100-\u11ff\u2e80-\u303f\u3040-\u30ff\u3100-\u31ff\
                         r"\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
 
 
+# the twin tells which pod served a request (vLLM does not; on ACK the pod is unknown): the load
+# generator records it, and the critical path's "first request served by the new pod" rests on it
+SERVED_BY = "X-Tidegate-Served-By"
+
 class Fault(BaseModel):
     """Faults a replica injects into its inference endpoints (the reliability suite's knob)."""
 
@@ -701,7 +705,7 @@ class Replica:
         response: web.StreamResponse | None = None
         if stream:
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
-                                                   "Cache-Control": "no-cache"})
+                                                   "Cache-Control": "no-cache", SERVED_BY: self.key})
             await response.prepare(request)
         metrics = self._metrics
         async with self._batcher.sequence() as seq:
@@ -742,7 +746,7 @@ class Replica:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason, "stop_reason": None}
             obj = "text_completion"
         return web.json_response({"id": rid, "object": obj, "created": created, "model": name,
-                                  "choices": [choice], "usage": usage}, dumps=_compact)
+                                  "choices": [choice], "usage": usage}, dumps=_compact, headers={SERVED_BY: self.key})
 
 
 class ReplicaPool:
