@@ -332,7 +332,8 @@ def plots(load=None, timeline=None, spec=None) -> list[tuple[str, str]]:
                 ax.step(xs, values, where="post", label=str(pool))
             ax.set_ylabel(col)
             ax.set_title(title)
-            ax.legend(fontsize=8)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
         seen = set()
         for _, ev in frame[frame["reason"].isin(list(MARKERS))].iterrows():
             label, color = MARKERS[ev["reason"]]
@@ -341,7 +342,8 @@ def plots(load=None, timeline=None, spec=None) -> list[tuple[str, str]]:
                 ax.axvline(xs, color=color, alpha=0.5, linestyle="--",
                            label=label if label not in seen and ax is axes[0] else None)
             seen.add(label)
-        axes[0].legend(fontsize=8)
+        if axes[0].get_legend_handles_labels()[0]:
+            axes[0].legend(fontsize=8)
         axes[1].set_xlabel("seconds since load start")
         figs.append(("Ready pods and nodes per pool, with scaling events", _png(fig)))
         plt.close(fig)

@@ -296,7 +296,9 @@ class GateRuleResult(_Block):
     rule: str = Field(description="Dotted report key, e.g. load.ttft_p95_ms.")
     status: RuleStatus = Field(description="pass, warn, fail, or inconclusive (no data, no baseline).")
     value: Any = Field(None, description="The run's value (null: no data).")
-    threshold: bool | int | float | None = Field(None, description="The rule's threshold.")
+    threshold: bool | int | float | str | None = Field(
+        None, description="The rule's threshold; for a statistical rule what it compares with (e.g. '+10% vs "
+                          "baseline', 'no change point').")
     op: str = Field("", description="The comparator.")
     detail: str = Field("", description="Why, when it is not a plain comparison.")
 

@@ -39,6 +39,7 @@ def test_statistic_rule_fails_a_shifted_ttft_and_names_the_shift():
     assert res.threshold == "+10% vs baseline" and 240 < res.value < 280
     assert "base-0" in res.detail and "%" in res.detail
     assert verdict([res]) == "fail"
+    assert res.report_block().threshold == "+10% vs baseline"   # what report.json's gate block holds
 
 
 def test_statistic_rule_passes_the_same_distribution():
