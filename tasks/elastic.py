@@ -55,7 +55,7 @@ def run_spike(kube: Kube, spec: RolloutSpec, run_id: str, out_dir: Path,
     settle_s = 0.0
     result: LoadResult | None = None
     try:
-        result = run_load(spec, out_dir)
+        result = run_load(spec, out_dir, progress_extra=observer.describe_pools)
         # spill-back can trail the load by the autoscaler's scale-down timers: wait for the
         # elastic pool to return to its minimum, bounded by the cool-down
         t0 = time.monotonic()

@@ -727,8 +727,10 @@ class Progress:
     of the requests that completed in the interval (a console for `make demo`; the figures of the
     report are computed from all records afterwards)."""
 
-    def __init__(self, run_dir: Path, duration_s: float, began: float, interval_s: float = PROGRESS_INTERVAL_S):
+    def __init__(self, run_dir: Path, duration_s: float, began: float, interval_s: float = PROGRESS_INTERVAL_S,
+                 *, shape: LoadShape | None = None, extra: Callable[[], str] | None = None):
         self.run_dir, self.duration_s, self.began, self.interval_s = run_dir, duration_s, began, interval_s
+        self.shape, self.extra = shape, extra
         self.offsets: dict[Path, int] = {}
         self.next_at = began + interval_s
         self.lines = 0
@@ -763,9 +765,19 @@ class Progress:
 
         inflight = max((int(r["in_flight"]) for r in recs if r.get("in_flight") is not None), default=None)
         elapsed = now - self.began
-        line = (f"load: elapsed {elapsed:.0f}/{self.duration_s:.0f} s, {len(recs) / span:.1f} rps completed "
-                f"({len(recs) - len(ok)} failed), TTFT p50 {pct(0.5)} ms p95 {pct(0.95)} ms"
+        offered = ""
+        if self.shape is not None:
+            t = min(elapsed, self.shape.duration_s)
+            rate = self.shape.rate_at(t) if self.shape.open_loop else None
+            users = None if self.shape.open_loop else (self.shape.users_at(t) or (None,))[0]
+            offered = f"{self.shape.phase_at(t)}, " + (f"offered {rate:.1f}/s, " if rate is not None else
+                                                        f"{users} users, " if users is not None else "")
+        line = (f"load: {offered}elapsed {elapsed:.0f}/{self.duration_s:.0f} s, {len(recs) / span:.1f} rps "
+                f"completed ({len(recs) - len(ok)} failed), TTFT p50 {pct(0.5)} ms p95 {pct(0.95)} ms"
                 + (f", {inflight} in flight" if inflight is not None else ""))
+        if self.extra is not None:
+            with contextlib.suppress(Exception):
+                line += f"; {self.extra()}"
         progress_log.info("%s", line)
         self.lines += 1
         return line
@@ -811,8 +823,10 @@ def _max_of(docs: Sequence[dict[str, Any]], key: str) -> float | None:
 
 def run_load(spec: RolloutSpec | LoadSpec, out_dir: Path | str, *, base_url: str | None = None,
              host: str | None = None, shape: LoadShape | None = None,
-             stop_event: threading.Event | None = None, served_name: str | None = None) -> LoadResult:
+             stop_event: threading.Event | None = None, served_name: str | None = None,
+             progress_extra: Callable[[], str] | None = None) -> LoadResult:
     """Run the load shape against the service and return what was measured (blocking).
+    ``progress_extra`` adds to the console's progress line (the spike stage: replicas and nodes per pool).
 
     ``spec`` is the RolloutSpec (target: ``ingress.url`` + ``ingress.host``, ``model.served_name``)
     or a bare LoadSpec with ``base_url`` (and ``host``, default the URL's host). ``shape``
@@ -857,7 +871,8 @@ def run_load(spec: RolloutSpec | LoadSpec, out_dir: Path | str, *, base_url: str
     procs = _start(run_dir, config, int(load.workers))
     try:
         stopped, killed = _wait(procs, deadline + KILL_GRACE_S, stop_event,
-                                progress=Progress(run_dir, shape.duration_s, time.time()))
+                                progress=Progress(run_dir, shape.duration_s, time.time(), shape=shape,
+                                                  extra=progress_extra))
     finally:
         _kill(procs)
     if killed:

@@ -694,6 +694,7 @@ class Observer:
         pool = (meta.get("labels") or {}).get(self.spec.cluster.nodepool_label)
         self._node_pool[name] = pool
         st = self._nodes.setdefault(uid, {"created": False, "ready": False, "deleted": False})
+        st["pool"] = pool
 
         def add(when: pd.Timestamp | None, reason: str, message: str) -> None:
             self._add(time=when, kind="Node", obj=name, object_kind="Node", reason=reason, message=message, uid=uid,
@@ -714,6 +715,25 @@ class Observer:
         if (meta.get("deletionTimestamp") or etype == "DELETED") and not st["deleted"]:
             st["deleted"] = True
             add(_deletion_requested(meta), "NodeDeleted", "node deleted")
+
+    def pools_now(self) -> dict[str, tuple[int, int]]:
+        """Per node pool: (Ready pods of the service, Ready nodes), as the watches saw them last (a
+        snapshot for the console; the figures of the report come from the timeline)."""
+        out: dict[str, list[int]] = {}
+        for st in list(self._pods.values()):
+            if st.get("ready") and not st.get("deleted"):
+                out.setdefault(str(self._node_pool.get(st.get("node")) or "?"), [0, 0])[0] += 1
+        for st in list(self._nodes.values()):
+            if st.get("ready") and not st.get("deleted"):
+                out.setdefault(str(st.get("pool") or "?"), [0, 0])[1] += 1
+        return {pool: (v[0], v[1]) for pool, v in out.items()}
+
+    def describe_pools(self) -> str:
+        """``replicas IDC 2 / cloud 1, nodes IDC 2 / cloud 1`` for the console."""
+        c = self.spec.cluster
+        now = self.pools_now()
+        idc, cloud = now.get(c.idc_pool_id, (0, 0)), now.get(c.elastic_pool_id, (0, 0))
+        return f"replicas IDC {idc[0]} / cloud {cloud[0]}, nodes IDC {idc[1]} / cloud {cloud[1]}"
 
     def _on_autoscaler_status(self, etype: str, cm: Obj) -> None:
         if etype == "DELETED":
