@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 
-from flows import commands, gatecmd, historycmd, loadcmd, prefect_admin, testbed_cmd
+from flows import commands, experiment, gatecmd, historycmd, loadcmd, prefect_admin, testbed_cmd
 from tasks.cancel import Terminated, handle
 from tasks.errors import TidegateError
 
@@ -29,7 +29,7 @@ os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tidegate")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tidegate", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
-    for module in (testbed_cmd, commands, loadcmd, gatecmd, historycmd, prefect_admin):
+    for module in (testbed_cmd, commands, loadcmd, experiment, gatecmd, historycmd, prefect_admin):
         module.register(sub)
     return p
 
