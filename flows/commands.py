@@ -176,11 +176,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     """``tidegate report schema``: the JSON Schema of report.json (``--check FILE``: exit 1 when
     FILE, e.g. reports/schema/report.schema.json, differs from it). ``tidegate report export RUN
     --format llmd [--out FILE]``: the run (a report directory or a run id under reports/) as an
-    llm-d Benchmark Report v0.2 (tasks/export.py), on stdout or into FILE."""
+    llm-d Benchmark Report v0.2 (tasks/export.py), on stdout or into FILE. ``tidegate report open
+    RUN [--browser]``: report.html rendered again from the run's report.json and CSVs into its
+    directory; prints its path. ``tidegate report compare RUN RUN [--out FILE] [--json]``: a
+    self-contained page of the two runs' key figures side by side, their verdicts and dashboards;
+    prints its path (``--json``: the comparison on stdout instead). A run that cannot be read: exit 2,
+    naming it."""
+    if args.action != "schema" and args.check:
+        raise SpecError(f"--check goes with `report schema`, not `report {args.action}`")
+    wanted = {"schema": 0, "export": 1, "open": 1, "compare": 2}[args.action]
+    if len(args.runs) != wanted:
+        usage = {"schema": "tidegate report schema [--check FILE]",
+                 "export": "tidegate report export reports/<run id> --format llmd",
+                 "open": "tidegate report open reports/<run id> [--browser]",
+                 "compare": "tidegate report compare RUN RUN [--out FILE] [--json]"}[args.action]
+        raise SpecError(f"`report {args.action}` takes {wanted} run{'s' if wanted != 1 else ''} "
+                        f"(a report directory or a run id under reports/), not {len(args.runs)}", hint=usage)
     if args.action == "export":
         return _report_export(args)
-    if args.target:
-        raise SpecError(f"`report schema` takes no run ({args.target!r})", hint="tidegate report export RUN --format llmd")
+    if args.action == "open":
+        return _report_open(args)
+    if args.action == "compare":
+        return _report_compare(args)
     from tasks.report_model import report_schema_text
 
     text = report_schema_text()
@@ -201,23 +218,59 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_out(path: str, text: str, what: str) -> None:
+    try:
+        Path(path).write_text(text)
+    except OSError as exc:
+        raise SpecError(f"--out: cannot write {path}: {exc.strerror}") from None
+    print(f"tidegate: wrote {path} ({what})", file=sys.stderr)
+
+
 def _report_export(args: argparse.Namespace) -> int:
     from tasks.export import export_run
 
-    if not args.target:
-        raise SpecError("`report export` needs a run: a report directory or a run id under reports/",
-                        hint="tidegate report export reports/<run id> --format llmd")
-    if args.check:
-        raise SpecError("--check goes with `report schema`, not `report export`")
-    text = export_run(args.target, args.format)
+    text = export_run(args.runs[0], args.format)
     if args.out:
-        try:
-            Path(args.out).write_text(text)
-        except OSError as exc:
-            raise SpecError(f"--out: cannot write {args.out}: {exc.strerror}") from None
-        print(f"tidegate: wrote {args.out} ({args.format})", file=sys.stderr)
+        _write_out(args.out, text, args.format)
         return 0
     sys.stdout.write(text)
+    return 0
+
+
+def _report_open(args: argparse.Namespace) -> int:
+    from tasks.report import open_run
+
+    page = open_run(args.runs[0])
+    print(page)
+    if args.browser:
+        import webbrowser
+
+        if not webbrowser.open(page.resolve().as_uri()):
+            print(f"tidegate: no browser could be started; open {page}", file=sys.stderr)
+    return 0
+
+
+def _report_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from tasks.report import compare_html, compare_runs, read_run, redact, secret_values
+
+    first, second = (read_run(run) for run in args.runs)  # SpecError (exit 2) names a run it cannot read
+    comparison = compare_runs(first, second)
+    if args.json:
+        text = redact(json.dumps(comparison, indent=2, ensure_ascii=False), secret_values()) + "\n"
+        if args.out:
+            _write_out(args.out, text, "comparison, JSON")
+        else:
+            sys.stdout.write(text)
+        return 0
+    out = Path(args.out) if args.out else (
+        second.directory / f"compare-{first.report.run_id}-vs-{second.report.run_id}.html")
+    try:
+        out.write_text(redact(compare_html(first, second, comparison), secret_values()))
+    except OSError as exc:
+        raise SpecError(f"cannot write the comparison page {out}: {exc.strerror}", hint="give --out FILE") from None
+    print(out)
     return 0
 
 
@@ -259,13 +312,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait until the objects are gone")
     p.set_defaults(func=cmd_cleanup)
 
-    p = sub.add_parser("report", help="the report contract: `report schema` prints report.json's JSON Schema; "
-                                      "`report export RUN --format llmd` writes a run in another tool's format")
-    p.add_argument("action", choices=["schema", "export"])
-    p.add_argument("target", nargs="?", metavar="RUN",
-                   help="export: a report directory or a run id under reports/ (TIDEGATE_REPORTS_DIR)")
+    p = sub.add_parser("report", help="recorded runs: `report schema` prints report.json's JSON Schema; "
+                                      "`report export RUN --format llmd` writes a run in another tool's format; "
+                                      "`report open RUN` renders report.html again; `report compare RUN RUN` "
+                                      "writes a comparison page")
+    p.add_argument("action", choices=["schema", "export", "open", "compare"])
+    p.add_argument("runs", nargs="*", metavar="RUN",
+                   help="export, open: one run, compare: two: a report directory or a run id under reports/ "
+                        "(TIDEGATE_REPORTS_DIR)")
     p.add_argument("--check", metavar="FILE", help="schema: exit 1 if FILE differs from the schema (CI)")
     p.add_argument("--format", choices=["llmd"], default="llmd",
                    help="export: llmd = llm-d-benchmark's Benchmark Report, schema v0.2")
-    p.add_argument("--out", metavar="FILE", help="export: write FILE instead of stdout")
+    p.add_argument("--out", metavar="FILE", help="export: write FILE instead of stdout; compare: the page's path "
+                                                 "(default: compare-A-vs-B.html in the second run's directory)")
+    p.add_argument("--browser", action="store_true", help="open: also open the page in a web browser")
+    p.add_argument("--json", action="store_true", help="compare: print the comparison as JSON instead")
     p.set_defaults(func=cmd_report)

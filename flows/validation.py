@@ -226,13 +226,15 @@ def _publish_run(spec: RolloutSpec, out_dir: Path) -> None:
 
 
 def _publish_artifacts(report: RunReport, out_dir: Path, use_prefect: bool, secrets: list[str]) -> None:
+    """The run's markdown artifact in Prefect (``reporting.artifact_markdown``): the verdict, the gate's
+    rules and the dashboard as an image, drawn from the report directory just written; redacted."""
     if not use_prefect:
         return
     try:
         from prefect.artifacts import create_markdown_artifact
 
         key = "tidegate-" + "".join(ch if ch.isalnum() else "-" for ch in report.spec.lower())[:40]
-        markdown = reporting.redact(reporting.markdown_summary(report), reporting.secret_values(secrets))
+        markdown = reporting.redact(reporting.artifact_markdown(report, out_dir), reporting.secret_values(secrets))
         create_markdown_artifact(markdown=markdown, key=key.strip("-"),
                                  description=f"tidegate report {report.run_id} ({out_dir})")
     except Exception as exc:  # noqa: BLE001 - artifacts are a convenience, never the verdict

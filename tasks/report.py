@@ -181,11 +181,71 @@ def _findings_html(report: RunReport) -> str:
     return f"<h2>findings</h2><table>{rows}</table>"
 
 
+def _direction_word(event: dict[str, Any]) -> str:
+    return {"up": "scale-up", "down": "scale-down"}.get(str(event.get("direction")), str(event.get("direction")))
+
+
+def scale_event_title(event: dict[str, Any]) -> str:
+    """One line naming a scale event of ``elasticity.scale_events``: direction, replicas, pod, pool
+    and its total."""
+    total = event.get("total_s")
+    pod = str(event.get("pod") or "pod unknown").rsplit("/", 1)[-1]
+    return (f"{_direction_word(event)} {event.get('replicas_from')} -> {event.get('replicas_to')}: {pod} on "
+            f"{event.get('pool') or 'pool unknown'}, "
+            + (f"{total:g} s first to last known step" if isinstance(total, (int, float)) else "no step known"))
+
+
+def _critical_path_html(report: RunReport, waterfall: str | None = None) -> str:
+    """The critical path of each scale event (the waterfall figure when drawn, then per event its
+    unknown steps in words, with why) and the violation bill: its largest entry as a sentence, then
+    the table. Empty when the run has no elasticity block."""
+    el = report.elasticity
+    if el is None:
+        return ""
+    events, bill = list(el.scale_events or []), list(el.violation_bill or [])
+    if not events and not bill:
+        return ("<div id='critical-path'><h2>critical path per scale event</h2>"
+                "<p class='note'>no scale event was observed</p></div>")
+    parts = ["<div id='critical-path'><h2>critical path per scale event</h2>"]
+    if waterfall:
+        parts.append(f"<img src='{html.escape(waterfall)}' alt='critical path of each scale event: one "
+                     f"waterfall per event, each known step a bar of its seconds'>")
+    items = []
+    for i, ev in enumerate(events, 1):
+        unknown = [s for s in ev.get("steps") or [] if s.get("seconds") is None]
+        notes = "".join(f"<li>{html.escape(str(s.get('step')))}: {html.escape(str(s.get('evidence') or 'unknown'))}"
+                        f"</li>" for s in unknown)
+        if not waterfall:  # the known steps in words when the figure is missing
+            notes = "".join(f"<li>{html.escape(str(s.get('step')))}: +{s['seconds']:g} s</li>"
+                            for s in ev.get("steps") or [] if s.get("seconds") is not None) + notes
+        skipped = ev.get("not_needed") or []
+        extra = (f"<br><span class='note'>not needed: {html.escape(', '.join(map(str, skipped)))}</span>"
+                 if skipped else "")
+        items.append(f"<li class='scale-event'><b>{i}. {html.escape(scale_event_title(ev))}</b>{extra}"
+                     + (f"<ul>{notes}</ul>" if notes else "") + "</li>")
+    if items:
+        parts.append("<ol class='scale-events' style='list-style:none;padding:0'>" + "".join(items) + "</ol>")
+    if bill:
+        from tasks.critical_path import bill_sentence
+
+        rows = "".join(
+            f"<tr><td>{html.escape(str(b.get('step')))}</td><td>{html.escape(str(b.get('span') or ''))}</td>"
+            f"<td>{int(b.get('requests') or 0)}</td><td>{100 * float(b.get('share') or 0):.0f}%</td>"
+            f"<td>{html.escape(_cell(b.get('phases') or {}))}</td></tr>" for b in bill)
+        parts.append(f"<h3>violation bill</h3><p id='bill-sentence'>{html.escape(bill_sentence(bill[0]))}</p>"
+                     f"<table id='violation-bill'><tr><th>what the service waited for</th><th>span</th>"
+                     f"<th>requests</th><th>share</th><th>per phase</th></tr>{rows}</table>")
+    parts.append("</div>")
+    return "".join(parts)
+
+
 def basic_html(report: RunReport, figures: list[tuple[str, str]] | None = None,
-               dashboard: str | None = None, dashboard_note: str = "") -> str:
+               dashboard: str | None = None, dashboard_note: str = "", waterfall: str | None = None) -> str:
     """The report page; ``figures`` are (title, PNG data URI) pairs, ``dashboard`` the dashboard's
-    PNG data URI (``dashboard_figure``). Order: the verdict, the gate's rules in one compact list and
-    the dashboard (the first screen), then the findings, the detailed figures, the tables."""
+    PNG data URI (``dashboard_figure``), ``waterfall`` the critical paths' (``waterfall_figure``).
+    Order: the verdict, the gate's rules in one compact list and the dashboard (the first screen),
+    then the findings, the critical path of each scale event with the violation bill, the detailed
+    figures, the tables."""
     md = markdown_summary(report)
     rows = "".join(f"<tr><td>{html.escape(n)}</td><td class='{html.escape(s.status)}'>{html.escape(s.status)}</td>"
                    f"<td>{s.seconds:.1f}</td><td>{html.escape(s.detail)}</td></tr>" for n, s in report.stages.items())
@@ -216,13 +276,14 @@ table{{border-collapse:collapse;margin:1em 0}} td,th{{border:1px solid #ccc;padd
 .passed,.pass{{background:#d4f7d4}} .failed,.fail,.error{{background:#f7d4d4}}
 .warn,.skipped,.not_run,.inconclusive{{background:#f7f0d4}} img{{max-width:100%}} .meta{{margin:.2em 0;color:#444}}
 ul.rules{{list-style:none;padding:0;margin:.3em 0;font-size:.85em}} ul.rules li{{display:inline-block;margin:2px 4px 2px 0;
-padding:1px 6px;border-radius:3px}} #dashboard img{{display:block;width:100%;height:auto}} .note{{color:#666;font-size:.85em}}
+padding:1px 6px;border-radius:3px}} #dashboard img{{display:block;width:100%;height:auto}} #critical-path img{{max-width:60em}} .note{{color:#666;font-size:.85em}}
 @media print{{body{{max-width:none;margin:0}} #dashboard img{{page-break-inside:avoid}}}}</style></head><body>
 <h1>tidegate run {html.escape(report.run_id)}: <span class="{html.escape(report.verdict)}">{html.escape(report.verdict.upper())}</span></h1>
 <p class="meta">spec {html.escape(report.spec)} &middot; profile {html.escape(report.profile)} &middot; {html.escape(report.started_at)} &rarr; {html.escape(report.finished_at)}</p>
 {rules}{reasons}
 {dash}
 {_findings_html(report)}
+{_critical_path_html(report, waterfall)}
 {figs}
 <h2>stages</h2><table><tr><th>stage</th><th>status</th><th>s</th><th>detail</th></tr>{rows}</table>
 {"<h2>gate</h2><table><tr><th>rule</th><th>status</th><th>value</th><th>threshold</th></tr>" + gate + "</table>" if gate else ""}
@@ -262,12 +323,12 @@ MARKERS = {"SuccessfulRescale": ("HPA rescale", "tab:purple"), "TriggeredScaleUp
            "ScaleDownEmpty": ("scale-down", "tab:green")}
 
 
-def _png(fig) -> str:
+def _png(fig, dpi: int = 90) -> str:
     import base64
     import io
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
@@ -686,6 +747,60 @@ def dashboard_figure(report: RunReport | None = None, *, load=None, timeline=Non
     return fig
 
 
+def waterfall_figure(events: list[dict[str, Any]]):
+    """The critical path of each scale event (``elasticity.scale_events``) as one matplotlib Figure:
+    one horizontal waterfall per event, stacked, each known step a bar from the previous known step
+    to the moment it was reached (its ``seconds``), labelled with the step and its seconds, on an
+    axis of seconds since the event's first known step; steps top to bottom in causal order.
+    Unknown steps are not drawn (their ``unknown: why`` goes beside the figure, in text). None when
+    no event has a known step.
+
+    The figure carries ``tidegate_waterfall``: per drawn event, its bars as (step, start_s,
+    seconds), top to bottom, so that tests can read what was drawn."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    drawn: list[tuple[dict[str, Any], list[tuple[str, float, float]]]] = []
+    for ev in events:
+        t_first, bars, prev_end = None, [], 0.0
+        for s in ev.get("steps") or []:
+            if s.get("seconds") is None or s.get("started_at") is None:
+                continue
+            at = _stamp(s["started_at"])
+            t_first = at if t_first is None else t_first
+            end = max((at - t_first).total_seconds(), prev_end)
+            # the bar runs from the previous known step to this one (``seconds`` is that gap, rounded)
+            bars.append((str(s["step"]), round(prev_end, 3), float(s["seconds"])))
+            prev_end = end
+        if bars:
+            drawn.append((ev, bars))
+    if not drawn:
+        return None
+    heights = [0.24 * len(bars) + 0.55 for _, bars in drawn]
+    fig = Figure(figsize=(10.0, sum(heights) + 0.5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(drawn), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
+    for ax, (ev, bars) in zip(axes, drawn):
+        colour = "tab:red" if ev.get("direction") == "up" else "tab:blue"
+        ys = list(range(len(bars)))
+        span = max(max(a + w for _, a, w in bars), 1.0)
+        for y, (step, start, seconds) in zip(ys, bars):
+            ax.barh(y, max(seconds, span * 0.004), left=start, height=0.6, color=colour,
+                    alpha=0.85 if seconds > 0 else 0.4, gid="step")
+            ax.text(start + seconds + span * 0.01, y, f"{step}  {seconds:g} s", va="center", fontsize=7)
+        ax.set_yticks(ys, [b[0] for b in bars], fontsize=7)
+        ax.set_ylim(len(bars) - 0.4, -0.6)  # the first step on top
+        ax.set_xlim(0, span * 1.35)  # room for the last bar's label
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_title(scale_event_title(ev), fontsize=8, loc="left", pad=2)
+    axes[-1].set_xlabel("seconds since the event's first known step", fontsize=8)
+    fig.subplots_adjust(left=0.2, right=0.97, top=1 - 0.3 / fig.get_figheight(), bottom=0.45 / fig.get_figheight(),
+                        hspace=0.6 if len(drawn) > 1 else 0.2)
+    fig.tidegate_waterfall = [bars for _, bars in drawn]
+    return fig
+
+
 def render_html(report: RunReport, *, load=None, timeline=None, spec=None, cost=None, history=None) -> str:
     dashboard, note = None, ""
     try:
@@ -716,7 +831,14 @@ def render_html(report: RunReport, *, load=None, timeline=None, spec=None, cost=
     except Exception as exc:  # noqa: BLE001 - a plot must never cost the report
         report.warnings = [*report.warnings, f"plots failed: {type(exc).__name__}: {exc}"]
         figures = []
-    doc = basic_html(report, figures, dashboard=dashboard, dashboard_note=note)
+    waterfall = None
+    if report.elasticity is not None and report.elasticity.scale_events:
+        try:
+            fig = waterfall_figure(report.elasticity.scale_events)
+            waterfall = _png(fig) if fig is not None else None
+        except Exception as exc:  # noqa: BLE001 - a plot must never cost the report
+            report.warnings = [*report.warnings, f"critical-path waterfall failed: {type(exc).__name__}: {exc}"]
+    doc = basic_html(report, figures, dashboard=dashboard, dashboard_note=note, waterfall=waterfall)
     if report.definitions:
         dl = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in report.definitions.items())
         doc = doc.replace("</body>", f"<h2>definitions</h2><dl>{dl}</dl></body>", 1)
@@ -771,7 +893,14 @@ def read_run(target: str | Path) -> RecordedRun:
     from tasks.observe import Timeline
 
     directory = resolve_run_dir(target)
-    report = RunReport.model_validate(json.loads((directory / "report.json").read_text()))
+    try:
+        report = RunReport.model_validate(json.loads((directory / "report.json").read_text()))
+    except (OSError, ValueError) as exc:  # unreadable, not JSON, or not a report (ValidationError)
+        from tasks.errors import SpecError
+
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise SpecError(f"cannot read run {target}: {directory / 'report.json'}: {first}",
+                        hint="a report directory written by tidegate (report.json of tasks/report_model.py)") from None
     load = None
     if (directory / "per_second.csv").is_file():
         ps = pd.read_csv(directory / "per_second.csv")
@@ -823,3 +952,190 @@ def render_run(target: str | Path) -> str:
     """report.html of a recorded run, rendered again from its directory."""
     run = read_run(target)
     return render_html(run.report, load=run.load, timeline=run.timeline, cost=run.cost)
+
+
+def open_run(target: str | Path) -> Path:
+    """``tidegate report open``: report.html of a recorded run rendered again from its report.json and
+    CSV tables (``render_run``) into the run's directory, secrets redacted as ``write`` does; its path."""
+    directory = resolve_run_dir(target)
+    doc = render_run(directory)
+    out = directory / "report.html"
+    out.write_text(redact(doc, secret_values()))
+    return out
+
+
+# -- the Prefect artifact ---------------------------------------------------------------------------
+# a markdown artifact is stored in Prefect's database and sent whole to the UI: the dashboard goes in
+# as a data URI only below this size, else the artifact links the report instead
+ARTIFACT_IMAGE_MAX_BYTES = 1_000_000
+ARTIFACT_DASHBOARD_DPI = 55
+
+
+def dashboard_data_uri(run: RecordedRun, dpi: int = ARTIFACT_DASHBOARD_DPI) -> str | None:
+    """The dashboard of a recorded run as a PNG data URI (None without data)."""
+    fig = dashboard_figure(run.report, load=run.load, timeline=run.timeline, cost=run.cost)
+    return _png(fig, dpi=dpi) if fig is not None else None
+
+
+def artifact_markdown(report: RunReport, out_dir: Path | None = None, *,
+                      max_image_bytes: int = ARTIFACT_IMAGE_MAX_BYTES, dpi: int = ARTIFACT_DASHBOARD_DPI) -> str:
+    """The run's Prefect markdown artifact: what the first screen of report.html shows. The verdict,
+    the gate's rules one per line, the dashboard as an image (``![dashboard](data:image/png;base64,
+    ...)``, drawn from the report directory ``out_dir`` at a lower dpi; Prefect's UI renders data:image
+    URIs in markdown images), the largest entry of the violation bill, the report's path, then the
+    stages. A dashboard whose data URI exceeds ``max_image_bytes`` is left out, and the markdown says
+    so and names report.html instead. The caller redacts secrets."""
+    lines = [f"# tidegate run `{report.run_id}`: **{report.verdict.upper()}**", "",
+             f"spec `{report.spec}`, profile `{report.profile}`, {report.started_at} -> {report.finished_at}", ""]
+    if report.gate:
+        lines += ["**gate rules**", ""]
+        for r in report.gate:
+            value = "no data" if r.value is None else _cell(r.value)
+            lines.append(f"- **{r.status}** `{r.rule}` = {value} ({r.op} {r.threshold})")
+    else:
+        lines.append("no gate rule was judged")
+    lines += [f"- inconclusive: {reason}" for reason in report.inconclusive_reasons]
+    lines.append("")
+    page = f"{out_dir / 'report.html'}" if out_dir is not None else "report.html"
+    uri, why = None, ""
+    if out_dir is not None:
+        try:
+            uri = dashboard_data_uri(read_run(out_dir), dpi=dpi)
+            why = "" if uri else "no load or timeline was recorded"
+        except Exception as exc:  # noqa: BLE001 - the artifact must never cost the run
+            why = f"it could not be drawn ({type(exc).__name__}: {exc})"
+    else:
+        why = "the report directory was not given"
+    if uri is not None and len(uri) > max_image_bytes:
+        why, uri = (f"its image ({len(uri) / 1e6:.1f} MB as a data URI) is larger than the artifact's limit of "
+                    f"{max_image_bytes / 1e6:.1f} MB"), None
+    if uri is not None:
+        lines += ["![dashboard](" + uri + ")", ""]
+    else:
+        lines += [f"dashboard not shown here: {why}; see `{page}`", ""]
+    el = report.elasticity
+    if el is not None and el.violation_bill:
+        from tasks.critical_path import bill_sentence
+
+        lines += [f"SLO violations: {bill_sentence(el.violation_bill[0])}.", ""]
+    lines += [f"report: `{page}`", "", "| stage | status | seconds | detail |", "|---|---|---|---|"]
+    for name, st in report.stages.items():
+        detail = st.detail.replace("|", "\\|").replace("\n", " ")[:200]
+        lines.append(f"| {name} | {st.status} | {st.seconds:.1f} | {detail} |")
+    return "\n".join(lines) + "\n"
+
+
+# -- two recorded runs side by side -----------------------------------------------------------------
+# (dotted key in report.json, label); elasticity.scale_up_total_s is derived (compare_runs)
+COMPARE_FIGURES: tuple[tuple[str, str], ...] = (
+    ("load.requests", "requests"), ("load.error_rate", "error rate"),
+    ("load.ttft_p50_ms", "TTFT p50 (ms)"), ("load.ttft_p95_ms", "TTFT p95 (ms)"), ("load.e2e_p95_ms", "e2e p95 (ms)"),
+    ("load.slo_attainment", "SLO attainment"), ("load.request_goodput_rps", "request goodput (req/s)"),
+    ("elasticity.hpa_max_replicas", "HPA max replicas"), ("elasticity.cloud_pods_max", "cloud pods max"),
+    ("elasticity.time_to_first_cloud_pod_ready_s", "first cloud pod Ready (s)"),
+    ("elasticity.scale_up_total_s", "longest scale-up critical path (s)"),
+    ("cost.cost_run", "cost of the run"),
+    ("cost.cost_per_million_good_output_tokens", "cost per million good output tokens"),
+    ("cost.hybrid_cost_per_day", "hybrid cost per day"),
+)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def scale_up_total_s(doc: dict[str, Any]) -> float | None:
+    """The longest ``total_s`` of the run's scale-up events (the slowest critical path); None without one."""
+    totals = [_number(e.get("total_s")) for e in ((doc.get("elasticity") or {}).get("scale_events") or [])
+              if e.get("direction") == "up"]
+    totals = [t for t in totals if t is not None]
+    return max(totals) if totals else None
+
+
+def change_pct(before: Any, after: Any) -> float | None:
+    """(after - before) / |before| in percent, to 0.1; None when either is not a number or before is 0."""
+    a, b = _number(before), _number(after)
+    if a is None or b is None or a == 0:
+        return None
+    return round(100.0 * (b - a) / abs(a), 1)
+
+
+def compare_runs(first: RecordedRun, second: RecordedRun) -> dict[str, Any]:
+    """Two recorded runs' key figures (``COMPARE_FIGURES``) side by side with the change from the first
+    to the second in percent, and both verdicts with their gate rules: what ``tidegate report compare
+    --json`` prints and the comparison page shows."""
+    from tasks.gate import lookup
+
+    docs = [r.report.to_dict() for r in (first, second)]
+    for doc in docs:
+        doc.setdefault("elasticity", {})
+        if isinstance(doc["elasticity"], dict):
+            doc["elasticity"]["scale_up_total_s"] = scale_up_total_s(doc)
+    figures = []
+    for key, label in COMPARE_FIGURES:
+        a, b = (lookup(d, key) for d in docs)
+        figures.append({"key": key, "label": label, "first": a, "second": b, "change_pct": change_pct(a, b)})
+    runs = [{"run_id": r.report.run_id, "directory": str(r.directory), "spec": r.report.spec,
+             "profile": r.report.profile, "started_at": r.report.started_at, "verdict": r.report.verdict,
+             "inconclusive_reasons": list(r.report.inconclusive_reasons),
+             "gate": [g.model_dump(mode="json") for g in r.report.gate]} for r in (first, second)]
+    return {"runs": runs, "figures": figures}
+
+
+def _fmt(value: Any) -> str:
+    n = _number(value)
+    if n is None:
+        return "-" if value is None else html.escape(str(value))
+    return f"{n:,.0f}" if n == int(n) and abs(n) >= 100 else f"{n:.4g}"
+
+
+def compare_html(first: RecordedRun, second: RecordedRun, comparison: dict[str, Any] | None = None) -> str:
+    """The comparison page of two recorded runs, self-contained (images as data URIs): both verdicts
+    and their rules, the key figures side by side with the change in percent, then both dashboards."""
+    comparison = comparison or compare_runs(first, second)
+    runs = comparison["runs"]
+    head = "".join(
+        f"<th>{'AB'[i]}: {html.escape(r['run_id'])}<br><span class='meta'>{html.escape(r['spec'])} &middot; "
+        f"{html.escape(r['started_at'])}</span></th>" for i, r in enumerate(runs))
+    verdicts = "".join(f"<td class='{html.escape(r['verdict'])}'><b>{html.escape(r['verdict'].upper())}</b></td>"
+                       for r in runs)
+    rules = "".join(
+        "<td><ul class='rules'>" + "".join(_rule_line(g) for g in run.report.gate) + "</ul>"
+        + "".join(f"<p class='inconclusive'>inconclusive: {html.escape(x)}</p>" for x in run.report.inconclusive_reasons)
+        + "</td>" for run in (first, second))
+    rows = []
+    for f in comparison["figures"]:
+        if f["first"] is None and f["second"] is None:
+            continue
+        pct = f["change_pct"]
+        shown = "" if pct is None else f"{pct:+.1f}%"
+        rows.append(f"<tr><td>{html.escape(f['label'])}<br><span class='note'>{html.escape(f['key'])}</span></td>"
+                    f"<td>{_fmt(f['first'])}</td><td>{_fmt(f['second'])}</td><td class='change'>{shown}</td></tr>")
+    dashboards = []
+    for i, run in enumerate((first, second)):
+        try:
+            uri = dashboard_data_uri(run, dpi=80)
+        except Exception as exc:  # noqa: BLE001 - a plot must never cost the page
+            uri, why = None, f"could not be drawn ({type(exc).__name__})"
+        else:
+            why = "no data"
+        img = (f"<img src='{html.escape(uri)}' alt='dashboard of {html.escape(run.report.run_id)}'>" if uri
+               else f"<p class='note'>dashboard: {why}</p>")
+        dashboards.append(f"<figure class='dashboard'>{img}<figcaption>{'AB'[i]}: "
+                          f"{html.escape(run.report.run_id)}</figcaption></figure>")
+    title = f"tidegate: {runs[0]['run_id']} vs {runs[1]['run_id']}"
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:1em 2em;max-width:100em}} h1{{font-size:1.3em}}
+table{{border-collapse:collapse;margin:1em 0}} td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}}
+.passed,.pass{{background:#d4f7d4}} .failed,.fail,.error{{background:#f7d4d4}} .warn,.skipped,.inconclusive{{background:#f7f0d4}}
+ul.rules{{list-style:none;padding:0;margin:0;font-size:.85em}} ul.rules li{{margin:2px 0;padding:1px 6px;border-radius:3px}}
+.meta,.note{{color:#666;font-size:.85em}} td.change{{text-align:right;font-variant-numeric:tabular-nums}}
+#dashboards{{display:grid;grid-template-columns:1fr;gap:1em}} #dashboards img{{width:100%;height:auto}}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<table id='verdicts'><tr><th></th>{head}</tr><tr><td>verdict</td>{verdicts}</tr><tr><td>gate rules</td>{rules}</tr></table>
+<h2>key figures</h2><p class='note'>change: (B - A) / |A|</p>
+<table id='figures'><tr><th>figure</th><th>A</th><th>B</th><th>change</th></tr>{''.join(rows)}</table>
+<h2>dashboards</h2><div id='dashboards'>{''.join(dashboards)}</div>
+</body></html>
+"""

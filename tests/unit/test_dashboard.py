@@ -7,6 +7,7 @@ when this checkout has it (reports/ is not in git)."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from pathlib import Path
@@ -199,3 +200,152 @@ def test_closed_loop_draws_users_on_the_load_panel(tmp_path):
     fig = dashboard_figure(run.report, load=run.load, timeline=run.timeline)
     twins = [ax for ax in fig.axes if ax.get_ylabel() == "users"]
     assert len(twins) == 1 and twins[0].lines[0].get_label() == "users"
+
+
+# -- the critical path of each scale event (after the findings) -----------------------------------
+FIXTURES = Path(__file__).parent / "fixtures" / "critical_path"
+
+
+def _step(name: str, at: float | None, seconds: float | None, evidence: str = "row") -> dict:
+    return {"step": name, "started_at": None if at is None else _iso(at), "seconds": seconds,
+            "evidence": evidence if at is not None else f"unknown: {evidence}"}
+
+
+HAND_EVENTS = [
+    {"direction": "up", "replicas_from": 2, "replicas_to": 3, "pool": "np-elastic", "pod": "default/p2",
+     "steps": [_step("load step", 20, 0.0), _step("metric above target", 22, 2.0),
+               _step("HPA desired increase", 25, 3.0), _step("pod created", 25, 0.0),
+               _step("autoscaler decision", None, None, "no TriggeredScaleUp names the pod"),
+               _step("node created", 40, 15.0), _step("node Ready", 42, 2.0),
+               _step("node GPU allocatable", None, None, "the timeline does not record a node's allocatable"),
+               _step("pod Ready", 45, 3.0)],
+     "not_needed": ["pod Pending on IDC"], "total_s": 25.0},
+    {"direction": "down", "replicas_from": 3, "replicas_to": 1, "pool": "np-elastic", "pod": "default/p2",
+     "steps": [_step("metric below target", 90, 0.0), _step("HPA desired decrease", 105, 15.0),
+               _step("pod deleted", 105, 0.0), _step("node removed", 118, 13.0)],
+     "not_needed": [], "total_s": 28.0},
+]
+HAND_BILL = [{"step": "waiting for the cloud node", "span": "autoscaler decision -> node Ready", "requests": 30,
+              "share": 0.75, "phases": {"spike": 30}},
+             {"step": "no scale event in progress", "span": "", "requests": 10, "share": 0.25, "phases": {"hold": 10}}]
+
+
+def test_waterfall_draws_known_steps_in_causal_order_and_leaves_unknown_ones_out():
+    from tasks.report import waterfall_figure
+
+    fig = waterfall_figure(HAND_EVENTS)
+    up, down = fig.tidegate_waterfall
+    assert [b[0] for b in up] == ["load step", "metric above target", "HPA desired increase", "pod created",
+                                  "node created", "node Ready", "pod Ready"]
+    # each bar starts where the previous known step was reached and is as long as its seconds
+    assert [(a, w) for _, a, w in up] == [(0, 0), (0, 2), (2, 3), (5, 0), (5, 15), (20, 2), (22, 3)]
+    assert [b[0] for b in down] == ["metric below target", "HPA desired decrease", "pod deleted", "node removed"]
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [b[0] for b in up]
+    assert ax.get_ylim()[0] > ax.get_ylim()[1]  # the first step on top
+    labels = [t.get_text() for t in ax.texts]
+    assert "node created  15 s" in labels and not any("GPU allocatable" in t for t in labels)
+    assert "scale-up 2 -> 3: p2 on np-elastic" in ax.get_title(loc="left")
+
+
+def test_waterfall_section_follows_the_findings_with_unknown_steps_and_the_bill(tmp_path):
+    from tasks.critical_path import bill_sentence
+
+    run = read_run(synthetic_run(tmp_path))
+    run.report.elasticity.scale_events = HAND_EVENTS
+    run.report.elasticity.violation_bill = HAND_BILL
+    body = render_html(run.report, load=run.load, timeline=run.timeline, cost=run.cost).split("<body>", 1)[1]
+    section = re.search(r"<div id='critical-path'>(.*?)</div>", body, re.DOTALL).group(1)
+    assert body.index("<h2>findings</h2>") < body.index("id='critical-path'") < body.index("<h2>stages</h2>")
+    assert section.count("data:image/png;base64,") == 1
+    assert "autoscaler decision: unknown: no TriggeredScaleUp names the pod" in section
+    assert "node GPU allocatable: unknown: the timeline does not record" in section
+    assert "node created: +15 s" not in section  # known steps are in the figure, not repeated in text
+    assert html.escape(bill_sentence(HAND_BILL[0])) in section and "30 requests (75% of all violations)" in section
+    assert section.index("waiting for the cloud node") < section.index("no scale event in progress")
+    assert not any("waterfall" in w for w in run.report.warnings)
+
+
+def test_waterfall_of_the_recorded_openloop_spike():
+    from tasks.critical_path import scale_events
+    from tasks.observe import Timeline
+    from tasks.report import waterfall_figure
+
+    meta = json.loads((FIXTURES / "spike-openloop.meta.json").read_text())
+    events = scale_events(Timeline.read_csv(FIXTURES / "spike-openloop.timeline.csv"),
+                          load_started_at=meta["load_started_at"], phases=meta["phases"], hpa_target=50.0,
+                          elastic_pool="np-elastic", idc_pool="np-idc")
+    blocks = json.loads(json.dumps([e.block() for e in events]))  # as report.json holds them
+    fig = waterfall_figure(blocks)
+    assert len(fig.tidegate_waterfall) == len(blocks) == 4
+    for block, bars in zip(blocks, fig.tidegate_waterfall):
+        assert [b[0] for b in bars] == [s["step"] for s in block["steps"] if s["seconds"] is not None]
+        starts = [a for _, a, _ in bars]
+        assert starts == sorted(starts) and starts[0] == 0
+        assert abs(bars[-1][1] + bars[-1][2] - block["total_s"]) < 0.05
+
+
+def test_no_scale_event_no_waterfall_and_no_crash(tmp_path):
+    from tasks.report import waterfall_figure
+
+    assert waterfall_figure([]) is None
+    only_unknown = [{**HAND_EVENTS[0], "steps": [_step("pod Ready", None, None, "never Ready")], "total_s": None}]
+    assert waterfall_figure(only_unknown) is None
+    run = read_run(synthetic_run(tmp_path))
+    doc = render_html(run.report, load=run.load, timeline=run.timeline, cost=run.cost)
+    assert "no scale event was observed" in doc
+    report = RunReport(run_id="r0", spec="s", profile="local", started_at="2026-12-06T00:00:00+00:00")
+    assert "id='critical-path'" not in render_html(report)  # no elasticity block: no section
+    run.report.elasticity.scale_events = only_unknown
+    doc = render_html(run.report)
+    assert "pod Ready: unknown: never Ready" in doc
+
+
+# -- the Prefect artifact -----------------------------------------------------------------------------
+def test_artifact_markdown_shows_verdict_rules_and_the_dashboard_image(tmp_path):
+    import base64
+
+    from tasks.report import artifact_markdown
+
+    directory = synthetic_run(tmp_path)
+    report = read_run(directory).report
+    report.elasticity.violation_bill = HAND_BILL
+    md = artifact_markdown(report, directory)
+    assert md.startswith("# tidegate run `synthetic-run`: **PASS**")
+    assert "- **pass** `load.ttft_p95_ms` = 500.0 (<= 1500)" in md
+    assert "- **pass** `elasticity.cloud_pods_max` = 1 (>= 1)" in md
+    image = re.search(r"!\[dashboard\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", md)
+    assert image is not None
+    png = base64.b64decode(image.group(1))
+    assert png.startswith(b"\x89PNG") and len(image.group(0)) < 1_000_000
+    assert f"report: `{directory / 'report.html'}`" in md
+    assert "30 requests (75% of all violations)" in md
+
+
+def test_artifact_markdown_links_the_report_when_the_image_is_too_large(tmp_path):
+    from tasks.report import artifact_markdown
+
+    directory = synthetic_run(tmp_path)
+    report = read_run(directory).report
+    md = artifact_markdown(report, directory, max_image_bytes=1000)
+    assert "data:image" not in md
+    assert "dashboard not shown here: its image" in md and "larger than the artifact's limit" in md
+    assert str(directory / "report.html") in md
+    md = artifact_markdown(report, tmp_path / "gone")  # the directory cannot be read: no crash, says so
+    assert "dashboard not shown here: it could not be drawn" in md
+
+
+def test_publish_artifacts_passes_the_redacted_markdown_to_prefect(tmp_path, monkeypatch):
+    import prefect.artifacts
+
+    from flows.validation import _publish_artifacts
+
+    directory = synthetic_run(tmp_path)
+    report = read_run(directory).report
+    report.stages["spike"].detail = "token s3cr3t-value-123 leaked"
+    seen = {}
+    monkeypatch.setattr(prefect.artifacts, "create_markdown_artifact", lambda **kw: seen.update(kw))
+    _publish_artifacts(report, directory, True, ["s3cr3t-value-123"])
+    assert "![dashboard](data:image/png;base64," in seen["markdown"]
+    assert "s3cr3t-value-123" not in seen["markdown"] and "token *** leaked" in seen["markdown"]
+    assert seen["key"] == "tidegate-qwen-chat-local"
