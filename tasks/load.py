@@ -87,7 +87,6 @@ import datetime as dt
 import importlib.util
 import itertools
 import json
-import logging
 import math
 import os
 import random
@@ -718,7 +717,6 @@ def _kill(procs: Sequence[_Proc]) -> None:
 
 
 PROGRESS_INTERVAL_S = 10.0
-progress_log = logging.getLogger("tidegate.load")
 
 
 class Progress:
@@ -778,7 +776,8 @@ class Progress:
         if self.extra is not None:
             with contextlib.suppress(Exception):
                 line += f"; {self.extra()}"
-        progress_log.info("%s", line)
+        # printed, not logged: under Prefect the console shows only Prefect's own loggers' INFO lines
+        print(f"tidegate: {line}", file=sys.stderr, flush=True)
         self.lines += 1
         return line
 
