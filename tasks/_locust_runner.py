@@ -662,36 +662,7 @@ def _drive_open(cfg: dict[str, Any], role: str, runner: Any, recorder: Recorder,
             gevent.spawn(_quietly, runner.quit)
         done_event.set()
 
-    def watchdog() -> None:
-        while True:
-            gevent.sleep(0.5)
-            if os.getppid() != parent:
-                abort("parent gone")
-                return
-            if time.time() > deadline:
-                abort("deadline")
-                return
-
-    def hard_exit() -> None:
-        recorder.flush()
-        print("locust runner: did not stop in time after its deadline; exiting hard", file=sys.stderr)
-        os._exit(3)
-
-    gevent.signal_handler(signal.SIGTERM, lambda: gevent.spawn(abort, "signal"))
-    gevent.signal_handler(signal.SIGINT, lambda: gevent.spawn(abort, "signal"))
-    import psutil
-
-    me = psutil.Process()
-
-    def cpu_s() -> float:
-        t = me.cpu_times()
-        return t.user + t.system
-
-    lag = LoopLag()
-    gevent.spawn(flusher)
-    gevent.spawn(watchdog)
-    gevent.spawn(lag.run)
-    gevent.spawn_later(max(0.0, deadline - time.time()) + 10.0, hard_exit)
+    lag, cpu_s = _guard(abort, recorder, flusher, parent=parent, deadline=deadline)
 
     def sampler() -> None:  # the open-loop "users" are the requests in flight
         assert dispatcher is not None
@@ -823,36 +794,7 @@ def _drive(cfg: dict[str, Any], role: str, runner: Any, recorder: Recorder, shap
         except Exception as exc:  # noqa: BLE001 - quitting is best effort; the watchdog exits hard
             print(f"locust runner: quit failed: {exc!r}", file=sys.stderr)
 
-    def watchdog() -> None:
-        while True:
-            gevent.sleep(0.5)
-            if os.getppid() != parent:
-                quit_runner("parent gone")
-                return
-            if time.time() > deadline:
-                quit_runner("deadline")
-                return
-
-    def hard_exit() -> None:
-        recorder.flush()
-        print("locust runner: did not stop in time after its deadline; exiting hard", file=sys.stderr)
-        os._exit(3)
-
-    gevent.signal_handler(signal.SIGTERM, lambda: gevent.spawn(quit_runner, "signal"))
-    gevent.signal_handler(signal.SIGINT, lambda: gevent.spawn(quit_runner, "signal"))
-    import psutil
-
-    me = psutil.Process()
-
-    def cpu_s() -> float:
-        t = me.cpu_times()
-        return t.user + t.system
-
-    lag = LoopLag()
-    gevent.spawn(flusher)
-    gevent.spawn(watchdog)
-    gevent.spawn(lag.run)
-    gevent.spawn_later(max(0.0, deadline - time.time()) + 10.0, hard_exit)
+    lag, cpu_s = _guard(quit_runner, recorder, flusher, parent=parent, deadline=deadline)
 
     if role == "worker":
         # A worker handles the master's "stop" by sleeping stop_timeout before it reads the next
@@ -934,6 +876,46 @@ def _cpu_sampler(info: dict[str, Any]) -> None:
         total, samples = total + cpu, samples + 1
         info["cpu_max_percent"] = max(info["cpu_max_percent"], cpu)
         info["cpu_mean_percent"] = round(total / samples, 1)
+
+
+def _guard(stop: Any, recorder: Recorder, flusher: Any, *, parent: int, deadline: float) -> tuple[Any, Any]:
+    """Bounds of a generator process, open or closed loop: ``stop(reason)`` when the parent dies, at
+    the deadline and on SIGTERM/SIGINT; a hard exit 10 s after the deadline; the record flusher and
+    the event-loop lag probe running. Returns (the LoopLag, a function giving the process's CPU seconds)."""
+    import signal
+
+    import gevent
+    import psutil
+
+    def watchdog() -> None:
+        while True:
+            gevent.sleep(0.5)
+            if os.getppid() != parent:
+                stop("parent gone")
+                return
+            if time.time() > deadline:
+                stop("deadline")
+                return
+
+    def hard_exit() -> None:
+        recorder.flush()
+        print("locust runner: did not stop in time after its deadline; exiting hard", file=sys.stderr)
+        os._exit(3)
+
+    gevent.signal_handler(signal.SIGTERM, lambda: gevent.spawn(stop, "signal"))
+    gevent.signal_handler(signal.SIGINT, lambda: gevent.spawn(stop, "signal"))
+    me = psutil.Process()
+
+    def cpu_s() -> float:
+        t = me.cpu_times()
+        return t.user + t.system
+
+    lag = LoopLag()
+    gevent.spawn(flusher)
+    gevent.spawn(watchdog)
+    gevent.spawn(lag.run)
+    gevent.spawn_later(max(0.0, deadline - time.time()) + 10.0, hard_exit)
+    return lag, cpu_s
 
 
 class LoopLag:
