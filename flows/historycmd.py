@@ -25,7 +25,7 @@ import json
 import sys
 from typing import Any
 
-from tasks.errors import SpecError, TidegateError
+from tasks.errors import SpecError
 
 _FIGURE_COLUMNS = (("load.ttft_p95_ms", "ttft_p95_ms"), ("load.error_rate", "err_rate"),
                    ("load.slo_attainment", "attain"), ("elasticity.time_to_first_cloud_pod_ready_s", "cloud_ready_s"),
@@ -215,15 +215,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """These commands alone, with the CLI's error mapping (for tests and before flows/cli.py lists them)."""
-    parser = argparse.ArgumentParser(prog="tidegate")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except TidegateError as exc:
-        print(f"tidegate: {exc.one_line()}", file=sys.stderr)
-        return exc.exit_code
+    """The CLI (``flows.cli.main``, which registers these commands) with ``argv``."""
+    from flows.cli import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":  # pragma: no cover
