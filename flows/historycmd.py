@@ -153,7 +153,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
         _warn(store)
         baselines = [store.get(e.run_id) for e in entries]
         source = f"last {args.n} full-chain passes of spec {candidate.get('spec')}"
-    j = judge(spec.slo, candidate, baselines, requests=store.requests)
+    j = judge(spec.slo, candidate, baselines, requests=store.requests, score=spec.score)
     if args.json:
         print(json.dumps({**j.to_dict(), "store": store.url, "spec": spec.name}, indent=2))
         return j.exit_code

@@ -37,13 +37,17 @@ class RuleResult:
     threshold: Any
     op: str
     detail: str = ""
+    critical: bool = False
+    weight: int = 1
+    scored: bool = False   # counted in the spec's score: its own status then does not decide alone
 
     def to_dict(self) -> dict[str, Any]:
         return self.report_block().model_dump(mode="json")
 
     def report_block(self) -> GateRuleResult:
         return GateRuleResult(rule=self.rule, status=self.status, value=self.value, threshold=self.threshold,
-                              op=self.op, detail=self.detail)
+                              op=self.op, detail=self.detail, critical=self.critical, weight=self.weight,
+                              scored=self.scored)
 
 
 def lookup(report: dict[str, Any], dotted: str) -> Any:
@@ -180,7 +184,52 @@ def change_point_warnings(rules, report: dict[str, Any], history: Baselines | No
 
 
 def evaluate(rules, report: dict[str, Any], *, baseline: dict[str, Any] | None = None,
-             history: Baselines | None = None) -> list[RuleResult]:
+             history: Baselines | None = None, score=None) -> list[RuleResult]:
+    """Every rule judged (``_evaluate``), each result carrying its rule's critical flag and weight;
+    with ``score`` (a spec's ``ScoreSpec``) the non-critical ones are scored and one ``gate.score``
+    result (``score_result``) decides for them."""
+    out = _evaluate(rules, report, baseline=baseline, history=history)
+    for r, res in zip(rules, out):
+        res.critical, res.weight = bool(getattr(r, "critical", False)), int(getattr(r, "weight", 1))
+    if score is not None:
+        total = score_result(out, score)
+        if total is not None:
+            out.append(total)
+    return out
+
+
+SCORE_RULE = "gate.score"
+SCORE_SHARE = {"pass": 1.0, "warn": 0.5, "fail": 0.0}   # Keptn: a warning earns half the weight
+
+
+def score_result(results: list[RuleResult], score) -> RuleResult | None:
+    """Keptn's total score over the non-critical rules (they are marked ``scored``): the share of
+    their weights earned (pass: all, warn: half, fail: none), judged by the bands ``score.pass_at``
+    and ``score.warn_at``. A scored rule without data leaves the score undecided (inconclusive),
+    never a pass. None when every rule is critical (nothing to score)."""
+    scored = [r for r in results if not r.critical and not r.rule.startswith("change_point:")]
+    if not scored:
+        return None
+    for r in scored:
+        r.scored = True
+    total = sum(r.weight for r in scored)
+    earned = sum(r.weight * SCORE_SHARE.get(r.status, 0.0) for r in scored)
+    pct = round(earned / total * 100, 1)
+    bands = f"pass >= {score.pass_at:g}, warn >= {score.warn_at:g}"
+    undecided = [r.rule for r in scored if r.status not in SCORE_SHARE]
+    if undecided:
+        return RuleResult(SCORE_RULE, "inconclusive", None, score.pass_at, ">=",
+                          f"score undecided: {', '.join(undecided)} had no data or no baseline "
+                          f"({len(scored)} scored rules, {bands})")
+    status = "pass" if pct >= score.pass_at else "warn" if pct >= score.warn_at else "fail"
+    lost = [f"{r.rule} {r.status}" for r in scored if r.status != "pass"]
+    why = f"; lost: {', '.join(lost)}" if lost else ""
+    return RuleResult(SCORE_RULE, status, pct, score.pass_at, ">=",
+                      f"{earned:g} of {total:g} weight over {len(scored)} non-critical rules ({bands}){why}")
+
+
+def _evaluate(rules, report: dict[str, Any], *, baseline: dict[str, Any] | None = None,
+              history: Baselines | None = None) -> list[RuleResult]:
     out = []
     for r in rules:
         if getattr(r, "test", "threshold") == "change_point":
@@ -229,7 +278,8 @@ def inconclusive_reasons(results: list[RuleResult], *, gate_ran: bool,
         reasons.append("the gate did not run (select the gate stage to judge the run)")
     elif not results:
         reasons.append("no gate rule was evaluated (the spec's slo is empty)")
-    reasons += [f"{r.rule}: {r.detail}" for r in results if r.status == "inconclusive"]
+    reasons += [f"{r.rule}: {r.detail}" for r in results if r.status == "inconclusive"
+                and not (r.rule == SCORE_RULE and any(x.scored and x.status == "inconclusive" for x in results))]
     reasons += list(evidence_gaps)
     return reasons
 
@@ -238,12 +288,13 @@ def verdict(results: list[RuleResult], *, failed: bool = False, gate_ran: bool =
             evidence_gaps: list[str] = ()) -> str:
     """The run's verdict (the only place it is decided): fail if a stage failed (``failed``) or a
     rule failed; inconclusive if the run could not decide (``inconclusive_reasons``); warn if a
-    rule warned; else pass."""
-    if failed or any(r.status == "fail" for r in results):
+    rule warned; else pass. A ``scored`` rule (under a spec's score) decides only through the
+    ``gate.score`` result, not alone."""
+    if failed or any(r.status == "fail" and not r.scored for r in results):
         return "fail"
     if inconclusive_reasons(results, gate_ran=gate_ran, evidence_gaps=evidence_gaps):
         return "inconclusive"
-    if any(r.status == "warn" for r in results):
+    if any(r.status == "warn" and not r.scored for r in results):
         return "warn"
     return "pass"
 
@@ -255,10 +306,11 @@ def describe(results: list[RuleResult]) -> str:
 
 def failure_message(results: list[RuleResult], findings: list[str]) -> str:
     """Why the gate failed: the failed rules (value and threshold) and the missing findings."""
-    bad = [f"{r.rule}={r.value} (want {r.op} {r.threshold})" for r in results if r.status == "fail"]
+    bad = [f"{r.rule}={r.value} (want {r.op} {r.threshold})" + (f": {r.detail}" if r.rule == SCORE_RULE else "")
+           for r in results if r.status == "fail" and not r.scored]
     why = f"; findings: {' | '.join(findings)}" if findings else ""
     return f"gate failed: {'; '.join(bad)}{why}"
 
 
-__all__ = ["CHANGE_POINT_FIGURES", "OPS", "Baselines", "RuleResult", "change_point_at_run", "change_point_warnings", "describe", "evaluate", "failure_message", "full_chain_passed",
+__all__ = ["CHANGE_POINT_FIGURES", "OPS", "SCORE_RULE", "Baselines", "RuleResult", "score_result", "change_point_at_run", "change_point_warnings", "describe", "evaluate", "failure_message", "full_chain_passed",
            "inconclusive_reasons", "last_passing_report", "lookup", "verdict"]

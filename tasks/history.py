@@ -657,10 +657,11 @@ def carried_evidence_gaps(doc: dict[str, Any]) -> list[str]:
 
 
 def judge(rules, candidate: dict[str, Any], baselines: list[dict[str, Any]], *,
-          requests: Callable[[str], Any] | None = None) -> Judgement:
+          requests: Callable[[str], Any] | None = None, score=None) -> Judgement:
     """Judge ``candidate`` (a report.json) by ``rules`` (a spec's ``slo``) with ``tasks.gate.evaluate``:
     relative rules against the first of ``baselines``, statistical rules against all of them (their
-    per-request tables from ``requests(run_id)``, e.g. ``Store.requests``); decide with
+    per-request tables from ``requests(run_id)``, e.g. ``Store.requests``), with ``score`` (a spec's
+    ``ScoreSpec``) the non-critical ones scored; decide with
     ``tasks.gate.verdict``: a stage of the candidate that failed (the gate stage aside: that is the
     judgement being redone) fails it; its lost evidence keeps it inconclusive."""
     from tasks.gate import Baselines, change_point_warnings
@@ -670,7 +671,7 @@ def judge(rules, candidate: dict[str, Any], baselines: list[dict[str, Any]], *,
     history = Baselines(candidate_requests=load(str(candidate.get("run_id"))),
                         runs=[(b, load(str(b.get("run_id")))) for b in baselines],
                         series=list(reversed(baselines)))
-    results = evaluate(rules, candidate, baseline=base, history=history)
+    results = evaluate(rules, candidate, baseline=base, history=history, score=score)
     results += change_point_warnings(rules, candidate, history)
     stages = candidate.get("stages") or {}
     failed = [f"stage {name} {st.get('status')}: {st.get('detail', '')}".rstrip(": ")

@@ -131,8 +131,10 @@ def junit_xml(report: RunReport) -> str:
         msg = f"{rule.rule} = {rule.value} (threshold {rule.op} {rule.threshold})"
         outcome = {"fail": "failure", "inconclusive": "skipped"}.get(rule.status, "passed")
         message = {"fail": msg, "inconclusive": f"inconclusive: {rule.detail}"}.get(rule.status, "")
-        cases.append(JUnitCase("tidegate.gate", rule.rule, 0.0, outcome, message,
-                               output=f"warn: {msg}" if rule.status == "warn" else ""))
+        output = f"warn: {msg}" if rule.status == "warn" else ""
+        if rule.scored and rule.status in ("fail", "warn"):  # decided through gate.score, its own case
+            outcome, message, output = "passed", "", f"scored {rule.status} (weight {rule.weight}): {msg}"
+        cases.append(JUnitCase("tidegate.gate", rule.rule, 0.0, outcome, message, output=output))
     return junit_document(f"tidegate.{report.run_id}", cases, report.started_at)
 
 
@@ -166,8 +168,10 @@ def _rule_line(r: Any) -> str:
     shown = {"<=": "&le;", ">=": "&ge;", "<": "&lt;", ">": "&gt;", "==": "="}.get(r.op, html.escape(r.op))
     value = "no data" if r.value is None else html.escape(_cell(r.value))
     title = f" title='{html.escape(r.detail)}'" if r.detail else ""
+    scored = f" <i>scored, weight {r.weight}</i>" if getattr(r, "scored", False) else ""
+    critical = " <i>critical</i>" if getattr(r, "critical", False) else ""
     return (f"<li class='{html.escape(r.status)}'{title}><b>{html.escape(r.status)}</b> {html.escape(r.rule)} = "
-            f"{value} ({shown} {html.escape(str(r.threshold))})</li>")
+            f"{value} ({shown} {html.escape(str(r.threshold))}){critical}{scored}</li>")
 
 
 def _findings_html(report: RunReport) -> str:

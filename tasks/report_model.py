@@ -301,6 +301,10 @@ class GateRuleResult(_Block):
                           "baseline', 'no change point').")
     op: str = Field("", description="The comparator.")
     detail: str = Field("", description="Why, when it is not a plain comparison.")
+    critical: bool = Field(False, description="The rule decides alone and is never scored.")
+    weight: int = Field(1, description="The rule's weight in the spec's score.")
+    scored: bool = Field(False, description="Counted in the spec's score (the gate.score result): its own "
+                                            "status does not decide the verdict alone.")
 
 
 class FindingBlock(_Block):

@@ -237,7 +237,7 @@ def gate(ctx: RunContext) -> str:
     if any(r.relative for r in ctx.spec.slo):
         baseline = last_passing_report(reports_root(), ctx.spec.name, exclude_run=ctx.run_id)
     history = ctx.history = _history(ctx)
-    results = evaluate(ctx.spec.slo, doc, baseline=baseline, history=history)
+    results = evaluate(ctx.spec.slo, doc, baseline=baseline, history=history, score=ctx.spec.score)
     results += change_point_warnings(ctx.spec.slo, doc, history)
     ctx.gate = results
     ctx.report.gate = [r.report_block() for r in results]

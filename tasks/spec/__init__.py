@@ -68,7 +68,7 @@ from tasks.spec.service import (
     IngressSpec,
     ServiceSpec,
 )
-from tasks.spec.slo import OPEN_REPORT_SECTIONS, REPORT_KEYS, SloRule
+from tasks.spec.slo import OPEN_REPORT_SECTIONS, REPORT_KEYS, ScoreSpec, SloRule
 from tasks.spec.storage import (
     MAX_CREDENTIALS_FILE_BYTES,
     ModelSpec,
@@ -81,7 +81,7 @@ from tasks.spec.storage import (
 __all__ = [
     # the models
     "ClusterSpec", "CostSpec", "IngressSpec", "ResultsSpec", "LengthSpec", "LoadSpec", "RequestSlo", "RequestsSpec", "ModelSpec", "NasSpec", "OssCredentials",
-    "OssSpec", "PoolPrice", "ResourcePolicyOptions", "RolloutSpec", "ServiceSpec", "SloRule",
+    "OssSpec", "PoolPrice", "ResourcePolicyOptions", "RolloutSpec", "ScoreSpec", "ServiceSpec", "SloRule",
     "StorageSpec", "TeardownSpec", "TidalSpec",
     # loading
     "apply_overrides", "load_spec", "spec_from_dict",

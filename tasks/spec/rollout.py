@@ -15,7 +15,7 @@ from tasks.spec.cluster import ClusterSpec
 from tasks.spec.cost import CostSpec
 from tasks.spec.load import LoadSpec, TidalSpec
 from tasks.spec.service import IngressSpec, ServiceSpec, _flag
-from tasks.spec.slo import SloRule, _default_slo
+from tasks.spec.slo import ScoreSpec, SloRule, _default_slo
 from tasks.spec.storage import ModelSpec, StorageSpec
 
 STAGE_NAMES = SPEC_STAGE_NAMES
@@ -72,6 +72,7 @@ class RolloutSpec(_Strict):
     load: LoadSpec = Field(default_factory=LoadSpec, title="Load", description=LoadSpec.__doc__)
     slo: list[SloRule] = Field(default_factory=_default_slo, max_length=100, title="SLO gate rules",
                                description="Rules the gate judges the run by.")
+    score: ScoreSpec | None = Field(None, title="Score bands", description=ScoreSpec.__doc__)
     cost: CostSpec = Field(default_factory=CostSpec, title="Cost", description=CostSpec.__doc__)
     teardown: TeardownSpec = Field(default_factory=TeardownSpec, title="Teardown",
                                    description=TeardownSpec.__doc__)

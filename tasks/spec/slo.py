@@ -55,6 +55,9 @@ class SloRule(_Strict):
                     "(\"10%\" or 10).")
     confidence: float = Field(0.95, ge=0.5, le=0.9999, title="Confidence",
                               description="Statistical tests: the confidence of the significance test.")
+    weight: int = Field(1, ge=1, le=100, title="Weight",
+                        description="With a spec-level score: this rule's share of the total score (a "
+                                    "critical rule is never scored: it decides alone).")
     on_no_data: Literal["fail", "inconclusive"] | None = Field(
         None, title="If no data",
         description="Outcome when the run produced no value for the metric (or a relative rule has no "
@@ -124,6 +127,25 @@ class SloRule(_Strict):
                 raise _FieldError("op", f"must be == for a true/false threshold (got {self.op!r})")
             if self.relative:
                 raise _FieldError("relative", "cannot apply to a true/false threshold")
+        return self
+
+
+class ScoreSpec(_Strict):
+    """Keptn's total score: the non-critical rules add up to a score in percent of their weights (a
+    rule that passes gives its weight, one that warns half of it, one that fails nothing), and the
+    score's band decides; a critical rule still fails the run alone. Without a score every rule
+    decides alone."""
+
+    pass_at: float = Field(90.0, ge=0, le=100, title="Pass at (%)",
+                           description="A score at or above this passes (Keptn's default 90).")
+    warn_at: float = Field(75.0, ge=0, le=100, title="Warn at (%)",
+                           description="A score at or above this (and below pass_at) warns; below it fails "
+                                       "(Keptn's default 75).")
+
+    @model_validator(mode="after")
+    def _bands(self) -> ScoreSpec:
+        if self.warn_at > self.pass_at:
+            raise _FieldError("warn_at", f"must be <= pass_at ({self.warn_at:g} > {self.pass_at:g})")
         return self
 
 
