@@ -18,7 +18,10 @@ from tasks.profile import LOCAL_KUBECONFIG, local_profile_dir, resolve_profile
 def _load(args: argparse.Namespace):
     from tasks.spec import load_spec
 
-    return load_spec(args.spec, args.set or [])
+    sets = list(args.set or [])
+    if getattr(args, "repeat", None) is not None:
+        sets.append(f"load.repeat={args.repeat}")
+    return load_spec(args.spec, sets)
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -288,6 +291,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adopt", action="append", default=[], metavar="KIND/NAME",
                    help="take over an existing object of the run's names (it is changed, then deleted at "
                         "teardown; the report records it); without it an existing object stops the run")
+    p.add_argument("--repeat", type=int, metavar="N",
+                   help="run the spike N times in this validation for confidence intervals of the per-run "
+                        "figures (the same as --set load.repeat=N)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("plan", help="render every manifest and run the read-only preflight; changes nothing")

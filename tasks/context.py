@@ -10,6 +10,7 @@ untyped dicts; the tables written beside report.json are derived from the slots
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
@@ -52,6 +53,7 @@ class RunContext:
     load: LoadResult | None = None             # spike
     timeline: Timeline | None = None           # spike (the observer's)
     observed_until: pd.Timestamp | None = None  # spike: when observation stopped
+    repeats: list[Any] = field(default_factory=list)  # spike: load.repeat > 1, repetitions 2.. (SpikeRun)
     elasticity: Elasticity | None = None       # verify
     cost: CostReport | None = None             # verify
     gate: list[RuleResult] = field(default_factory=list)  # gate

@@ -43,6 +43,11 @@ def _elastic_nodes(kube: Kube, spec: RolloutSpec) -> int:
     return len(kube.list("v1", "Node", label_selector=f"{spec.cluster.nodepool_label}={spec.cluster.elastic_pool_id}"))
 
 
+def elastic_settled(kube: Kube, spec: RolloutSpec) -> bool:
+    """The elastic pool has no node (what the spike's spill-back wait waits for)."""
+    return _elastic_nodes(kube, spec) == 0
+
+
 def _phase(result: LoadResult, name: str) -> Phase | None:
     return next((p for p in result.phases if p.name == name), None)
 
@@ -97,4 +102,4 @@ def describe_elasticity(el: Elasticity) -> str:
     return head
 
 
-__all__ = ["SpikeRun", "describe_elasticity", "run_spike", "verify_spike"]
+__all__ = ["SpikeRun", "describe_elasticity", "elastic_settled", "run_spike", "verify_spike"]

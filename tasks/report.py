@@ -288,6 +288,7 @@ padding:1px 6px;border-radius:3px}} #dashboard img{{display:block;width:100%;hei
 {dash}
 {_findings_html(report)}
 {_critical_path_html(report, waterfall)}
+{_repeats_html(report)}
 {figs}
 <h2>stages</h2><table><tr><th>stage</th><th>status</th><th>s</th><th>detail</th></tr>{rows}</table>
 {"<h2>gate</h2><table><tr><th>rule</th><th>status</th><th>value</th><th>threshold</th></tr>" + gate + "</table>" if gate else ""}
@@ -296,6 +297,23 @@ padding:1px 6px;border-radius:3px}} #dashboard img{{display:block;width:100%;hei
 {html.escape(md)}
 --></body></html>
 """
+
+
+def _repeats_html(report: RunReport) -> str:
+    """load.repeat > 1: each per-run figure's value per repetition and its 95 % interval."""
+    rep = report.repeats
+    if rep is None:
+        return ""
+    head = "".join(f"<th>#{r.index}{'' if r.settled is not False else ' (not settled)'}</th>" for r in rep.runs)
+    rows = []
+    for key, ci in rep.intervals.items():
+        vals = "".join(f"<td>{html.escape(_cell(r.figures.get(key)))}</td>" for r in rep.runs)
+        band = (f"{ci.mean:.4g} [{ci.ci_low:.4g}, {ci.ci_high:.4g}]" if ci.ci_low is not None
+                else html.escape(ci.note or "no interval"))
+        rows.append(f"<tr><td>{html.escape(key)}</td>{vals}<td>{band}</td></tr>")
+    return (f"<section id='repeats'><h2>repeated spikes ({rep.n}, measured one after the other)</h2>"
+            f"<p class='note'>{html.escape(rep.method)}; the figures above are repetition #1's.</p>"
+            f"<table><tr><th>figure</th>{head}<th>mean [95% CI]</th></tr>{''.join(rows)}</table></section>")
 
 
 def write(report: RunReport, *, secrets: list[str] | None = None, tables: dict[str, Any] | None = None,

@@ -336,6 +336,43 @@ class OwnedBlock(_Block):
     adopted: bool = Field(False, description="It existed and was taken over because --adopt named it.")
 
 
+class RepeatInterval(_Block):
+    """A per-run figure over the repetitions: the mean with its two-sided Student-t interval."""
+
+    n: int = Field(description="Repetitions with a value.")
+    mean: float | None = None
+    median: float | None = None
+    stdev: float | None = Field(None, description="Sample standard deviation (n - 1).")
+    ci_low: float | None = Field(None, description="Lower bound of the interval of the mean (null: n < 2).")
+    ci_high: float | None = Field(None, description="Upper bound of the interval of the mean (null: n < 2).")
+    confidence: float = 0.95
+    note: str = Field("", description="Why there is no interval, or how many repetitions had no value.")
+
+
+class RepeatRun(_Block):
+    """One repetition of the spike shape."""
+
+    index: int = Field(description="1 is the run's main figures.")
+    started_at: str | None = None
+    ended_at: str | None = None
+    settled: bool | None = Field(None, description="The elastic pool was back at its minimum before the next "
+                                                   "repetition (false: it started from a spilled state).")
+    missing: list[str] = Field(default_factory=list, description="Findings of this repetition that did not hold.")
+    figures: dict[str, float | None] = Field(default_factory=dict, description="The repetition's per-run figures.")
+
+
+class RepeatsBlock(_Block):
+    """load.repeat > 1: the spike shape ran this many times in the run (measured, one after the other
+    on the same deployment); the confidence intervals of the per-run figures over the repetitions.
+    The load, elasticity and cost blocks are the first repetition's."""
+
+    n: int
+    confidence: float = 0.95
+    method: str = ""
+    intervals: dict[str, RepeatInterval] = Field(default_factory=dict)
+    runs: list[RepeatRun] = Field(default_factory=list)
+
+
 class RunReport(BaseModel):
     """One run of tidegate: report.json."""
 
@@ -359,6 +396,7 @@ class RunReport(BaseModel):
     load: LoadBlock | None = Field(None, description=LoadBlock.__doc__)
     elasticity: ElasticityBlock | None = Field(None, description=ElasticityBlock.__doc__)
     cost: CostBlock | None = Field(None, description=CostBlock.__doc__)
+    repeats: RepeatsBlock | None = Field(None, description=RepeatsBlock.__doc__)
     gate: list[GateRuleResult] = Field(default_factory=list, description="Every SLO rule judged.")
     findings: list[FindingBlock] = Field(default_factory=list, description=FindingBlock.__doc__)
     phases: list[PhaseBlock] = Field(default_factory=list, description="The load shape's phases as run.")
@@ -424,6 +462,6 @@ def report_schema_text() -> str:
     return json.dumps(report_schema(), indent=2, sort_keys=True) + "\n"
 
 
-__all__ = ["BLOCKS", "CONTRACT_KEYS", "CostBlock", "ElasticityBlock", "FindingBlock", "GateRuleResult",
+__all__ = ["BLOCKS", "CONTRACT_KEYS", "RepeatInterval", "RepeatRun", "RepeatsBlock", "CostBlock", "ElasticityBlock", "FindingBlock", "GateRuleResult",
            "LoadBlock", "PhaseBlock", "RunReport", "SCHEMA_VERSION", "SmokeBlock", "SmokeCheckBlock",
            "OPEN_RULE_SECTIONS", "StageRecord", "StagingBlock", "definitions", "report_schema", "report_schema_text", "rule_keys"]

@@ -25,7 +25,7 @@ from tasks.cost import cost_of_run
 from tasks.critical_path import NO_EVENT, bill_sentence, scale_events, violation_bill
 from tasks.deploy import deploy
 from tasks.ownership import check_free, create_owned, delete_owned
-from tasks.elastic import describe_elasticity, run_spike, verify_spike
+from tasks.elastic import describe_elasticity, elastic_settled, run_spike, verify_spike
 from tasks.errors import GateFailed, SpecError, StageFailed, StagingError
 from tasks.goodput import good_mask, slo_limits
 from tasks.gate import (
@@ -47,8 +47,11 @@ from tasks.report_model import (
     FindingBlock,
     LoadBlock,
     PhaseBlock,
+    RepeatsBlock,
     StagingBlock,
 )
+from tasks.repeats import describe as describe_repeats
+from tasks.repeats import repeats_block
 from tasks.smoke import smoke
 from tasks.spec import RolloutSpec
 
@@ -146,6 +149,7 @@ def spike(ctx: RunContext) -> str:
         ctx.timeline = timeline
 
     run = run_spike(kube, ctx.spec, ctx.run_id, reports_root() / ctx.run_id, on_stopped=stopped)
+    more = _repeat_spikes(ctx, kube)
     result = run.load
     ctx.load, ctx.observed_until = result, run.ended_at
     ctx.report.load = LoadBlock.model_validate(result.report_block())
@@ -159,7 +163,23 @@ def spike(ctx: RunContext) -> str:
         errors = "; ".join(f"{n}x {text}" for text, n in list((result.summary.get("errors") or {}).items())[:3])
         raise StageFailed(f"spike: {error_rate:.0%} of {result.summary['requests']} requests failed (more than "
                           f"load.max_error_rate {ctx.spec.load.max_error_rate:.0%}): {errors or 'no error text'}")
-    return f"{result.describe()}; {len(run.timeline.df)} timeline entries; spill-back wait {run.settle_s}s"
+    return f"{result.describe()}; {len(run.timeline.df)} timeline entries; spill-back wait {run.settle_s}s{more}"
+
+
+def _repeat_spikes(ctx: RunContext, kube) -> str:
+    """load.repeat > 1: repetitions 2..N of the spike shape, each after the previous one's spill-back
+    wait, into ``<report>/repeat-<k>/`` (requests, per second, timeline); kept in ``ctx.repeats``."""
+    spec = ctx.spec
+    if spec.load.repeat <= 1:
+        return ""
+    ctx.repeats = []
+    for k in range(2, spec.load.repeat + 1):
+        settled = elastic_settled(kube, spec)
+        out = reports_root() / ctx.run_id / f"repeat-{k}"
+        run = run_spike(kube, spec, ctx.run_id, out)
+        run.timeline.df.to_csv(out / "timeline.csv", index=False)
+        ctx.repeats.append((k, settled, run))
+    return f"; {spec.load.repeat} repetitions of the shape (the others in repeat-2..{spec.load.repeat}/)"
 
 
 def verify_elasticity(ctx: RunContext) -> str:
@@ -174,10 +194,32 @@ def verify_elasticity(ctx: RunContext) -> str:
     ctx.cost = cost_of_run(ctx.spec, ctx.load, ctx.timeline, ctx.observed_until)
     ctx.report.cost = CostBlock.model_validate(ctx.cost.block())
     head = f"{describe_elasticity(el)}; cost: {ctx.cost.describe()}"
+    if ctx.repeats:
+        ctx.report.repeats = RepeatsBlock.model_validate(_repeats(ctx, el))
+        head += f"; {describe_repeats(ctx.report.repeats.model_dump())}"
     if bill and bill[0]["step"] != NO_EVENT:
         head += f"; {bill_sentence(bill[0])}"
     missing = [f.detail for f in el.findings if not f.ok]
     return head + ("; missing: " + "; ".join(missing) if missing else "")
+
+
+def _repeats(ctx: RunContext, first) -> dict:
+    """Every repetition judged as the first (verify, cost), and the intervals over them."""
+    spec, load = ctx.spec, ctx.load
+    reps = [{"index": 1, "started_at": load.started_at.isoformat(), "ended_at": str(ctx.observed_until),
+             "settled": None, "missing": [f.name for f in first.findings if not f.ok],
+             "figures": {"load": ctx.report.load.model_dump(mode="json"), "elasticity": first.block(),
+                         "cost": ctx.report.cost.model_dump(mode="json")}}]
+    for k, settled, run in ctx.repeats:
+        if run.load is None:
+            reps.append({"index": k, "settled": settled, "missing": ["the load did not run"], "figures": {}})
+            continue
+        el = verify_spike(spec, run.load, run.timeline, run.ended_at)
+        cost = cost_of_run(spec, run.load, run.timeline, run.ended_at)
+        reps.append({"index": k, "started_at": run.load.started_at.isoformat(), "ended_at": str(run.ended_at),
+                     "settled": settled, "missing": [f.name for f in el.findings if not f.ok],
+                     "figures": {"load": run.load.report_block(), "elasticity": el.block(), "cost": cost.block()}})
+    return repeats_block(reps)
 
 
 def _critical_path(ctx: RunContext) -> tuple[list, list[dict]]:

@@ -144,6 +144,10 @@ class LoadSpec(_Strict):
                     "report says the cap was reached).")
     seed: int | None = Field(None, ge=0, title="Seed", description="Seed of the arrival and length draws "
                              "(unset: a new one per run, recorded in the report).")
+    repeat: int = Field(1, ge=1, le=20, title="Repeat",
+                        description="Run the spike shape this many times in one validation (each waits for "
+                                    "spill-back first) to get confidence intervals of the per-run figures "
+                                    "(report: repeats); the first repetition is the run's main figures.")
     requests: RequestsSpec = Field(default_factory=RequestsSpec, title="Requests",
                                    description="Prompts and lengths, drawn or replayed.")
     slo: RequestSlo = Field(default_factory=RequestSlo, title="Per-request SLOs",
@@ -158,6 +162,9 @@ class LoadSpec(_Strict):
         if self.shape == "spike" and self.spike_users < self.baseline_users:
             raise _FieldError("spike_users", f"must be >= load.baseline_users "
                                              f"({self.baseline_users} > {self.spike_users})")
+        if self.repeat > 1 and self.shape != "spike":
+            raise _FieldError("repeat", f"repeats the spike shape (got shape {self.shape}; a tidal day "
+                                        "is not repeated within one run)")
         if self.open_loop and self.shape == "spike":
             if self.spike_rps is None or self.baseline_rps is None:
                 raise _FieldError("spike_rps" if self.spike_rps is None else "baseline_rps",

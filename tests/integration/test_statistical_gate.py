@@ -86,3 +86,40 @@ def test_statistic_gate_fails_a_30_percent_slower_nightly_and_names_the_shift(ku
     assert 75 <= res.value <= 95, res.value   # the candidate's median TTFT, ~78 ms + network
     report = json.loads((tmp_path / "reports" / "nightly-statistic-cand-0002" / "report.json").read_text())
     assert report["load"]["requests"] >= 150 and report["load"]["generator"]["behind"] == []
+
+
+def test_statistic_repeat_runs_the_spike_three_times_with_intervals(kube, tmp_path, monkeypatch):
+    """load.repeat: 3 short spikes in one run (the real spike and verify stages, the observer on the
+    test bed): the report holds three repetitions, each with its own requests in repeat-<k>/, and a
+    Student-t interval for each figure the repetitions have; the main figures are the first's."""
+    monkeypatch.setenv("TIDEGATE_REPORTS_DIR", str(tmp_path / "reports"))
+    served = ServedBed(EmulatorModel(load_delay_s=0, ttft_base_ms=60, ttft_per_running_ms=0, itl_base_ms=5,
+                                     itl_per_running_ms=0, max_num_seqs=256), 1)
+    served.start()
+    try:
+        spec = load_spec(ROOT / "examples" / "qwen-chat.local.yaml", [
+            f"ingress.url={served.url}", f"ingress.host={HOST}", "name=repeat-statistic", "load.repeat=3",
+            "load.arrival=poisson", "load.baseline_rps=10", "load.spike_rps=10", "load.baseline_s=0",
+            "load.spike_s=6", "load.hold_s=0", "load.cooldown_s=0", "load.ramp_s=0", "load.max_tokens=8",
+            "load.seed=5", "results.publish=false"])
+        try:
+            execute(spec, ["spike", "verify", "gate"], "repeat-statistic-0001", use_prefect=False)
+        except (GateFailed, RunInconclusive):
+            pass   # no deployment here: no spill-over, the gate says so; the repetitions are what is tested
+    finally:
+        served.stop()
+    out = tmp_path / "reports" / "repeat-statistic-0001"
+    report = json.loads((out / "report.json").read_text())
+    rep = report["repeats"]
+    assert rep["n"] == 3 and [r["index"] for r in rep["runs"]] == [1, 2, 3]
+    for k in (2, 3):
+        assert (out / f"repeat-{k}" / "requests.csv").stat().st_size > 0
+        assert (out / f"repeat-{k}" / "timeline.csv").exists()
+    assert rep["runs"][0]["figures"]["load.ttft_p95_ms"] == report["load"]["ttft_p95_ms"]
+    ttft = rep["intervals"]["load.ttft_p95_ms"]
+    assert ttft["n"] == 3 and ttft["ci_low"] <= ttft["mean"] <= ttft["ci_high"], ttft
+    assert 55 <= ttft["mean"] <= 200, ttft
+    # no deployment, no cloud pod: no value, no interval, said so
+    ready = rep["intervals"]["elasticity.time_to_first_cloud_pod_ready_s"]
+    assert ready["n"] == 0 and ready["ci_low"] is None and "no value" in ready["note"]
+    assert "repeated spikes (3" in (out / "report.html").read_text()
