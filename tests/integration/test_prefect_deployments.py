@@ -592,3 +592,45 @@ def test_two_runs_against_one_cluster_run_one_after_the_other(prefect_server, tm
     assert lines["LIMIT"].startswith("tidegate-cluster-")
     assert float(lines["OVERLAP"]) == 0.0, r.stdout
     assert lines["NOWAIT"].startswith("refused: another tidegate run holds cluster https://127.0.0.1:6443"), r.stdout
+
+
+def test_two_deployment_runs_against_one_cluster_run_one_after_the_other(prefect_server, worker, testbed, tmp_path):
+    """Two release-gate flow runs created together through the API, both against the test bed's
+    cluster (a 12 s spike each, served by emulators in this process): the worker starts both at
+    once, the cluster's concurrency limit makes the second wait, and their spike tasks do not overlap."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from tests.integration.test_load import HOST, ServedBed
+
+    served = ServedBed(replicas=1)
+    served.start()
+    overrides = [f"cluster.kubeconfig={testbed.kubeconfig}", f"ingress.url={served.url}", f"ingress.host={HOST}",
+                 "load.arrival=poisson", "load.baseline_rps=4", "load.spike_rps=4", "load.baseline_s=0",
+                 "load.spike_s=12", "load.hold_s=0", "load.cooldown_s=0", "load.ramp_s=0", "load.max_tokens=4",
+                 "results.publish=false", 'slo=[{rule: load.error_rate, op: "<=", threshold: 0.01}]']
+    try:
+        with get_client(sync_client=True) as c:
+            dep = c.read_deployment_by_name(f"{FLOW}/release-gate")
+            runs = [c.create_flow_run_from_deployment(dep.id, parameters={"overrides": overrides,
+                                                                          "stages": ["spike", "gate"]})
+                    for _ in range(2)]
+            deadline = time.monotonic() + 240
+            while True:
+                states = [c.read_flow_run(r.id).state for r in runs]
+                if all(s is not None and s.is_final() for s in states) or time.monotonic() > deadline:
+                    break
+                time.sleep(1)
+            assert all(s.is_completed() for s in states), [(s.type, s.message) for s in states]
+            spans = []
+            for r in runs:
+                tasks = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id])))
+                spike = next(t for t in tasks if t.name.startswith("spike"))
+                spans.append((spike.start_time, spike.end_time))
+            started = sorted(c.read_flow_run(r.id).start_time for r in runs)
+    finally:
+        served.stop()
+    (a0, a1), (b0, b1) = sorted(spans)
+    assert a1 <= b0, f"spike tasks overlap: {spans}"
+    # both flow runs started together: the second's spike waited for the first's
+    assert (started[1] - started[0]).total_seconds() < (a1 - a0).total_seconds(), (started, spans)
