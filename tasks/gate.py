@@ -199,33 +199,32 @@ def evaluate(rules, report: dict[str, Any], *, baseline: dict[str, Any] | None =
 
 
 SCORE_RULE = "gate.score"
-SCORE_SHARE = {"pass": 1.0, "warn": 0.5, "fail": 0.0}   # Keptn: a warning earns half the weight
 
 
 def score_result(results: list[RuleResult], score) -> RuleResult | None:
-    """Keptn's total score over the non-critical rules (they are marked ``scored``): the share of
-    their weights earned (pass: all, warn: half, fail: none), judged by the bands ``score.pass_at``
-    and ``score.warn_at``. A scored rule without data leaves the score undecided (inconclusive),
-    never a pass. None when every rule is critical (nothing to score)."""
+    """Keptn's total score (``tasks.stats.score_rules``) over the non-critical rules (they are
+    marked ``scored``): the share of their weights earned (pass: all, warn: half, fail: none),
+    judged by the bands ``score.pass_at`` and ``score.warn_at``. A scored rule without data leaves
+    the score undecided (inconclusive), never a pass. None when every rule is critical."""
+    from tasks.stats import score_rules
+
     scored = [r for r in results if not r.critical and not r.rule.startswith("change_point:")]
     if not scored:
         return None
     for r in scored:
         r.scored = True
-    total = sum(r.weight for r in scored)
-    earned = sum(r.weight * SCORE_SHARE.get(r.status, 0.0) for r in scored)
-    pct = round(earned / total * 100, 1)
     bands = f"pass >= {score.pass_at:g}, warn >= {score.warn_at:g}"
-    undecided = [r.rule for r in scored if r.status not in SCORE_SHARE]
+    undecided = [r.rule for r in scored if r.status == "inconclusive"]
     if undecided:
         return RuleResult(SCORE_RULE, "inconclusive", None, score.pass_at, ">=",
                           f"score undecided: {', '.join(undecided)} had no data or no baseline "
                           f"({len(scored)} scored rules, {bands})")
-    status = "pass" if pct >= score.pass_at else "warn" if pct >= score.warn_at else "fail"
+    s = score_rules(scored, pass_band=score.pass_at, warn_band=score.warn_at)
     lost = [f"{r.rule} {r.status}" for r in scored if r.status != "pass"]
     why = f"; lost: {', '.join(lost)}" if lost else ""
-    return RuleResult(SCORE_RULE, status, pct, score.pass_at, ">=",
-                      f"{earned:g} of {total:g} weight over {len(scored)} non-critical rules ({bands}){why}")
+    return RuleResult(SCORE_RULE, s.verdict, round(s.score_pct, 1), score.pass_at, ">=",
+                      f"{s.reason} over {len(scored)} non-critical rules (weights "
+                      f"{'+'.join(str(r.weight) for r in scored)}){why}")
 
 
 def _evaluate(rules, report: dict[str, Any], *, baseline: dict[str, Any] | None = None,
