@@ -124,6 +124,10 @@ def test_dataplane_foreground_delete_of_the_isvc_does_not_recreate_its_deploymen
     assert created == [], [e["message"] for e in created]
 
 
+def _quantity(value: str) -> float:
+    return float(value.rstrip("m")) / (1000 if value.endswith("m") else 1)
+
+
 def test_dataplane_gpu_metric_drives_hpa_up_and_down(kube, testbed, ns):
     spec = _spec(ns, testbed, max_replicas=2)
     _apply(kube, spec, {"InferenceService", "HorizontalPodAutoscaler"})
@@ -155,6 +159,11 @@ def test_dataplane_gpu_metric_drives_hpa_up_and_down(kube, testbed, ns):
             vals = [float(i["value"].rstrip("m")) / (1000 if i["value"].endswith("m") else 1) for i in raw["items"]]
             return pods and vals and max(vals) > 50 and vals
         assert _wait(metric_above_50, 60, "DCGM_CUSTOM_PROCESS_SM_UTIL > 50 through custom.metrics.k8s.io")
+        # vLLM's own gauges through the same API: what `tidegate experiment --variants signal=...` scales on
+        running = kube.raw_get(f"/apis/custom.metrics.k8s.io/v1beta2/namespaces/{ns}/pods/*/vllm_num_requests_running")
+        assert running["items"] and max(_quantity(i["value"]) for i in running["items"]) >= 1, running
+        waiting = kube.raw_get(f"/apis/custom.metrics.k8s.io/v1beta2/namespaces/{ns}/pods/*/vllm_num_requests_waiting")
+        assert waiting["items"] and all(_quantity(i["value"]) >= 0 for i in waiting["items"]), waiting
         rescale = _wait(lambda: [e for e in kube.list("v1", "Event", ns)
                                  if e.get("reason") == "SuccessfulRescale" and "above target" in e.get("message", "")],
                         120, "HPA SuccessfulRescale above target")
