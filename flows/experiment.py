@@ -46,7 +46,7 @@ ATTAINMENT_TARGET = 0.95
 class Variant:
     name: str
     metric: str | None = None
-    target: float | None = None
+    target: int | None = None
 
     @property
     def slug(self) -> str:
@@ -68,7 +68,10 @@ def parse_variants(text: str) -> list[Variant]:
                 else (body, "", "")
             if not metric:
                 raise SpecError(f"--variants: {raw!r} names no metric (signal=<metric>[:<target>])")
-            out.append(Variant("signal", metric, float(target) if target else None))
+            if target and not float(target).is_integer():
+                raise SpecError(f"--variants: {raw!r}: the target is service.scale_target, a whole number "
+                                f"(got {target})")
+            out.append(Variant("signal", metric, int(float(target)) if target else None))
         else:
             raise SpecError(f"--variants: unknown variant {raw!r} (known: {', '.join(BASE_VARIANTS)}, "
                             "signal=<metric>[:<target>])")

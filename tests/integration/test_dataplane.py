@@ -177,6 +177,50 @@ def test_dataplane_gpu_metric_drives_hpa_up_and_down(kube, testbed, ns):
           180, "HPA scale-down (All metrics below target)", interval=2)
 
 
+def test_dataplane_hpa_on_vllm_running_requests_scales_up(kube, testbed, ns):
+    """A signal variant as `tidegate experiment --variants signal=vllm_num_requests_running:2` renders
+    it: the HPA on vLLM's running-requests gauge (served per pod by the test bed's adapter) sees the
+    load and asks for a second replica."""
+    from flows.experiment import parse_variants, variant_spec
+
+    base = _spec(ns, testbed, max_replicas=2)
+    (variant,) = parse_variants("signal=vllm_num_requests_running:2")
+    spec = variant_spec(base, variant, seed=1, idc_replicas=2)
+    objs = _apply(kube, spec, {"InferenceService", "HorizontalPodAutoscaler"})
+    hpa = next(o for o in objs if o["kind"] == "HorizontalPodAutoscaler")
+    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "vllm_num_requests_running"
+    _wait(lambda: _isvc_ready(kube, ns), 90, "InferenceService Ready")
+    gw = f"http://127.0.0.1:{testbed.ports.gateway}"
+    host = f"qwen-chat-{ns}.example.com"
+    stop = threading.Event()
+
+    def load() -> None:
+        body = {"model": "qwen", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 200, "stream": True}
+        with httpx.Client(timeout=60) as c:
+            deadline = time.monotonic() + 150
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    with c.stream("POST", f"{gw}/v1/chat/completions", json=body, headers={"Host": host}) as r:
+                        for _ in r.iter_bytes():
+                            if stop.is_set():
+                                break
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(6)]
+    for t in threads:
+        t.start()
+    try:
+        rescale = _wait(lambda: [e for e in kube.list("v1", "Event", ns)
+                                 if e.get("reason") == "SuccessfulRescale" and "above target" in e.get("message", "")],
+                        120, "HPA on vllm_num_requests_running: SuccessfulRescale above target")
+        assert "New size: 2" in rescale[0]["message"] and "vllm_num_requests_running" in rescale[0]["message"]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+
+
 def test_dataplane_resourcepolicy_spills_to_elastic_and_scales_in_from_it(kube, testbed, ns):
     idc_gpus = testbed.idc.nodes * testbed.idc.gpus_per_node
     spec = _spec(ns, testbed, min_replicas=1, max_replicas=idc_gpus + 1)

@@ -20,9 +20,11 @@ def test_variants_are_parsed_and_refused_by_name():
     vs = parse_variants("hybrid, idc-only,static-peak,signal=vllm:num_requests_waiting:5,signal=kv_cache")
     assert [v.slug for v in vs] == ["hybrid", "idc-only", "static-peak", "signal-vllm-num-requests-waiting",
                                     "signal-kv-cache"]
-    assert (vs[3].metric, vs[3].target) == ("vllm:num_requests_waiting", 5.0) and vs[4].target is None
+    assert (vs[3].metric, vs[3].target) == ("vllm:num_requests_waiting", 5) and vs[4].target is None
+    assert isinstance(vs[3].target, int)   # service.scale_target is an integer: a parsed variant must apply
+    assert variant_spec(load_spec(LOCAL), vs[3], idc_replicas=2, seed=1).service.scale_target == 5
     for bad, why in (("cloud-only", "unknown variant"), ("", "at least one"), ("hybrid,hybrid", "twice"),
-                     ("signal=", "no metric")):
+                     ("signal=", "no metric"), ("signal=m:2.5", "a whole number")):
         with pytest.raises(SpecError, match=why):
             parse_variants(bad)
 
