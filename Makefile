@@ -36,7 +36,7 @@ test-unit: setup
 # the whole suite: unit, integration and e2e (the test bed is started by the session fixture
 # if it is not running, and stopped again at the end)
 test: setup testbed-build lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=30 tests
 
 # the layering (import-linter contracts in pyproject.toml) and the committed report contract
 lint: setup
