@@ -72,7 +72,9 @@ def test_console_without_a_tty_prints_progress_every_15_s_and_the_summary(testbe
 
     reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
-    out, _ = proc.communicate(timeout=360)
+    assert proc.stdout is not None
+    out = proc.stdout.read()  # stderr is the reader's alone (communicate() would take some of its lines)
+    proc.wait(timeout=60)
     reader.join(timeout=10)
     err = "\n".join(text for _, text in lines)
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{out}\nstderr:\n{err[-4000:]}"
