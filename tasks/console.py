@@ -22,7 +22,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import Any, Self, TextIO
 
 BAR_REFRESH_PER_S = 2.0
 LINE_INTERVAL_S = 10.0
@@ -98,7 +98,7 @@ class LiveBar:
         except Exception:  # noqa: BLE001
             return []
 
-    def start(self) -> LiveBar:
+    def start(self) -> Self:
         with self._lock:
             if self._live is not None:
                 return self
@@ -154,7 +154,7 @@ class LiveBar:
     def shown(self) -> bool:
         return self._live is not None
 
-    def __enter__(self) -> LiveBar:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -182,9 +182,9 @@ class TransferConsole:
     def rate(self) -> float:
         return self.done / max(self.now - self.began, 1e-6)
 
-    def _counter(self, done: float) -> str:
-        pct = 100.0 * done / self.total if self.total else 100.0
-        return f"{pct:5.1f}% {mb(done)} / {mb(self.total)}"
+    def _counter(self, _shown: float) -> str:  # the figures the status line reads too, not the bar's copy
+        pct = 100.0 * self.done / self.total if self.total else 100.0
+        return f"{pct:5.1f}% {mb(self.done)} / {mb(self.total)}"
 
     def _status(self) -> list[str]:
         rate = self.rate

@@ -101,7 +101,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -799,7 +799,7 @@ class Progress:
         return self._extra_text
 
     # -- the bar (a terminal) ------------------------------------------------------------------
-    def start(self) -> Progress:
+    def start(self) -> Self:
         if self.want_bar and self.bar is None:
             with contextlib.suppress(Exception):
                 bar = console.LiveBar(self._bar_title, self.duration_s,
@@ -812,7 +812,7 @@ class Progress:
             self.bar.stop()
             self.bar = None
 
-    def __enter__(self) -> Progress:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

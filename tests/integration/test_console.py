@@ -13,6 +13,7 @@ work on any test bed; each run's reports and Prefect home are its own (tmp_path)
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import pty
 import re
@@ -81,7 +82,7 @@ def test_console_without_a_tty_prints_progress_every_15_s_and_the_summary(testbe
     progress = [(t, PROGRESS.search(text)) for t, text in lines if PROGRESS.search(text)]
     total_s = int(progress[0][1].group(2)) if progress else 0
     assert total_s >= 40 and len(progress) >= total_s // 10 - 1, err[-4000:]
-    gaps = [b[0] - a[0] for a, b in zip(progress, progress[1:])]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(progress)]
     assert max(gaps) <= MAX_GAP_S, f"gaps between progress lines: {[round(g, 1) for g in gaps]}"
     # the stage's shape begins within a line's interval of the spike stage starting, and the last
     # line is at most one interval before the shape's end
@@ -91,9 +92,9 @@ def test_console_without_a_tty_prints_progress_every_15_s_and_the_summary(testbe
         assert field in one, one
     assert "\r" not in err and "\x1b[" not in err, "a terminal's bar or colours on a pipe"
     # the summary table at the end, on stdout
-    assert re.search(r"^run \S+: PASS$", out, re.M), out
+    assert re.search(r"^run \S+: PASS$", out, re.MULTILINE), out
     for label in ("requests", "error rate", "TTFT p50 / p95 (ms)", "HPA max replicas", "gate pass"):
-        assert re.search(rf"^  {re.escape(label)}", out, re.M), out
+        assert re.search(rf"^  {re.escape(label)}", out, re.MULTILINE), out
     assert out.rstrip().splitlines()[-1].startswith("tidegate: PASS run ")
 
 
