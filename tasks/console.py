@@ -114,7 +114,10 @@ class LiveBar:
             except Exception:  # noqa: BLE001 - no bar then; the stage goes on
                 return self
             self._live = live
-            self._reroute(err, sys.stdout if interactive(sys.stdout) else None)
+            try:
+                self._reroute(err, sys.stdout if interactive(sys.stdout) else None)
+            except Exception:  # noqa: BLE001 - the handlers write as before; the bar stays
+                pass
         return self
 
     def _reroute(self, err: TextIO, out: TextIO | None) -> None:
@@ -174,9 +177,11 @@ class TransferConsole:
                  line_interval_s: float = LINE_INTERVAL_S):
         self.label, self.total, self.began, self.line_interval_s = label, max(int(total), 0), began, line_interval_s
         self.done, self.now, self.lines_printed = 0, began, 0
-        self._lines = lines and not bar
         self._next_line = began + line_interval_s
         self._bar = LiveBar(lambda: self.label, self.total, self._counter, self._status).start() if bar else None
+        if self._bar is not None and not self._bar.shown:  # rich could not draw: the lines then
+            self._bar = None
+        self._lines = lines and self._bar is None
 
     @property
     def rate(self) -> float:
