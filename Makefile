@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export GOTOOLCHAIN ?= local
 
-.PHONY: setup lint testbed-build testbed-up testbed-down testbed-status demo demo-tidal test test-unit bench bench-load bench-staging clean
+.PHONY: setup lint testbed-build testbed-up testbed-down testbed-status demo demo-tidal test test-unit bench bench-load bench-staging screenshot clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -61,6 +61,20 @@ bench-load: setup
 
 bench-staging: testbed-up
 	$(PY) -m tests.bench.staging
+
+# the README's picture, docs/img/dashboard.png: the first screen (1400x900) of reports/latest/report.html,
+# rendered again from its report.json and CSVs, in headless Chromium (Debian: apt-get install chromium);
+# quantized to 256 colours to stay small (the dashboard is flat colours and lines)
+SCREENSHOT := docs/img/dashboard.png
+screenshot: setup
+	@test -f reports/latest/report.json || { echo "no reports/latest: run make demo first" >&2; exit 2; }
+	$(TG) report open reports/latest >/dev/null
+	mkdir -p $(dir $(SCREENSHOT))
+	chromium --headless=new --no-sandbox --disable-gpu --hide-scrollbars --force-device-scale-factor=1 \
+		--window-size=1400,900 --screenshot=$(CURDIR)/$(SCREENSHOT) file://$(CURDIR)/reports/latest/report.html
+	$(PY) -c "from PIL import Image; im = Image.open('$(SCREENSHOT)').convert('RGB'); \
+		im.quantize(256, method=Image.Quantize.MEDIANCUT).save('$(SCREENSHOT)', optimize=True); print(im.size)"
+	@ls -l $(SCREENSHOT)
 
 clean:
 	rm -rf $(VENV) .prefect .pytest_cache

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
 import traceback
@@ -299,6 +300,27 @@ def _quiet_expected_errors():
             h.removeFilter(filt)
 
 
+def _start_watchdog() -> None:
+    """``flows.reaper`` for this process. It is needed until this process ends: an exit that runs
+    the exit handlers has stopped Prefect's server in one of them (registered after this one, so
+    run before it), and then this one stops the watchdog (a process left running from a dropped
+    ``Popen`` is a ResourceWarning); a SIGKILL runs none, which is when the watchdog acts."""
+    import atexit
+
+    from flows import reaper
+
+    dog = reaper.start(os.getpid())
+    if dog is None:
+        return
+
+    def stop() -> None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            dog.terminate()
+            dog.wait(timeout=5)
+
+    atexit.register(stop)
+
+
 def run_local(spec: RolloutSpec, stages: list[str] | None, *, use_prefect: bool | None = None,
               adopt: list[str] | None = None) -> RunOutcome:
     """Entry point of ``tidegate validate``: the flow under Prefect (default) or plain."""
@@ -316,9 +338,7 @@ def run_local(spec: RolloutSpec, stages: list[str] | None, *, use_prefect: bool 
         return outcome
     from prefect.exceptions import TerminationSignal
 
-    from flows import reaper
-
-    reaper.start(os.getpid())  # stops Prefect's temporary server should this process be SIGKILLed
+    _start_watchdog()  # stops Prefect's temporary server should this process be SIGKILLed
     # deferring here too: Prefect sends the process a second SIGTERM when its flow run ended on
     # one, and that must not raise somewhere in its exit path
     with cancel.deferring(), _quiet_expected_errors():

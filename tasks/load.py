@@ -82,6 +82,7 @@ that outlives its time bound (shape + stop timeout + startup grace) is killed an
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import datetime as dt
 import importlib.util
@@ -100,13 +101,13 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
 
-from tasks import cancel
+from tasks import cancel, console
 from tasks.errors import SpecError, StageFailed, StageNotImplemented
 from tasks.goodput import KEYS as GOODPUT_KEYS
 from tasks.goodput import describe_slo, goodput
@@ -717,21 +718,40 @@ def _kill(procs: Sequence[_Proc]) -> None:
 
 
 PROGRESS_INTERVAL_S = 10.0
+PROGRESS_BAR_REFRESH_S = 1.0
+ACHIEVED_WINDOW_S = 10.0
 
 
 class Progress:
-    """One line every ``interval_s`` while the generator runs, read from the records its processes
-    flush every second: elapsed of the shape, requests completed per second, failures, TTFT p50/p95
-    of the requests that completed in the interval (a console for `make demo`; the figures of the
-    report are computed from all records afterwards)."""
+    """The spike's console, read from the records the generator's processes flush every second.
+
+    Without a terminal (or before ``start()``): one line on stderr every ``interval_s``: the phase,
+    the offered rate, elapsed of the shape, requests completed per second, failures, TTFT p50/p95
+    of the requests that completed in the interval, requests in flight, and ``extra()`` (the spike
+    stage: replicas and nodes per pool). On a terminal, between ``start()`` and ``stop()`` (or as a
+    context manager): a live bar (``tasks.console.LiveBar``) instead, refreshed every
+    ``PROGRESS_BAR_REFRESH_S``: phase, elapsed/total, offered and achieved rate (completions over
+    the last ``ACHIEVED_WINDOW_S``), errors, TTFT p95 so far, ``extra()``. A console for `make demo`;
+    the figures of the report are computed from all records afterwards."""
 
     def __init__(self, run_dir: Path, duration_s: float, began: float, interval_s: float = PROGRESS_INTERVAL_S,
-                 *, shape: LoadShape | None = None, extra: Callable[[], str] | None = None):
+                 *, shape: LoadShape | None = None, extra: Callable[[], str] | None = None,
+                 bar: bool | None = None):
         self.run_dir, self.duration_s, self.began, self.interval_s = run_dir, duration_s, began, interval_s
         self.shape, self.extra = shape, extra
         self.offsets: dict[Path, int] = {}
         self.next_at = began + interval_s
         self.lines = 0
+        self.want_bar = console.interactive() if bar is None else bar
+        self.bar: console.LiveBar | None = None
+        self._interval: list[dict[str, Any]] = []    # records since the last line
+        self.completed = self.failed = 0              # so far
+        self._ttft: list[float] = []                  # so far, sorted
+        self._recent: list[tuple[float, int]] = []    # (poll time, completions) within the window
+        self._now = began
+        self._bar_at = began
+        self._extra_text = ""
+        self._inflight: int | None = None
 
     def _new_records(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -749,12 +769,100 @@ class Progress:
                     out.append(json.loads(line))
         return out
 
+    def _poll(self, now: float) -> None:
+        recs = [r for r in self._new_records() if not r.get("cancelled")]
+        self._interval.extend(recs)
+        failed = sum(1 for r in recs if r.get("error"))
+        self.completed += len(recs) - failed
+        self.failed += failed
+        for r in recs:
+            if not r.get("error") and r.get("ttft_ms") is not None:
+                bisect.insort(self._ttft, float(r["ttft_ms"]))
+        self._recent = [(t, n) for t, n in self._recent if t > now - ACHIEVED_WINDOW_S] + [(now, len(recs))]
+        inflight = [int(r["in_flight"]) for r in recs if r.get("in_flight") is not None]
+        if inflight:
+            self._inflight = max(inflight)
+
+    def _phase_and_offer(self, elapsed: float) -> tuple[str | None, float | None, int | None]:
+        if self.shape is None:
+            return None, None, None
+        t = min(max(elapsed, 0.0), self.shape.duration_s - 1e-6)  # the end still names the last phase
+        rate = self.shape.rate_at(t) if self.shape.open_loop else None
+        users = None if self.shape.open_loop else (self.shape.users_at(t) or (None,))[0]
+        return self.shape.phase_at(t), rate, users
+
+    def _extra(self) -> str:
+        if self.extra is None:
+            return ""
+        with contextlib.suppress(Exception):
+            self._extra_text = str(self.extra())
+        return self._extra_text
+
+    # -- the bar (a terminal) ------------------------------------------------------------------
+    def start(self) -> Self:
+        if self.want_bar and self.bar is None:
+            with contextlib.suppress(Exception):
+                bar = console.LiveBar(self._bar_title, self.duration_s,
+                                      lambda done: f"{done:.0f}/{self.duration_s:.0f} s", self._bar_lines)
+                self.bar = bar if bar.start().shown else None
+        return self
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _bar_title(self) -> str:
+        elapsed = self._now - self.began
+        if elapsed >= self.duration_s:
+            return "load: requests in flight end"
+        phase = self._phase_and_offer(elapsed)[0]
+        return f"load: {phase}" if phase else "load"
+
+    def _bar_lines(self) -> list[str]:
+        elapsed = self._now - self.began
+        _, rate, users = self._phase_and_offer(elapsed)
+        window = sum(n for _, n in self._recent)
+        span = min(ACHIEVED_WINDOW_S, max(elapsed, 1e-6))
+        done = self.completed + self.failed
+        ttft = (f"{self._ttft[min(len(self._ttft) - 1, int(0.95 * len(self._ttft)))]:.0f} ms"
+                if self._ttft else "-")
+        offered = (f"offered {rate:.1f}/s" if rate is not None else
+                   f"{users} users" if users is not None else "offered -")
+        lines = [f"{offered}, achieved {window / span:.1f}/s, {done} done, errors {self.failed}"
+                 f" ({self.failed / done if done else 0.0:.1%}), TTFT p95 {ttft} so far"
+                 + (f", {self._inflight} in flight" if self._inflight is not None else "")]
+        if self._extra_text:
+            lines.append(self._extra_text)
+        return lines
+
+    def _refresh_bar(self, now: float) -> None:
+        if self.bar is None or now < self._bar_at:
+            return
+        self._bar_at = now + PROGRESS_BAR_REFRESH_S
+        self._poll(now)
+        self._extra()
+        self._now = now
+        self.bar.update(now - self.began)
+
+    # -- the line (no terminal) ----------------------------------------------------------------
     def tick(self, now: float) -> str | None:
+        """Called often by the waiting loop: refreshes the bar when one is shown; returns (and,
+        without a bar, prints) the interval's line when one is due."""
+        self._refresh_bar(now)
         if now < self.next_at:
             return None
         span = now - (self.next_at - self.interval_s)
         self.next_at = now + self.interval_s
-        recs = [r for r in self._new_records() if not r.get("cancelled")]
+        self._poll(now)
+        self._now = now
+        recs, self._interval = self._interval, []
         ok = [r for r in recs if not r.get("error")]
         ttft = sorted(float(r["ttft_ms"]) for r in ok if r.get("ttft_ms") is not None)
 
@@ -764,20 +872,19 @@ class Progress:
         inflight = max((int(r["in_flight"]) for r in recs if r.get("in_flight") is not None), default=None)
         elapsed = now - self.began
         offered = ""
-        if self.shape is not None:
-            t = min(elapsed, self.shape.duration_s)
-            rate = self.shape.rate_at(t) if self.shape.open_loop else None
-            users = None if self.shape.open_loop else (self.shape.users_at(t) or (None,))[0]
-            offered = f"{self.shape.phase_at(t)}, " + (f"offered {rate:.1f}/s, " if rate is not None else
-                                                        f"{users} users, " if users is not None else "")
+        phase, rate, users = self._phase_and_offer(elapsed)
+        if phase is not None:
+            offered = f"{phase}, " + (f"offered {rate:.1f}/s, " if rate is not None else
+                                      f"{users} users, " if users is not None else "")
         line = (f"load: {offered}elapsed {elapsed:.0f}/{self.duration_s:.0f} s, {len(recs) / span:.1f} rps "
                 f"completed ({len(recs) - len(ok)} failed), TTFT p50 {pct(0.5)} ms p95 {pct(0.95)} ms"
                 + (f", {inflight} in flight" if inflight is not None else ""))
-        if self.extra is not None:
-            with contextlib.suppress(Exception):
-                line += f"; {self.extra()}"
-        # printed, not logged: under Prefect the console shows only Prefect's own loggers' INFO lines
-        print(f"tidegate: {line}", file=sys.stderr, flush=True)
+        extra = self._extra()
+        if self.extra is not None and extra:
+            line += f"; {extra}"
+        if self.bar is None:
+            # printed, not logged: under Prefect the console shows only Prefect's own loggers' INFO lines
+            print(f"tidegate: {line}", file=sys.stderr, flush=True)
         self.lines += 1
         return line
 
@@ -869,9 +976,8 @@ def run_load(spec: RolloutSpec | LoadSpec, out_dir: Path | str, *, base_url: str
     config.write_text(json.dumps(cfg, indent=1))
     procs = _start(run_dir, config, int(load.workers))
     try:
-        stopped, killed = _wait(procs, deadline + KILL_GRACE_S, stop_event,
-                                progress=Progress(run_dir, shape.duration_s, time.time(), shape=shape,
-                                                  extra=progress_extra))
+        with Progress(run_dir, shape.duration_s, time.time(), shape=shape, extra=progress_extra) as progress:
+            stopped, killed = _wait(procs, deadline + KILL_GRACE_S, stop_event, progress=progress)
     finally:
         _kill(procs)
     if killed:

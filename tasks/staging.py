@@ -90,6 +90,7 @@ import httpx
 import oss2
 import oss2.exceptions as oss_errors
 
+from tasks import console
 from tasks.errors import CredentialsError, StagingError, TidegateError
 from tasks.profile import resolve_profile
 from tasks.report_model import StagingBlock
@@ -1742,6 +1743,7 @@ def _stage_from_oss(src: ModelSource, target: OssTarget, opts: TransferOptions, 
         for o in plan.skip:
             run.record(o.rel, Digest(o.crc64, o.sha256))  # type: ignore[arg-type]
         run.progress = _Progress(plan.copy_bytes, target.uri, progress)
+        stack.callback(run.progress.stop)
         if plan.copy:
             log.info("staging: copying %d object(s), %s server-side from %s to %s (%d unchanged)", len(plan.copy),
                      _mb(plan.copy_bytes), src.uri, target.uri, len(plan.skip))
@@ -2145,6 +2147,17 @@ def _fetch(client: httpx.Client, src: ModelSource, partial: Path, state: _Downlo
     """GET ``src`` into ``partial``, resuming what it holds; (bytes received in this run, bytes
     of the file an earlier run had received), or (None, 0) when ``conditional`` and the server
     says the completed download is current."""
+    bars: list[_Progress] = []
+    try:
+        return _fetch_attempts(client, src, partial, state, opts, progress, bars, conditional=conditional)
+    finally:
+        for b in bars:  # the console's bar comes down however the download ended
+            b.stop()
+
+
+def _fetch_attempts(client: httpx.Client, src: ModelSource, partial: Path, state: _DownloadState,
+                    opts: TransferOptions, progress: bool | None, bars: list[_Progress], *,
+                    conditional: bool) -> tuple[int | None, int]:
     shown = src.shown
     received = 0
     fresh = 0  # bytes of the partial file received in this run
@@ -2195,7 +2208,8 @@ def _fetch(client: httpx.Client, src: ModelSource, partial: Path, state: _Downlo
                 else:
                     raise StagingError(f"model source {shown}: HTTP {status} {resp.reason_phrase}")
                 if bar is None and total:
-                    bar = _Progress(total, shown, progress)
+                    bar = _Progress(total, shown, progress, verb="downloading")
+                    bars.append(bar)
                 if not offset:
                     fresh = 0
                 with open(partial, "ab" if offset else "wb") as out:
@@ -2231,52 +2245,70 @@ def _fetch(client: httpx.Client, src: ModelSource, partial: Path, state: _Downlo
 
 # -- progress -------------------------------------------------------------------------------------
 class _Progress:
-    """Bytes done / total, rate and ETA: a bar on a terminal, and a Prefect progress artifact
-    when a Prefect run is active (``enabled=None``: whichever applies; ``False``: neither).
-    Updated from the waiting thread only (Prefect's run context lives there), at most every
-    ``interval_s``; nothing is shown when there is nothing to upload."""
+    """Bytes done / total, rate and ETA (``tasks.console.TransferConsole``): a live bar on a
+    terminal, a line on stderr every ``console.LINE_INTERVAL_S`` otherwise; and a Prefect progress
+    artifact while a Prefect flow or task run is active (``enabled=None``: whichever applies;
+    ``True``: the bar; ``False``: none of them). Updated from the waiting thread only (Prefect's
+    run context lives there), the artifact at most every ``interval_s``; nothing is shown when
+    there is nothing to transfer. ``stop()`` (idempotent) takes the bar down on any exit."""
 
-    def __init__(self, total: int, label: str, enabled: bool | None, interval_s: float = 1.0):
+    def __init__(self, total: int, label: str, enabled: bool | None, interval_s: float = 1.0,
+                 verb: str = "staging"):
         self.total = total
         self.label = label
         self.t0 = time.monotonic()
         self.interval_s = interval_s
         self._last = 0.0
-        self._tty = total > 0 and (bool(enabled) if enabled is not None else sys.stderr.isatty())
-        # never import Prefect for this: only when the caller (the flow) already did
-        self._prefect = total > 0 and enabled is not False and "prefect" in sys.modules
+        bar = total > 0 and (bool(enabled) if enabled is not None else console.interactive())
+        self.console = console.TransferConsole(f"{verb} {label}", total, bar=bar,
+                                               lines=total > 0 and enabled is None, began=self.t0)
+        # never import Prefect for this: only when the caller (the flow) already did, and only in a run
+        self._prefect = total > 0 and enabled is not False and _in_prefect_run()
         self._artifact: Any = None
 
     def tick(self, done: int, *, final: bool = False) -> None:
         now = time.monotonic()
-        if not (self._tty or self._prefect) or (not final and now - self._last < self.interval_s):
+        if self.total <= 0:
+            return
+        with contextlib.suppress(Exception):  # a console must never cost the transfer
+            self.console.update(done, now, final=final)
+        if not self._prefect or (not final and now - self._last < self.interval_s):
             return
         self._last = now
-        rate = done / max(now - self.t0, 1e-6)
         pct = min(100.0, 100.0 * done / self.total)
-        if self._tty:
-            eta = (self.total - done) / rate if rate > 0 else 0
-            bar = "#" * int(pct / 5)
-            sys.stderr.write(f"\rstaging [{bar:<20}] {pct:5.1f}% {_mb(done)}/{_mb(self.total)} "
-                             f"{rate / 1e6:6.1f} MB/s ETA {eta:4.0f}s" + ("\n" if final else ""))
-            sys.stderr.flush()
-        if self._prefect:
-            try:
-                from prefect.artifacts import (
-                    create_progress_artifact,
-                    update_progress_artifact,
-                )
+        try:
+            from prefect.artifacts import (
+                create_progress_artifact,
+                update_progress_artifact,
+            )
 
-                if self._artifact is None:
-                    self._artifact = create_progress_artifact(progress=pct, key="tidegate-staging",
-                                                              description=f"Staging to {self.label}")
-                else:
-                    update_progress_artifact(self._artifact, progress=pct)
-            except Exception:  # noqa: BLE001 - best effort; outside a Prefect run there is none
-                self._prefect = False
+            if self._artifact is None:
+                self._artifact = create_progress_artifact(progress=pct, key="tidegate-staging",
+                                                          description=f"Staging to {self.label}")
+            else:
+                update_progress_artifact(self._artifact, progress=pct)
+        except Exception:  # noqa: BLE001 - best effort
+            self._prefect = False
 
     def close(self, done: int) -> None:
         self.tick(done, final=True)
+        self.stop()
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.console.stop()
+
+
+def _in_prefect_run() -> bool:
+    """A Prefect flow or task run is active in this thread (artifacts outside one are deprecated)."""
+    if "prefect" not in sys.modules:
+        return False
+    try:
+        from prefect.context import FlowRunContext, TaskRunContext
+
+        return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+    except Exception:  # noqa: BLE001
+        return False
 
 
 # -- the entry points ---------------------------------------------------------------------------
@@ -2363,6 +2395,7 @@ def stage_model(source: str | Path, target: OssTarget | NasTarget, *, options: T
         for f, digest in skipped:
             run.digests[f.rel] = digest
         run.progress = _Progress(plan.upload_bytes, target.uri, progress)
+        stack.callback(run.progress.stop)
         if plan.upload:
             log.info("staging %d file(s), %s to %s (%d unchanged)", len(plan.upload), _mb(plan.upload_bytes),
                      target.uri, len(skipped))
