@@ -5,9 +5,10 @@ One process (``python -m testbed.daemon``), one asyncio loop, watch threads feed
 - **KServe RawDeployment reconciler** (``testbed.kserve``): InferenceService -> Deployment,
   Service (and an HPA unless ``autoscalerClass: external``), status conditions from the
   Deployment.
-- **ResourcePolicy** (``testbed.resourcepolicy``): a mutating admission webhook on loopback
-  HTTPS that gives selected pods node affinity by unit order, and a controller that writes
-  ``pod-deletion-cost`` and the unit's podLabels on bound pods.
+- **ResourcePolicy** (``testbed.resourcepolicy``): the kube-scheduler's extender
+  (``POST /scheduler/filter`` and ``/scheduler/prioritize`` on the daemon API) that enforces
+  the unit order at scheduling time, and a controller that writes ``pod-deletion-cost`` and
+  the unit's podLabels on bound pods. Pods carry no node affinity for it.
 - **Kubelet for predictor pods**: KWOK's pod-ready stage skips pods labelled
   ``serving.kserve.io/inferenceservice``; for each such pod bound to a node the daemon starts
   a vLLM emulator replica (``testbed.emulator``), reports the pod Running at once and Ready
@@ -26,7 +27,6 @@ import argparse
 import asyncio
 import datetime as dt
 import logging
-import ssl
 import threading
 import time
 from pathlib import Path
@@ -78,7 +78,8 @@ class Daemon:
         self.policies: dict[str, Obj] = {}
         self.replica_pods: dict[str, Obj] = {}  # pod key -> pod (those with a replica)
         self.ready_reported: set[str] = set()
-        self.reservations: list[tuple[float, str, int]] = []  # (time, policy key, unit)
+        # pods the extender sent to a unit and not yet seen bound: pod uid -> (time, policy key, unit)
+        self.reservations: dict[str, tuple[float, str, int]] = {}
         self.lock = threading.Lock()
         self.synced: set[str] = set()
         self.pod_ips: dict[str, str] = {}
@@ -262,7 +263,9 @@ class Daemon:
         self.gateway.set_routes(routes)
 
     # -- ResourcePolicy ------------------------------------------------------------------
-    def _unit_counts(self, policy: Obj) -> dict[int, int]:
+    def _unit_counts(self, policy: Obj, exclude_uid: str = "") -> dict[int, int]:
+        """Pods per unit of ``policy``: bound ones (Terminating ones only with
+        ``ignoreTerminatingPod: false``) plus those the extender just sent to a unit."""
         counts: dict[int, int] = {}
         ignore_terminating = policy.get("spec", {}).get("ignoreTerminatingPod", True)
         pkey = _key(policy)
@@ -277,29 +280,40 @@ class Daemon:
             unit = rp.unit_of_node(policy, self.nodes.get(node, {}))
             if unit is not None:
                 counts[unit] = counts.get(unit, 0) + 1
-        horizon = time.monotonic() - 15
-        self.reservations = [r for r in self.reservations if r[0] > horizon]
-        for _, key, unit in self.reservations:
-            if key == pkey:
+        horizon = time.monotonic() - 30
+        for uid, (at, key, unit) in list(self.reservations.items()):
+            if at < horizon:
+                del self.reservations[uid]
+            elif key == pkey and uid != exclude_uid:
                 counts[unit] = counts.get(unit, 0) + 1
         return counts
 
-    def admit(self, review: Obj) -> Obj:
-        req = review.get("request") or {}
-        uid = req.get("uid", "")
-        pod = req.get("object") or {}
-        pod.setdefault("metadata", {}).setdefault("namespace", req.get("namespace"))
+    def extender_filter(self, args: Obj) -> Obj:
+        """The scheduler extender's filter verb (``testbed.resourcepolicy.decide``)."""
+        pod, nodes, _names = rp.extender_candidates(args)
+        meta = pod.get("metadata") or {}
+        uid = meta.get("uid", "")
         with self.lock:
             policy = rp.policy_for(pod, list(self.policies.values()))
             if not policy:
-                return rp.admission_response(uid, None)
-            counts = self._unit_counts(policy)
-            allowed = rp.allowed_units(policy, counts)
-            if allowed:
-                self.reservations.append((time.monotonic(), _key(policy), allowed[0]))
-        patch = rp.admission_patch(pod, policy, counts)
-        warning = None if allowed else f"ResourcePolicy {policy['metadata']['name']}: every unit is at max"
-        return rp.admission_response(uid, patch, warning)
+                return rp.filter_result(nodes, None)
+            counts = self._unit_counts(policy, exclude_uid=uid)
+            candidates = [(n["metadata"]["name"], n["metadata"].get("labels") or {}) for n in nodes]
+            created = meta.get("creationTimestamp")
+            age = (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(created.replace("Z", "+00:00"))
+                   ).total_seconds() if created else 0.0
+            decision = rp.decide(policy, candidates, counts, age)
+            if decision.unit is not None and uid:
+                self.reservations[uid] = (time.monotonic(), _key(policy), decision.unit)
+        if decision.error:
+            log.info("resourcepolicy %s/%s: %s", meta.get("namespace"), meta.get("name"), decision.error)
+        return rp.filter_result(nodes, decision)
+
+    def extender_prioritize(self, args: Obj) -> list[Obj]:
+        pod, nodes, _names = rp.extender_candidates(args)
+        with self.lock:
+            policy = rp.policy_for(pod, list(self.policies.values()))
+        return rp.scores(policy, [(n["metadata"]["name"], n["metadata"].get("labels") or {}) for n in nodes])
 
     async def apply_policy_to_bound_pod(self, pod: Obj) -> None:
         with self.lock:
@@ -307,12 +321,8 @@ class Daemon:
             if not policy:
                 return
             unit = rp.unit_of_node(policy, self.nodes.get(pod["spec"]["nodeName"], {}))
-            # a bound pod replaces its reservation
-            pkey = _key(policy)
-            for i, r in enumerate(self.reservations):
-                if r[1] == pkey:
-                    del self.reservations[i]
-                    break
+            # a bound pod is counted by its node from now on
+            self.reservations.pop(pod["metadata"].get("uid", ""), None)
         patch = rp.bound_pod_patch(pod, policy, unit)
         if patch and not pod["metadata"].get("deletionTimestamp"):
             try:
@@ -328,6 +338,8 @@ class Daemon:
         app.router.add_get("/v1/status", self._status)
         app.router.add_get("/v1/pod-metrics", self._pod_metrics)
         app.router.add_post("/v1/faults", self._faults)
+        app.router.add_post(f"{rp.EXTENDER_PATH}/filter", self._extender_filter)
+        app.router.add_post(f"{rp.EXTENDER_PATH}/prioritize", self._extender_prioritize)
         return app
 
     async def _healthz(self, _req: web.Request) -> web.Response:
@@ -370,12 +382,19 @@ class Daemon:
         self.pool.set_fault(key, **fault)
         return web.json_response({"pod": key, "fault": fault})
 
-    async def _webhook(self, req: web.Request) -> web.Response:
+    async def _extender_filter(self, req: web.Request) -> web.Response:
         try:
-            review = await req.json()
+            args = await req.json()
         except ValueError:
-            return web.Response(status=400, text="AdmissionReview JSON expected")
-        return web.json_response(self.admit(review))
+            return web.json_response({"Error": "ExtenderArgs JSON expected"}, status=400)
+        return web.json_response(self.extender_filter(args))
+
+    async def _extender_prioritize(self, req: web.Request) -> web.Response:
+        try:
+            args = await req.json()
+        except ValueError:
+            return web.json_response([], status=400)
+        return web.json_response(self.extender_prioritize(args))
 
     # -- main ----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -392,17 +411,9 @@ class Daemon:
         await api.setup()
         await web.TCPSite(api, "127.0.0.1", self.cfg.ports.daemon).start()
         runners.append(api)
-        hook = web.Application()
-        hook.router.add_post("/mutate-pods", self._webhook)
-        hook_runner = web.AppRunner(hook, access_log=None)
-        await hook_runner.setup()
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(str(self.cfg.pki_dir / "metrics-adapter.crt"), str(self.cfg.pki_dir / "metrics-adapter.key"))
-        await web.TCPSite(hook_runner, "127.0.0.1", self.cfg.ports.webhook, ssl_context=ctx).start()
-        runners.append(hook_runner)
         await self.gateway.start()
         asyncio.create_task(self.readiness_loop())
-        log.info("daemon up: api :%s webhook :%s gateway :%s", self.cfg.ports.daemon, self.cfg.ports.webhook,
+        log.info("daemon up: api and scheduler extender :%s gateway :%s", self.cfg.ports.daemon,
                  self.cfg.ports.gateway)
         while True:
             kind, etype, obj = await self.queue.get()
