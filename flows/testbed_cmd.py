@@ -30,7 +30,10 @@ def cmd_testbed(args: argparse.Namespace) -> int:
         cluster.down(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
         return 0
     if args.action == "status":
+        from testbed.fidelity import components
+
         st = cluster.status(cfg)
+        st["components"] = components(st["components"])  # upstream or emulated, per part
         if args.json:
             print(json.dumps(st, indent=2, default=str))
         else:
