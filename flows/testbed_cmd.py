@@ -33,7 +33,8 @@ def cmd_testbed(args: argparse.Namespace) -> int:
         from testbed.fidelity import components
 
         st = cluster.status(cfg)
-        st["components"] = components(st["components"])  # upstream or emulated, per part
+        # upstream or emulated, per part
+        st["components"] = components(st["components"], kserve_upstream=cfg.kserve.controller == "upstream")
         if args.json:
             print(json.dumps(st, indent=2, default=str))
         else:

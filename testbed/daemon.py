@@ -4,7 +4,8 @@ One process (``python -m testbed.daemon``), one asyncio loop, watch threads feed
 
 - **KServe RawDeployment reconciler** (``testbed.kserve``): InferenceService -> Deployment,
   Service (and an HPA unless ``autoscalerClass: external``), status conditions from the
-  Deployment.
+  Deployment. With ``kserve.controller: upstream`` the real KServe manager runs instead, as
+  the daemon's child process (``testbed.kserve_upstream``).
 - **ResourcePolicy** (``testbed.resourcepolicy``): the kube-scheduler's extender
   (``POST /scheduler/filter`` and ``/scheduler/prioritize`` on the daemon API) that enforces
   the unit order at scheduling time, and a controller that writes ``pod-deletion-cost`` and
@@ -36,7 +37,7 @@ from aiohttp import web
 
 from tasks.errors import ClusterError
 from tasks.kube import Kube
-from testbed import kserve
+from testbed import kserve, kserve_upstream
 from testbed import resourcepolicy as rp
 from testbed.config import TestbedConfig
 from testbed.emulator import ReplicaPool
@@ -83,6 +84,8 @@ class Daemon:
         self.lock = threading.Lock()
         self.synced: set[str] = set()
         self.pod_ips: dict[str, str] = {}
+        self.upstream_kserve = cfg.kserve.controller == "upstream"
+        self.kserve_proc = None
 
     # -- watch threads -------------------------------------------------------------------
     def _emit(self, kind: str, etype: str, obj: Obj) -> None:
@@ -109,6 +112,10 @@ class Daemon:
         return await self.loop.run_in_executor(None, lambda: fn(*args, **kw))
 
     async def handle(self, kind: str, etype: str, obj: Obj) -> None:
+        if self.upstream_kserve and kind in ("InferenceService", "Deployment"):
+            if kind == "InferenceService":
+                self.refresh_routes()
+            return  # the real KServe manager reconciles them (testbed.kserve_upstream)
         if kind == "InferenceService" and etype != "DELETED":
             if obj["metadata"].get("deletionTimestamp"):
                 return  # being deleted (foreground: the GC removes the Deployment first): do not re-create it
@@ -344,6 +351,8 @@ class Daemon:
 
     async def _healthz(self, _req: web.Request) -> web.Response:
         ok = {"Pod", "Node", "InferenceService", "ResourcePolicy", "Deployment"} <= self.synced
+        if ok and self.upstream_kserve:
+            ok = self.kserve_proc is not None and self.kserve_proc.poll() is None and kserve_upstream.ready(self.cfg)
         return web.Response(status=200 if ok else 503, text="ok" if ok else "syncing")
 
     def status_doc(self) -> Obj:
@@ -406,6 +415,8 @@ class Daemon:
         for kind, api_version, kw in kinds:
             threading.Thread(target=self._sync_then_watch, args=(kind, api_version, kw), daemon=True,
                              name=f"watch-{kind}").start()
+        if self.upstream_kserve:
+            self.kserve_proc = kserve_upstream.start(self.cfg)
         runners = []
         api = web.AppRunner(self.api_app(), access_log=None)
         await api.setup()
@@ -480,6 +491,8 @@ def main() -> None:
         pass
     finally:
         daemon.stop.set()
+        if daemon.kserve_proc is not None:
+            daemon.kserve_proc.terminate()
 
 
 if __name__ == "__main__":

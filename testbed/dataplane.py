@@ -52,6 +52,10 @@ def _install_crds(cfg: TestbedConfig) -> None:
         k.apply(crd, field_manager="tidegate-testbed", force=True)
     for crd in docs:
         _wait_established(cfg, crd["metadata"]["name"])
+    if cfg.kserve.controller == "upstream":
+        from testbed import kserve_upstream
+
+        kserve_upstream.install(cfg)
 
 
 def _daemon_proc(cfg: TestbedConfig) -> Proc:

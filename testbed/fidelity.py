@@ -43,8 +43,13 @@ EMULATED_IN_DAEMON: dict[str, str] = {
 }
 
 
-def components(processes: list[Obj]) -> list[Obj]:
-    """``processes`` (cluster.status's entries) with ``upstream``/``emulates``, then the daemon's parts."""
+UPSTREAM_KSERVE = "the KServe manager (github.com/kserve/kserve cmd/manager), run by the test-bed daemon"
+
+
+def components(processes: list[Obj], *, kserve_upstream: bool = False) -> list[Obj]:
+    """``processes`` (cluster.status's entries) with ``upstream``/``emulates``, then the daemon's
+    parts; with ``kserve_upstream`` (``kserve.controller: upstream``) the KServe controller is
+    the real one."""
     out = []
     daemon: Obj | None = None
     for proc in processes:
@@ -53,7 +58,12 @@ def components(processes: list[Obj]) -> list[Obj]:
         if proc["name"] == "testbed-daemon":
             daemon = proc
     for name, what in EMULATED_IN_DAEMON.items():
-        out.append({"name": name, "ready": bool(daemon and daemon["ready"]), "pid": (daemon or {}).get("pid"),
-                    "version": "emulated", "log": (daemon or {}).get("log"), "upstream": False,
-                    "emulates": what, "provided_by": "testbed-daemon"})
+        entry = {"name": name, "ready": bool(daemon and daemon["ready"]), "pid": (daemon or {}).get("pid"),
+                 "version": "emulated", "log": (daemon or {}).get("log"), "upstream": False,
+                 "emulates": what, "provided_by": "testbed-daemon"}
+        if name == "kserve-controller" and kserve_upstream:
+            from testbed.build import KSERVE_VERSION
+
+            entry.update(version=KSERVE_VERSION, upstream=True, emulates=UPSTREAM_KSERVE)
+        out.append(entry)
     return out
