@@ -186,3 +186,53 @@ def test_verify_reports_the_policy_refusing_nodes_the_autoscaler_counts_on():
     assert any("FailedScheduling" in line and "zzzzz" in line for line in finding.evidence)
     # the recorded spill (FailedScheduling for lack of GPUs, then TriggeredScaleUp) is not this case
     assert _verify(_timeline()).finding("placement_policy_vs_autoscaler") is None
+
+
+class _StubKube:
+    def __init__(self, cm=None, error=None):
+        self.cm, self.error = cm, error
+
+    def get(self, api_version, kind, name, namespace=None):
+        if self.error:
+            raise self.error
+        return self.cm
+
+
+@pytest.mark.parametrize("deploy, annotations, outcome", [
+    ('{"defaultDeploymentMode": "Serverless"}', {}, "error"),
+    ('{"defaultDeploymentMode": "Knative"}', {}, "error"),
+    ("{}", {}, "error"),  # KServe's built-in default is Serverless
+    ('{"defaultDeploymentMode": "Serverless"}', {"serving.kserve.io/deploymentMode": "RawDeployment"}, "ok"),
+    ('{"defaultDeploymentMode": "RawDeployment"}', {}, "ok"),
+    ('{"defaultDeploymentMode": "Standard"}', {}, "ok"),
+])
+def test_preflight_names_a_serverless_kserve_default(deploy, annotations, outcome):
+    from types import SimpleNamespace
+
+    from tasks.cluster import _check_deployment_mode
+    from tasks.errors import ClusterError
+
+    spec = SimpleNamespace(service=SimpleNamespace(annotations=annotations))
+    report = SimpleNamespace(warnings=[])
+    kube = _StubKube({"data": {"deploy": deploy}})
+    if outcome == "error":
+        with pytest.raises(ClusterError, match="default deployment mode is .* RawDeployment"):
+            _check_deployment_mode(kube, spec, report)
+    else:
+        _check_deployment_mode(kube, spec, report)
+        assert report.warnings == []
+
+
+def test_preflight_deployment_mode_unknown():
+    from types import SimpleNamespace
+
+    from tasks.cluster import _check_deployment_mode
+    from tasks.errors import ClusterError
+
+    spec = SimpleNamespace(service=SimpleNamespace(annotations={}))
+    report = SimpleNamespace(warnings=[])
+    _check_deployment_mode(_StubKube(None), spec, report)  # no KServe config (the emulated twin): silent
+    assert report.warnings == []
+    _check_deployment_mode(_StubKube(error=ClusterError("get ConfigMap kserve/inferenceservice-config: 403")),
+                           spec, report)
+    assert "unknown" in report.warnings[0]
