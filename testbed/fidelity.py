@@ -22,10 +22,10 @@ PROCESSES: dict[str, tuple[bool, str]] = {
     "kube-scheduler": (True, "ACK's kube-scheduler; its ResourcePolicy plugin is the daemon's extender"),
     "kwok": (True, "kubelets of the IDC and elastic GPU nodes (fake nodes, no containers)"),
     "cluster-autoscaler": (True, "ACK's cluster-autoscaler (upstream, kwok cloud provider)"),
-    "testbed-daemon": (False, "KServe controller, ResourcePolicy plugin, kubelet and vLLM of predictor pods, "
-                              "ingress gateway"),
-    "metrics-adapter": (False, "ack-alibaba-cloud-metrics-adapter (built on the upstream "
-                               "custom-metrics-apiserver library)"),
+    "testbed-daemon": (False, ("KServe controller, ResourcePolicy plugin, kubelet and vLLM of predictor pods, "
+                               "ingress gateway")),
+    "metrics-adapter": (False, ("ack-alibaba-cloud-metrics-adapter (built on the upstream "
+                                "custom-metrics-apiserver library)")),
     "seaweedfs": (True, "OSS storage (SeaweedFS, an S3 store)"),
     "oss-adapter": (False, "OSS's REST dialect in front of SeaweedFS"),
 }

@@ -21,17 +21,23 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 
 import pandas as pd
 import pytest
 
 from tasks.observe import Observer
+from tasks.spec import load_spec
 from tasks.verify import verify
 from tests.helpers import scratch_namespace
 from tests.helpers import wait_for as _wait
-from tasks.spec import load_spec
-from tests.integration.test_dataplane import EXAMPLE, _apply, _isvc_ready, _pods, _pool_of
+from tests.integration.test_dataplane import (
+    EXAMPLE,
+    _apply,
+    _isvc_ready,
+    _pods,
+    _pool_of,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -54,12 +60,12 @@ def _spec(ns: str, testbed, *sets: str):
 def _scheduled_at(pod: dict) -> datetime | None:
     for c in pod.get("status", {}).get("conditions") or []:
         if c["type"] == "PodScheduled" and c["status"] == "True":
-            return datetime.fromisoformat(c["lastTransitionTime"].replace("Z", "+00:00"))
+            return datetime.fromisoformat(c["lastTransitionTime"])
     return None
 
 
 def _created_at(pod: dict) -> datetime:
-    return datetime.fromisoformat(pod["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
+    return datetime.fromisoformat(pod["metadata"]["creationTimestamp"])
 
 
 def _no_pool_affinity(pods: list[dict]) -> None:
@@ -144,5 +150,9 @@ def test_timeout_or_exceed_max_waits_then_spills_and_scales_in_from_the_last_uni
     costs = {p["metadata"]["name"]: int(p["metadata"]["annotations"][COST]) for p in pods}
     assert costs[cloud[0]["metadata"]["name"]] < min(v for k, v in costs.items() if k != cloud[0]["metadata"]["name"])
     _scale(kube, ns, idc_gpus)
-    remaining = _wait(lambda: (lambda ps: len(ps) == idc_gpus and ps)(_pods(kube, ns)), 60, "scale-in to IDC size")
+
+    def scaled_in():
+        ps = _pods(kube, ns)
+        return len(ps) == idc_gpus and ps
+    remaining = _wait(scaled_in, 60, "scale-in to IDC size")
     assert all(_pool_of(kube, p) == testbed.idc.nodepool_id for p in remaining), "the cloud pod was not removed first"
