@@ -53,6 +53,12 @@ Definitions (all times are seconds from ``spike_started_at``; ``None`` = never o
   tidal shape's, mapping seconds from ``spike_started_at`` to the replayed curve's time, e.g.
   ``19:40``), the first cloud pod Ready and the cloud pods gone on the user's traffic day.
 
+- ``placement_policy_vs_autoscaler`` (a finding only when it happened): FailedScheduling events
+  on the service's pods in which a ResourcePolicy unit's ``max`` refused nodes with room
+  (``POLICY_MAX_REFUSAL``), for pods that got no TriggeredScaleUp: the autoscaler, which does not
+  know the policy, found them schedulable there and scaled nothing (ACK's warning that
+  ResourcePolicy with autoscaling may trigger incorrect node-pool scaling).
+
 For the tidal shape the flow passes the load's start as ``spike_started_at``: the whole replay
 is the spike, so a spill-over during the day's ramp is counted, not cut off.
 """

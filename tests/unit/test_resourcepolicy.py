@@ -236,3 +236,18 @@ def test_preflight_deployment_mode_unknown():
     _check_deployment_mode(_StubKube(error=ClusterError("get ConfigMap kserve/inferenceservice-config: 403")),
                            spec, report)
     assert "unknown" in report.warnings[0]
+
+
+def test_status_components_say_upstream_or_emulated():
+    from testbed.fidelity import components
+
+    procs = [{"name": n, "ready": True, "pid": 10 + i, "version": "v", "log": f"/l/{n}"}
+             for i, n in enumerate(["kube-scheduler", "testbed-daemon", "seaweedfs", "oss-adapter"])]
+    by = {c["name"]: c for c in components(procs)}
+    assert by["kube-scheduler"]["upstream"] and by["seaweedfs"]["upstream"]
+    assert not by["testbed-daemon"]["upstream"] and not by["oss-adapter"]["upstream"]
+    kserve = by["kserve-controller"]
+    assert kserve["upstream"] is False and kserve["provided_by"] == "testbed-daemon" and kserve["pid"] == 11
+    assert by["resourcepolicy"]["upstream"] is False and "extender" in by["resourcepolicy"]["emulates"]
+    up = {c["name"]: c for c in components(procs, kserve_upstream=True)}["kserve-controller"]
+    assert up["upstream"] is True and up["version"].startswith("v0.")
