@@ -30,7 +30,11 @@ def cmd_testbed(args: argparse.Namespace) -> int:
         cluster.down(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
         return 0
     if args.action == "status":
+        from testbed.fidelity import components
+
         st = cluster.status(cfg)
+        # upstream or emulated, per part
+        st["components"] = components(st["components"], kserve_upstream=cfg.kserve.controller == "upstream")
         if args.json:
             print(json.dumps(st, indent=2, default=str))
         else:

@@ -11,6 +11,7 @@ deleted by uid at teardown). ``leftovers`` lists what carries a run's label (for
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from tasks.errors import ClusterError
@@ -132,6 +133,48 @@ def _check_storage(kube: Kube, spec) -> None:
                                     "with credentials.create_secret: true")
 
 
+KSERVE_CONFIG = ("kserve", "inferenceservice-config")  # KServe's namespace and ConfigMap
+DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
+_RAW_MODES = ("RawDeployment", "Standard")  # KServe >= 0.16 calls RawDeployment "Standard"
+
+
+def kserve_default_mode(kube: Kube) -> tuple[str | None, str | None]:
+    """(KServe's ``defaultDeploymentMode``, why it is unknown): from the ``deploy`` key of its
+    ``inferenceservice-config`` ConfigMap; (None, reason) when it cannot be read."""
+    ns, name = KSERVE_CONFIG
+    try:
+        cm = kube.get("v1", "ConfigMap", name, ns)
+    except ClusterError as exc:
+        return None, f"ConfigMap {ns}/{name} unreadable ({exc})"
+    if cm is None:
+        return None, f"no ConfigMap {ns}/{name}"
+    try:
+        deploy = json.loads((cm.get("data") or {}).get("deploy") or "{}")
+    except ValueError:
+        return None, f"ConfigMap {ns}/{name}: its deploy key is not JSON"
+    return deploy.get("defaultDeploymentMode") or "Serverless", None  # KServe's built-in default
+
+
+def _check_deployment_mode(kube: Kube, spec, report: ClusterReport) -> None:
+    """The run needs RawDeployment (Standard): the HPA targets the predictor's Deployment. A
+    Serverless (Knative) default breaks it unless the InferenceService sets the mode itself."""
+    forced = spec.service.annotations.get(DEPLOYMENT_MODE)
+    if forced in _RAW_MODES:
+        return
+    mode, unknown = kserve_default_mode(kube)
+    if mode is None:
+        if unknown and "unreadable" in unknown:
+            report.warnings.append(f"KServe's default deployment mode is unknown: {unknown}; the run needs "
+                                   "RawDeployment")
+        return
+    if mode not in _RAW_MODES:
+        raise ClusterError(
+            f"KServe's default deployment mode is {mode} (ConfigMap {'/'.join(KSERVE_CONFIG)}, key deploy), "
+            "but the run deploys in RawDeployment: no predictor Deployment for the HPA would exist",
+            hint=f"set service.annotations.{DEPLOYMENT_MODE}=RawDeployment, or defaultDeploymentMode: "
+                 "RawDeployment in KServe's config")
+
+
 def preflight(kube: Kube, spec) -> ClusterReport:
     """Read-only checks (``tasks.render.preflight_checks`` lists them for ``tidegate plan``).
     Raises ClusterError with a one-line reason on a hard failure, before anything is applied."""
@@ -181,6 +224,7 @@ def preflight(kube: Kube, spec) -> ClusterReport:
         report.warnings.append(f"the cluster-autoscaler's status does not list node group {spec.cluster.elastic_group!r}: "
                                "scale-ups of the elastic pool cannot be attributed (set cluster.autoscaler_group)")
     _check_storage(kube, spec)
+    _check_deployment_mode(kube, spec, report)
     if spec.service.gpus and idc.gpus_allocatable < spec.service.gpus:
         report.warnings.append(f"the IDC pool has {idc.gpus_allocatable} GPUs, less than one replica needs "
                                f"({spec.service.gpus}); every replica will spill to the elastic pool")

@@ -390,7 +390,9 @@ def preflight_checks(spec: RolloutSpec) -> list[PreflightCheck]:
                        "200" + (" (or 404: the run creates it)" if c.create_namespace else "")),
         PreflightCheck("kserve-crd", "KServe is installed",
                        f"GET /apis/apiextensions.k8s.io/v1/customresourcedefinitions/{KSERVE_CRD}",
-                       "200, version v1beta1 served"),
+                       "200, version v1beta1 served; and KServe's defaultDeploymentMode (ConfigMap "
+                       "kserve/inferenceservice-config, key deploy) RawDeployment/Standard unless "
+                       "service.annotations sets serving.kserve.io/deploymentMode"),
     ]
     if c.placement == "resourcepolicy":
         checks.append(PreflightCheck(

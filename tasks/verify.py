@@ -53,6 +53,12 @@ Definitions (all times are seconds from ``spike_started_at``; ``None`` = never o
   tidal shape's, mapping seconds from ``spike_started_at`` to the replayed curve's time, e.g.
   ``19:40``), the first cloud pod Ready and the cloud pods gone on the user's traffic day.
 
+- ``placement_policy_vs_autoscaler`` (a finding only when it happened): FailedScheduling events
+  on the service's pods in which a ResourcePolicy unit's ``max`` refused nodes with room
+  (``POLICY_MAX_REFUSAL``), for pods that got no TriggeredScaleUp: the autoscaler, which does not
+  know the policy, found them schedulable there and scaled nothing (ACK's warning that
+  ResourcePolicy with autoscaling may trigger incorrect node-pool scaling).
+
 For the tidal shape the flow passes the load's start as ``spike_started_at``: the whole replay
 is the spike, so a spill-over during the day's ramp is counted, not cut off.
 """
@@ -698,6 +704,39 @@ def _plumbing(v: _View, el: Elasticity, findings: list[Finding], nodes_per_pool:
             f"{node} {'became Ready after' if became is not None else 'was still not Ready after'} {waited:.0f} s "
             f"(GPU driver, image or join trouble; the autoscaler gives such a node up)",
             rows_lines(nodes[nodes["node"].isin([n for n, _, _ in late])], EVIDENCE_LINES)))
+
+    # 6. the placement policy and the autoscaler disagree (ACK: ResourcePolicy with autoscaling
+    # "may trigger incorrect node pool scaling"): the scheduler refused nodes with room because
+    # a unit reached its max, the autoscaler simulated the pod there (it does not know the
+    # policy), found it fits and scaled nothing
+    _placement_vs_autoscaler(v, findings)
+
+
+# a scheduler extender's or plugin's refusal by a ResourcePolicy unit's max (the test bed's
+# extender words it "ResourcePolicy <name>: unit <i> (<selector>) reached max <n> (<count> pods)")
+POLICY_MAX_REFUSAL = re.compile(r"ResourcePolicy \S+: unit \d+ \([^)]*\) reached max \d+")
+
+
+def _placement_vs_autoscaler(v: _View, findings: list[Finding]) -> None:
+    failed = v.events("FailedScheduling", frame=v.pod_events)
+    refused = failed[failed["message"].fillna("").str.contains(POLICY_MAX_REFUSAL)]
+    if not len(refused):
+        return
+    triggered = set(v.events("TriggeredScaleUp", frame=v.pod_events)["object"])
+    stranded = refused[~refused["object"].isin(triggered)]
+    if not len(stranded):
+        return
+    pods = sorted(set(stranded["object"]))
+    scheduled = {o for o in pods if o in v.pod_pool_of()}
+    unit = POLICY_MAX_REFUSAL.search(str(stranded.iloc[-1]["message"])).group(0)
+    findings.append(Finding(
+        "placement_policy_vs_autoscaler", False,
+        f"{len(pods)} pod(s) of the service were refused by the scheduler's ResourcePolicy on nodes with room "
+        f"({unit}) and the cluster-autoscaler did not scale up for them (no TriggeredScaleUp): it simulates "
+        f"Pending pods with the scheduler's own filters, finds they fit on those nodes and does not know the "
+        f"policy; {len(pods) - len(scheduled)} of them never got a node. ACK: ResourcePolicy with autoscaling "
+        f"must be used with instant elasticity, or the autoscaler may scale the wrong pool (or none); do not "
+        f"set max on a unit that is not the autoscaled one", rows_lines(stranded, EVIDENCE_LINES)))
 
 
 __all__ = ["CONTRACT_KEYS", "EXTRA_KEYS", "Elasticity", "Finding", "summary", "verify"]

@@ -27,6 +27,7 @@ from testbed.config import TestbedConfig, load_config, save_config
 from testbed.errors import TestbedError
 from testbed import dataplane, objectstore
 from testbed.procs import Component, Proc, ProcessTable, check_ports, kube, port_free, reap_strays, wait_until
+from testbed.resourcepolicy import EXTENDER_PATH, extender_config
 
 EDGE_LABEL = "alibabacloud.com/is-edge-worker"
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
@@ -115,12 +116,27 @@ def _kcm_proc(cfg: TestbedConfig) -> Proc:
     ], [cfg.ports.controller_manager])
 
 
+def scheduler_config(cfg: TestbedConfig) -> dict:
+    """KubeSchedulerConfiguration: upstream defaults plus ACK's ResourcePolicy as an extender
+    served by the test-bed daemon (``testbed.resourcepolicy``): the unit order is enforced at
+    scheduling time, the pods carry no affinity for it and the autoscaler does not see it."""
+    return {
+        "apiVersion": "kubescheduler.config.k8s.io/v1", "kind": "KubeSchedulerConfiguration",
+        "clientConnection": {"kubeconfig": str(cfg.kubeconfig)},
+        "leaderElection": {"leaderElect": False},
+        "enableProfiling": False,
+        "extenders": [extender_config(f"http://127.0.0.1:{cfg.ports.daemon}{EXTENDER_PATH}")],
+    }
+
+
 def _scheduler_proc(cfg: TestbedConfig) -> Proc:
+    path = cfg.state_dir / "kube-scheduler.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(scheduler_config(cfg), sort_keys=False))
     return Proc("kube-scheduler", [
-        str(require_binary("k8s", "kube-scheduler")), f"--kubeconfig={cfg.kubeconfig}",
+        str(require_binary("k8s", "kube-scheduler")), f"--config={path}",
         f"--authentication-kubeconfig={cfg.kubeconfig}", f"--authorization-kubeconfig={cfg.kubeconfig}",
-        "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={cfg.ports.scheduler}",
-        "--profiling=false", "--v=1",
+        "--bind-address=127.0.0.1", f"--secure-port={cfg.ports.scheduler}", "--v=1",
     ], [cfg.ports.scheduler])
 
 

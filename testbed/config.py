@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -48,6 +49,10 @@ class Ports(_Strict):
     seaweed_master: int = Field(17333, ge=1024, le=65535, description="SeaweedFS master port")
     seaweed_volume: int = Field(17081, ge=1024, le=65535, description="SeaweedFS volume port")
     seaweed_filer: int = Field(17888, ge=1024, le=65535, description="SeaweedFS filer port")
+    kserve_probe: int = Field(19081, ge=1024, le=65535,
+                              description="upstream KServe manager's health probe (kserve.controller=upstream)")
+    kserve_webhook: int = Field(19443, ge=1024, le=65535,
+                                description="upstream KServe manager's webhook server (kserve.controller=upstream)")
     replica_base: int = Field(20000, ge=1024, le=60000, description="first port handed to model-server emulators")
 
     @model_validator(mode="after")
@@ -110,6 +115,12 @@ class EmulatorModel(_Strict):
     load_delay_s: float = Field(2.0, ge=0, description="model-load delay before /health answers 200")
 
 
+class KServeSettings(_Strict):
+    controller: Literal["emulated", "upstream"] = Field(
+        "emulated", description="emulated: the test-bed daemon's RawDeployment reconciler (testbed/kserve.py); "
+                                "upstream: the real KServe manager, built from its Go module (testbed/kserve_upstream.py)")
+
+
 class TestbedConfig(_Strict):
     __test__ = False
 
@@ -119,6 +130,7 @@ class TestbedConfig(_Strict):
     elastic: ElasticPool = Field(default_factory=ElasticPool)
     autoscaler: AutoscalerTimings = Field(default_factory=AutoscalerTimings)
     emulator: EmulatorModel = Field(default_factory=EmulatorModel)
+    kserve: KServeSettings = Field(default_factory=KServeSettings)
     hpa_sync_period_s: int = Field(5, ge=1, le=60, description="kube-controller-manager HPA sync period")
 
     @property

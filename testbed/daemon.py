@@ -4,10 +4,12 @@ One process (``python -m testbed.daemon``), one asyncio loop, watch threads feed
 
 - **KServe RawDeployment reconciler** (``testbed.kserve``): InferenceService -> Deployment,
   Service (and an HPA unless ``autoscalerClass: external``), status conditions from the
-  Deployment.
-- **ResourcePolicy** (``testbed.resourcepolicy``): a mutating admission webhook on loopback
-  HTTPS that gives selected pods node affinity by unit order, and a controller that writes
-  ``pod-deletion-cost`` and the unit's podLabels on bound pods.
+  Deployment. With ``kserve.controller: upstream`` the real KServe manager runs instead, as
+  the daemon's child process (``testbed.kserve_upstream``).
+- **ResourcePolicy** (``testbed.resourcepolicy``): the kube-scheduler's extender
+  (``POST /scheduler/filter`` and ``/scheduler/prioritize`` on the daemon API) that enforces
+  the unit order at scheduling time, and a controller that writes ``pod-deletion-cost`` and
+  the unit's podLabels on bound pods. Pods carry no node affinity for it.
 - **Kubelet for predictor pods**: KWOK's pod-ready stage skips pods labelled
   ``serving.kserve.io/inferenceservice``; for each such pod bound to a node the daemon starts
   a vLLM emulator replica (``testbed.emulator``), reports the pod Running at once and Ready
@@ -26,7 +28,6 @@ import argparse
 import asyncio
 import datetime as dt
 import logging
-import ssl
 import threading
 import time
 from pathlib import Path
@@ -36,7 +37,7 @@ from aiohttp import web
 
 from tasks.errors import ClusterError
 from tasks.kube import Kube
-from testbed import kserve
+from testbed import kserve, kserve_upstream
 from testbed import resourcepolicy as rp
 from testbed.config import TestbedConfig
 from testbed.emulator import ReplicaPool
@@ -78,10 +79,13 @@ class Daemon:
         self.policies: dict[str, Obj] = {}
         self.replica_pods: dict[str, Obj] = {}  # pod key -> pod (those with a replica)
         self.ready_reported: set[str] = set()
-        self.reservations: list[tuple[float, str, int]] = []  # (time, policy key, unit)
+        # pods the extender sent to a unit and not yet seen bound: pod uid -> (time, policy key, unit)
+        self.reservations: dict[str, tuple[float, str, int]] = {}
         self.lock = threading.Lock()
         self.synced: set[str] = set()
         self.pod_ips: dict[str, str] = {}
+        self.upstream_kserve = cfg.kserve.controller == "upstream"
+        self.kserve_proc = None
 
     # -- watch threads -------------------------------------------------------------------
     def _emit(self, kind: str, etype: str, obj: Obj) -> None:
@@ -108,6 +112,10 @@ class Daemon:
         return await self.loop.run_in_executor(None, lambda: fn(*args, **kw))
 
     async def handle(self, kind: str, etype: str, obj: Obj) -> None:
+        if self.upstream_kserve and kind in ("InferenceService", "Deployment"):
+            if kind == "InferenceService":
+                self.refresh_routes()
+            return  # the real KServe manager reconciles them (testbed.kserve_upstream)
         if kind == "InferenceService" and etype != "DELETED":
             if obj["metadata"].get("deletionTimestamp"):
                 return  # being deleted (foreground: the GC removes the Deployment first): do not re-create it
@@ -262,7 +270,9 @@ class Daemon:
         self.gateway.set_routes(routes)
 
     # -- ResourcePolicy ------------------------------------------------------------------
-    def _unit_counts(self, policy: Obj) -> dict[int, int]:
+    def _unit_counts(self, policy: Obj, exclude_uid: str = "") -> dict[int, int]:
+        """Pods per unit of ``policy``: bound ones (Terminating ones only with
+        ``ignoreTerminatingPod: false``) plus those the extender just sent to a unit."""
         counts: dict[int, int] = {}
         ignore_terminating = policy.get("spec", {}).get("ignoreTerminatingPod", True)
         pkey = _key(policy)
@@ -277,29 +287,40 @@ class Daemon:
             unit = rp.unit_of_node(policy, self.nodes.get(node, {}))
             if unit is not None:
                 counts[unit] = counts.get(unit, 0) + 1
-        horizon = time.monotonic() - 15
-        self.reservations = [r for r in self.reservations if r[0] > horizon]
-        for _, key, unit in self.reservations:
-            if key == pkey:
+        horizon = time.monotonic() - 30
+        for uid, (at, key, unit) in list(self.reservations.items()):
+            if at < horizon:
+                del self.reservations[uid]
+            elif key == pkey and uid != exclude_uid:
                 counts[unit] = counts.get(unit, 0) + 1
         return counts
 
-    def admit(self, review: Obj) -> Obj:
-        req = review.get("request") or {}
-        uid = req.get("uid", "")
-        pod = req.get("object") or {}
-        pod.setdefault("metadata", {}).setdefault("namespace", req.get("namespace"))
+    def extender_filter(self, args: Obj) -> Obj:
+        """The scheduler extender's filter verb (``testbed.resourcepolicy.decide``)."""
+        pod, nodes, _names = rp.extender_candidates(args)
+        meta = pod.get("metadata") or {}
+        uid = meta.get("uid", "")
         with self.lock:
             policy = rp.policy_for(pod, list(self.policies.values()))
             if not policy:
-                return rp.admission_response(uid, None)
-            counts = self._unit_counts(policy)
-            allowed = rp.allowed_units(policy, counts)
-            if allowed:
-                self.reservations.append((time.monotonic(), _key(policy), allowed[0]))
-        patch = rp.admission_patch(pod, policy, counts)
-        warning = None if allowed else f"ResourcePolicy {policy['metadata']['name']}: every unit is at max"
-        return rp.admission_response(uid, patch, warning)
+                return rp.filter_result(nodes, None)
+            counts = self._unit_counts(policy, exclude_uid=uid)
+            candidates = [(n["metadata"]["name"], n["metadata"].get("labels") or {}) for n in nodes]
+            created = meta.get("creationTimestamp")
+            age = (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(created.replace("Z", "+00:00"))
+                   ).total_seconds() if created else 0.0
+            decision = rp.decide(policy, candidates, counts, age)
+            if decision.unit is not None and uid:
+                self.reservations[uid] = (time.monotonic(), _key(policy), decision.unit)
+        if decision.error:
+            log.info("resourcepolicy %s/%s: %s", meta.get("namespace"), meta.get("name"), decision.error)
+        return rp.filter_result(nodes, decision)
+
+    def extender_prioritize(self, args: Obj) -> list[Obj]:
+        pod, nodes, _names = rp.extender_candidates(args)
+        with self.lock:
+            policy = rp.policy_for(pod, list(self.policies.values()))
+        return rp.scores(policy, [(n["metadata"]["name"], n["metadata"].get("labels") or {}) for n in nodes])
 
     async def apply_policy_to_bound_pod(self, pod: Obj) -> None:
         with self.lock:
@@ -307,12 +328,8 @@ class Daemon:
             if not policy:
                 return
             unit = rp.unit_of_node(policy, self.nodes.get(pod["spec"]["nodeName"], {}))
-            # a bound pod replaces its reservation
-            pkey = _key(policy)
-            for i, r in enumerate(self.reservations):
-                if r[1] == pkey:
-                    del self.reservations[i]
-                    break
+            # a bound pod is counted by its node from now on
+            self.reservations.pop(pod["metadata"].get("uid", ""), None)
         patch = rp.bound_pod_patch(pod, policy, unit)
         if patch and not pod["metadata"].get("deletionTimestamp"):
             try:
@@ -328,10 +345,14 @@ class Daemon:
         app.router.add_get("/v1/status", self._status)
         app.router.add_get("/v1/pod-metrics", self._pod_metrics)
         app.router.add_post("/v1/faults", self._faults)
+        app.router.add_post(f"{rp.EXTENDER_PATH}/filter", self._extender_filter)
+        app.router.add_post(f"{rp.EXTENDER_PATH}/prioritize", self._extender_prioritize)
         return app
 
     async def _healthz(self, _req: web.Request) -> web.Response:
         ok = {"Pod", "Node", "InferenceService", "ResourcePolicy", "Deployment"} <= self.synced
+        if ok and self.upstream_kserve:
+            ok = self.kserve_proc is not None and self.kserve_proc.poll() is None and kserve_upstream.ready(self.cfg)
         return web.Response(status=200 if ok else 503, text="ok" if ok else "syncing")
 
     def status_doc(self) -> Obj:
@@ -370,12 +391,19 @@ class Daemon:
         self.pool.set_fault(key, **fault)
         return web.json_response({"pod": key, "fault": fault})
 
-    async def _webhook(self, req: web.Request) -> web.Response:
+    async def _extender_filter(self, req: web.Request) -> web.Response:
         try:
-            review = await req.json()
+            args = await req.json()
         except ValueError:
-            return web.Response(status=400, text="AdmissionReview JSON expected")
-        return web.json_response(self.admit(review))
+            return web.json_response({"Error": "ExtenderArgs JSON expected"}, status=400)
+        return web.json_response(self.extender_filter(args))
+
+    async def _extender_prioritize(self, req: web.Request) -> web.Response:
+        try:
+            args = await req.json()
+        except ValueError:
+            return web.json_response([], status=400)
+        return web.json_response(self.extender_prioritize(args))
 
     # -- main ----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -387,22 +415,16 @@ class Daemon:
         for kind, api_version, kw in kinds:
             threading.Thread(target=self._sync_then_watch, args=(kind, api_version, kw), daemon=True,
                              name=f"watch-{kind}").start()
+        if self.upstream_kserve:
+            self.kserve_proc = kserve_upstream.start(self.cfg)
         runners = []
         api = web.AppRunner(self.api_app(), access_log=None)
         await api.setup()
         await web.TCPSite(api, "127.0.0.1", self.cfg.ports.daemon).start()
         runners.append(api)
-        hook = web.Application()
-        hook.router.add_post("/mutate-pods", self._webhook)
-        hook_runner = web.AppRunner(hook, access_log=None)
-        await hook_runner.setup()
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(str(self.cfg.pki_dir / "metrics-adapter.crt"), str(self.cfg.pki_dir / "metrics-adapter.key"))
-        await web.TCPSite(hook_runner, "127.0.0.1", self.cfg.ports.webhook, ssl_context=ctx).start()
-        runners.append(hook_runner)
         await self.gateway.start()
         asyncio.create_task(self.readiness_loop())
-        log.info("daemon up: api :%s webhook :%s gateway :%s", self.cfg.ports.daemon, self.cfg.ports.webhook,
+        log.info("daemon up: api and scheduler extender :%s gateway :%s", self.cfg.ports.daemon,
                  self.cfg.ports.gateway)
         while True:
             kind, etype, obj = await self.queue.get()
@@ -469,6 +491,8 @@ def main() -> None:
         pass
     finally:
         daemon.stop.set()
+        if daemon.kserve_proc is not None:
+            daemon.kserve_proc.terminate()
 
 
 if __name__ == "__main__":

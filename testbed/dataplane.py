@@ -1,9 +1,10 @@
 """Registers the data-plane components of the test bed (after the control plane):
 
-- ``testbed-daemon``: KServe reconciler, ResourcePolicy webhook+controller, the kubelet for
-  predictor pods with their vLLM emulators, and the gateway (``testbed.daemon``); before it
-  starts, the real InferenceService CRD (from the KServe Go module) and the ResourcePolicy
-  CRD are installed; after it, the mutating webhook is registered.
+- ``testbed-daemon``: KServe reconciler, ResourcePolicy scheduler extender + controller, the
+  kubelet for predictor pods with their vLLM emulators, and the gateway (``testbed.daemon``);
+  before it starts, the real InferenceService CRD (from the KServe Go module) and the
+  ResourcePolicy CRD are installed. The kube-scheduler calls its extender (see
+  ``testbed.cluster``); no admission webhook is registered.
 - ``metrics-adapter``: the custom.metrics.k8s.io aggregated API (``testbed/go/metrics-adapter``,
   built on sigs.k8s.io/custom-metrics-apiserver), registered through an APIService whose
   Service is an ExternalName to 127.0.0.1 (the aggregator resolves it to loopback).
@@ -25,7 +26,6 @@ from testbed.build import COMPONENTS, ensure_kserve_crd, require_binary
 from testbed.config import TestbedConfig
 from testbed.errors import TestbedError
 from testbed.procs import Component, Proc, kube
-from testbed.resourcepolicy import webhook_configuration
 
 CRD_DIR = Path(__file__).resolve().parent / "crds"
 METRICS_NS = "custom-metrics"
@@ -52,23 +52,21 @@ def _install_crds(cfg: TestbedConfig) -> None:
         k.apply(crd, field_manager="tidegate-testbed", force=True)
     for crd in docs:
         _wait_established(cfg, crd["metadata"]["name"])
+    if cfg.kserve.controller == "upstream":
+        from testbed import kserve_upstream
+
+        kserve_upstream.install(cfg)
 
 
 def _daemon_proc(cfg: TestbedConfig) -> Proc:
     return Proc("testbed-daemon", [sys.executable, "-m", "testbed.daemon", "--config",
                                    str(cfg.state_dir / "config.json")],
-                [cfg.ports.daemon, cfg.ports.webhook, cfg.ports.gateway])
+                [cfg.ports.daemon, cfg.ports.gateway])
 
 
 def _daemon_ready(cfg: TestbedConfig) -> bool:
     with urllib.request.urlopen(f"http://127.0.0.1:{cfg.ports.daemon}/healthz", timeout=2) as r:  # noqa: S310
         return r.status == 200
-
-
-def _register_webhook(cfg: TestbedConfig) -> None:
-    ca = base64.b64encode((cfg.pki_dir / "ca.crt").read_bytes()).decode()
-    url = f"https://127.0.0.1:{cfg.ports.webhook}/mutate-pods"
-    kube(cfg).apply(webhook_configuration(url, ca), field_manager="tidegate-testbed", force=True)
 
 
 def _daemon_status(cfg: TestbedConfig) -> dict:
@@ -118,6 +116,6 @@ def _adapter_ready(cfg: TestbedConfig) -> bool:
 
 COMPONENTS: list[Component] = [
     Component("testbed-daemon", "tidegate", _daemon_proc, _daemon_ready, 60, before=_install_crds,
-              after=_register_webhook, extra_status=_daemon_status),
+              extra_status=_daemon_status),
     Component("metrics-adapter", COMPONENTS["metrics-adapter"].version, _adapter_proc, _adapter_ready, 60),
 ]

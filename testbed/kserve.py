@@ -118,7 +118,7 @@ def service_for(isvc: Obj) -> Obj:
         "metadata": {"name": name, "namespace": meta["namespace"], "labels": pod_labels(isvc),
                      "ownerReferences": _owner(isvc)},
         "spec": {"selector": {"app": f"isvc.{name}"},
-                 "ports": [{"name": port_name[:15], "port": 80, "targetPort": target_port(isvc),
+                 "ports": [{"name": port_name, "port": 80, "targetPort": target_port(isvc),
                             "protocol": "TCP"}]},
     }
 

@@ -237,9 +237,8 @@ def test_dataplane_resourcepolicy_spills_to_elastic_and_scales_in_from_it(kube, 
     pools = sorted(_pool_of(kube, p) for p in pods)
     assert pools.count(testbed.idc.nodepool_id) == idc_gpus
     assert pools.count(testbed.elastic.nodepool_id) == 1
-    for p in pods:
-        aff = p["spec"]["affinity"]["nodeAffinity"]
-        assert aff["preferredDuringSchedulingIgnoredDuringExecution"][0]["weight"] == 100
+    for p in pods:  # the order is the scheduler extender's (issue 20), not written into the pod
+        assert "nodepool" not in json.dumps(p["spec"].get("affinity") or {})
     cloud = [p for p in pods if _pool_of(kube, p) == testbed.elastic.nodepool_id]
     costs = {p["metadata"]["name"]: int(p["metadata"]["annotations"]["controller.kubernetes.io/pod-deletion-cost"])
              for p in pods}
