@@ -47,6 +47,23 @@ def _nothing_created(run_id: str) -> bool:
     return all(stages.get(s, {}).get("status") in ("skipped", "not_run", None) for s in CREATES_OBJECTS)
 
 
+def _kept_by_selection(params: dict, spec, state) -> bool:
+    """The run finished every stage it selected (it ended inconclusive or with a failed gate, not
+    half-way) and teardown was not selected: the user asked to keep what it created (e.g.
+    ``--stages prepare,deploy`` to look at the deployment). A failed or crashed stage still tears down."""
+    from tasks.stages import normalize_stages
+
+    message = state.message if state is not None else ""
+    if outcome_for_state(state.type.value if state is not None else "FAILED", message) not in ("inconclusive",
+                                                                                                "gate-failed"):
+        return False
+    try:
+        selected = normalize_stages(params.get("stages") or spec.stages)
+    except TidegateError:
+        return False
+    return "teardown" not in selected
+
+
 def teardown_run(spec, run_id: str) -> str:
     """Delete what run ``run_id`` recorded creating (its ledger), by uid, bounded by its timeout."""
     from tasks.kube import Kube
@@ -80,7 +97,11 @@ def _after_failure(flow, flow_run, state, kind: str) -> None:
     if not run_id and spec is not None and not invalid:
         run_id = run_id_for_flow_run(spec.name, flow_run.id)
     teardown_note = "skipped"
-    if run_id and spec is not None and spec.teardown.policy == "always" and not _nothing_created(run_id):
+    if run_id and spec is not None and _kept_by_selection(params, spec, state):
+        teardown_note = "kept: teardown not selected"
+        logger.info("%s hook: run %s ran every stage it selected and teardown was not one of them: its objects "
+                    "are kept (`tidegate cleanup --run-id %s` removes them)", kind, run_id, run_id)
+    elif run_id and spec is not None and spec.teardown.policy == "always" and not _nothing_created(run_id):
         try:
             teardown_note = teardown_run(spec, run_id)
             logger.info("%s hook: %s", kind, teardown_note)
