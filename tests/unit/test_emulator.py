@@ -39,8 +39,10 @@ def run(coro: Awaitable[T], timeout_s: float = 15.0) -> T:
 
 
 def fast_model(**overrides: Any) -> EmulatorModel:
+    # prefill and context cost nothing here unless a test asks: the tests of the batch terms stay exact
     values: dict[str, Any] = {"ttft_base_ms": 5, "ttft_per_running_ms": 0, "itl_base_ms": 1,
-                              "itl_per_running_ms": 0, "load_delay_s": 0, "default_max_tokens": 8}
+                              "itl_per_running_ms": 0, "load_delay_s": 0, "default_max_tokens": 8,
+                              "prefill_tokens_per_s": 1e9, "itl_per_1k_context_ms": 0}
     return EmulatorModel(**{**values, **overrides})
 
 
