@@ -121,6 +121,22 @@ def test_chat_request_is_the_seeds() -> None:
         "model": "qwen", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 32,
         "temperature": 0.7, "top_p": 0.9, "seed": 10, "stream": True, "stream_options": {"include_usage": True}}
     assert "stream_options" not in L.chat_request("qwen", spec(stream=False))
+    # a server without stream_options (vLLM 0.4.x forbids unknown fields): the chunks are counted instead
+    plain = L.chat_request("qwen", load, stream_options=False)
+    assert plain["stream"] is True and "stream_options" not in plain
+
+
+def test_what_the_server_accepts_comes_from_its_version() -> None:
+    from tasks.smoke import features_of_version, parse_version
+
+    assert parse_version("0.4.1") == (0, 4, 1) and parse_version("v0.6.3.post1") == (0, 6, 3)
+    assert parse_version("unknown") is None
+    assert features_of_version("0.4.1").stream_options is False
+    assert features_of_version("0.4.3").stream_options is False  # sent from 0.5 on, to be safe
+    assert features_of_version("0.6.3").stream_options is True
+    assert features_of_version("dev") is None
+    # an unreachable target: the default (send it), the run itself then reports the failure
+    assert L.server_features("http://127.0.0.1:9", "x", "qwen", True).stream_options is True
 
 
 def test_error_text() -> None:

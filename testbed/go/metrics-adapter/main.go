@@ -177,7 +177,8 @@ func main() {
 	if err != nil {
 		klog.Fatalf("unable to construct REST mapper: %v", err)
 	}
-	metricNames := []string{"DCGM_CUSTOM_PROCESS_SM_UTIL", "vllm_num_requests_running", "vllm_num_requests_waiting"}
+	metricNames := []string{"DCGM_CUSTOM_PROCESS_SM_UTIL", "vllm_num_requests_running", "vllm_num_requests_waiting",
+		"vllm_gpu_cache_usage_perc", "vllm_num_preemptions_total"}
 	if extra := os.Getenv("TIDEGATE_EXTRA_METRICS"); extra != "" {
 		metricNames = append(metricNames, extra)
 	}
