@@ -232,6 +232,7 @@ class EngineArgs:
     enable_chunked_prefill: bool | None = None
     quantization: str | None = None
     model_key: str = "qwen-7b"
+    model_name: str = ""          # --model as given (a quantized checkpoint's name says its bits)
 
     @property
     def version_text(self) -> str:
@@ -253,21 +254,22 @@ class EngineArgs:
             return self.max_num_batched_tokens
         return 512 if self.chunked_prefill else max(self.max_model_len, 2048)
 
-    def weight_bytes_per_param(self, model_key: str | None = None) -> float:
+    @property
+    def weight_bytes_per_param(self) -> float:
+        """fp16 unless ``--quantization``: GPTQ/AWQ are 4-bit unless the checkpoint's name says 8."""
         q = (self.quantization or "").lower()
-        key = (model_key or self.model_key).lower()
+        name = self.model_name.lower()
         if q in ("gptq", "awq", "marlin", "gptq_marlin", "awq_marlin", "squeezellm"):
-            return 1.0 if "int8" in key or "8bit" in key else 0.5
+            return 1.0 if "int8" in name or "8bit" in name else 0.5
         if q in ("fp8", "int8", "w8a8", "bitsandbytes"):
             return 1.0
         return 2.0
 
-    def kv_tokens(self, model: EmulatorModel, weight_bytes_per_param: float | None = None) -> int:
+    def kv_tokens(self, model: EmulatorModel) -> int:
         """KV-cache capacity in tokens (whole blocks), as vLLM's memory profiling would find."""
         size = MODEL_SIZES[self.model_key]
-        per_param = weight_bytes_per_param if weight_bytes_per_param is not None else self.weight_bytes_per_param()
-        free = (model.gpu_memory_gib * self.gpu_memory_utilization * 2**30 - size.params_b * 1e9 * per_param
-                - model.non_kv_reserve_gib * 2**30)
+        free = (model.gpu_memory_gib * self.gpu_memory_utilization * 2**30
+                - size.params_b * 1e9 * self.weight_bytes_per_param - model.non_kv_reserve_gib * 2**30)
         blocks = max(0, int(free // (size.kv_bytes_per_token() * BLOCK_TOKENS)))
         return blocks * BLOCK_TOKENS
 
@@ -301,6 +303,7 @@ def engine_args(model: EmulatorModel, *, image: str | None = None, argv: Sequenc
     ``vllm_version``, else the newest modelled), flags from its command line ``argv``."""
     parsed = parse_version(version) or parse_version(image) or parse_version(model.vllm_version) or NEWEST_VERSION
     flags = _flag_values(argv)
+    names = list(names)
 
     def number(flag: str, kind: Callable[[str], Any], default: Any) -> Any:
         raw = flags.get(flag)
@@ -323,6 +326,7 @@ def engine_args(model: EmulatorModel, *, image: str | None = None, argv: Sequenc
         enable_chunked_prefill=None if chunked == "absent" else chunked in (None, "true", "True", "1"),
         quantization=flags.get("--quantization"),
         model_key=key,
+        model_name=flags.get("--model") or next(iter(names), "") or "",
     )
 
 

@@ -86,9 +86,15 @@ async def drive(model: EmulatorModel, concurrency: int, seconds: float, *, promp
         body = {"model": "qwen", "prompt": list(range(prompt_tokens)), "max_tokens": output_tokens, "stream": True}
         conn = aiohttp.TCPConnector(limit=concurrency + 4)
         start = time.monotonic()
-        warm = start + min(2.0, seconds / 3)
+        warm = start + min(3.0, seconds / 2)
         async with aiohttp.ClientSession(connector=conn) as session:
-            async def user() -> None:
+            # users start spread over one request's duration, as a long-running closed loop ends up:
+            # identical requests started together would stay in lockstep and queue their prefills
+            e2e_s = (modelled_ttft_ms(model, prompt_tokens, concurrency - 1)
+                     + output_tokens * modelled_tpot_ms(model, concurrency, 0)) / 1000
+
+            async def user(i: int) -> None:
+                await asyncio.sleep(e2e_s * i / concurrency)
                 while time.monotonic() - start < seconds:
                     sent = time.monotonic()
                     times: list[float] = []
@@ -99,7 +105,7 @@ async def drive(model: EmulatorModel, concurrency: int, seconds: float, *, promp
                     if sent >= warm and len(times) >= 2:
                         ttfts.append((times[0] - sent) * 1000)
                         tpots.append((times[-1] - times[0]) / (len(times) - 1) * 1000)
-            await asyncio.gather(*(user() for _ in range(concurrency)))
+            await asyncio.gather(*(user(i) for i in range(concurrency)))
     return statistics.median(ttfts), statistics.median(tpots)
 
 
@@ -163,7 +169,7 @@ async def main_async(seconds: float, max_concurrency: int) -> dict[str, Any]:
     cmd = ["--gpu-memory-utilization", "0.95", "--quantization", "gptq", "--max-model-len=6144"]
     for model_path in ("/mnt/models/Qwen", "/mnt/models/Qwen-7B-Chat-Int8", "/mnt/models/Qwen2.5-7B-Instruct"):
         args = engine_args(fast, argv=[*cmd, "--model", model_path], version="0.4.1")
-        tokens = args.kv_tokens(fast, args.weight_bytes_per_param(model_path))
+        tokens = args.kv_tokens(fast)
         print(f"{model_path:34} {args.model_key:9} {tokens:7d} KV tokens = {tokens // 6144} full 6144-token sequences")
         out["kv"][model_path] = {"model_key": args.model_key, "kv_tokens": tokens}
     return out
