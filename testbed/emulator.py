@@ -27,7 +27,9 @@ Engine (``EngineArgs`` from the pod's vLLM command: ``--max-model-len``,
     Preemption (recompute, vLLM's default): when a running sequence needs a block and none
         is free, the most recently admitted running sequence is preempted: its blocks are
         freed, it goes to the front of the waiting queue (``vllm:num_preemptions_total``
-        +1) and, readmitted, recomputes its prompt and what it had generated.
+        +1) and, readmitted, recomputes its prompt and what it had generated. A lone sequence
+        is never preempted: a ``--max-model-len`` larger than the cache (vLLM refuses to start)
+        is capped at the cache's size, with a warning.
 Latency (``testbed.config.EmulatorModel``; times in ms):
     TTFT  = queue wait + prefill wait + prompt / prefill_tokens_per_s
             + ttft_base + ttft_per_running * (sequences already running when admitted)
@@ -652,6 +654,8 @@ class _Engine:
         free; False when ``seq`` itself was preempted."""
         need = seq.blocks_needed() - seq.blocks
         while need > 0 and self._free() < need:
+            if len(self._running) == 1:
+                break  # a lone sequence always fits: max_model_len is capped at the cache's size
             victim = max(self._running, key=lambda s: s.arrived_at)  # FCFS: the newest arrival goes
             self._preempt(victim)
             if victim is seq:
@@ -891,10 +895,11 @@ class Replica:
         self.max_model_len = self.engine_args.max_model_len
         kv_tokens = self.engine_args.kv_tokens(model)
         if kv_tokens < self.max_model_len:
-            # vLLM refuses to start here; the twin warns and serves with what fits
+            # vLLM refuses to start here; the twin warns and serves what fits (longer requests: 400)
             log.warning("replica %s: --max-model-len %d exceeds the KV cache's %d tokens (%s, %.0f GiB x %.2f)",
                         key, self.max_model_len, kv_tokens, self.engine_args.model_key, model.gpu_memory_gib,
                         self.engine_args.gpu_memory_utilization)
+            self.max_model_len = max(BLOCK_TOKENS, kv_tokens)
         self.fault = Fault()
         self.created = int(time.time())
         self._requested_port = port

@@ -603,6 +603,14 @@ def test_kv_cache_full_preempts_and_counts() -> None:
     assert f'vllm:num_preemptions_total{{model_name="qwen"}} {float(preemptions)}' in page
 
 
+def test_max_model_len_beyond_the_cache_is_capped_at_it() -> None:
+    # fp16 Qwen-7B (15.4 GB) on a 20 GiB GPU at 0.9: ~1,400 tokens of KV cache
+    replica = Replica("default/qwen-0", served_model_name="qwen", model_root="/mnt/models/qwen", labels={},
+                      model=fast_model(gpu_memory_gib=20), engine=engine_args(fast_model(gpu_memory_gib=20),
+                                                                               argv=["--max-model-len", "8192"]))
+    assert replica.max_model_len == replica.kv_capacity_tokens and 0 < replica.max_model_len < 8192
+
+
 def test_max_model_len_from_the_command_is_enforced() -> None:
     async def main() -> tuple[int, dict[str, Any], int]:
         async with serving_one(fast_model(), argv=["--max-model-len", "64"]) as (_, session):
