@@ -25,7 +25,7 @@ import httpx
 from tasks.errors import StageFailed
 from tasks.report_model import SmokeBlock, SmokeCheckBlock
 
-# the first vLLM release tidegate sends stream_options to (0.4.x answers it with a 400)
+# the first vLLM release with stream_options (vllm#5135, #5319); 0.4.x answers it with a 400
 STREAM_OPTIONS_SINCE = (0, 5, 0)
 
 

@@ -7,13 +7,13 @@ vLLM version in the pod's image tag (``/health``, ``/version``, ``/v1/models``,
 error bodies) and takes as long as a GPU running vLLM's scheduler would. All replicas of a
 ``ReplicaPool`` share one asyncio loop.
 
-Versions (``api_surface``): the image tag's version picks the OpenAI surface. Before 0.4.3
-(the seed's 0.4.1) requests are strict (``OpenAIBaseModel`` has ``extra="forbid"``: an
-unknown field, ``stream_options`` or ``max_completion_tokens`` is a 400), chat content is a
-string, the streamed chat's last chunk carries ``usage``, and ``/metrics`` has no
-``vllm:num_preemptions_total`` (added by vllm#4647 in 0.4.3). From 0.4.3 on, and for an
-unknown version, the newest surface modelled (0.6.x): unknown fields ignored,
-``stream_options.include_usage`` honoured, a preemption counter.
+Versions (``api_surface``): the image tag's version picks the OpenAI surface. In 0.4.x (the
+seed's 0.4.1) requests are strict (``OpenAIBaseModel`` has ``extra="forbid"``: an unknown
+field, ``stream_options`` or ``max_completion_tokens`` is a 400), chat content is a string,
+and the streamed finish chunk carries ``usage``; ``/metrics`` has no
+``vllm:num_preemptions_total`` before 0.4.3 (added by vllm#4647). From 0.5.0 on
+(``stream_options``: vllm#5135, #5319), and for an unknown version, the newest surface
+modelled (0.6.x): unknown fields ignored, ``stream_options.include_usage`` honoured.
 
 Engine (``EngineArgs`` from the pod's vLLM command: ``--max-model-len``,
 ``--gpu-memory-utilization`` (0.9), ``--max-num-seqs`` (256), ``--max-num-batched-tokens``,
@@ -215,11 +215,11 @@ class ApiSurface:
 
 
 def api_surface(version: tuple[int, int, int]) -> ApiSurface:
-    if version < (0, 4, 3):
-        return ApiSurface(strict=True, stream_options=False, usage_in_last_chunk=True, preemption_metric=False,
-                          chunked_prefill_default=False)
-    return ApiSurface(strict=False, stream_options=True, usage_in_last_chunk=False, preemption_metric=True,
-                      chunked_prefill_default=False)
+    """0.4.x: strict bodies, usage on the finish chunk; stream_options from 0.5.0 (vllm#5135 chat,
+    #5319 completions); vllm:num_preemptions_total from 0.4.3 (vllm#4647)."""
+    old = version < (0, 5, 0)
+    return ApiSurface(strict=old, stream_options=not old, usage_in_last_chunk=old,
+                      preemption_metric=version >= (0, 4, 3), chunked_prefill_default=False)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -536,6 +536,9 @@ def test_engine_args_come_from_the_image_tag_and_the_command() -> None:
     assert unknown.version == NEWEST_VERSION and unknown.max_model_len == 4096
     assert engine_args(model, version="0.4.1", image="vllm/vllm-openai:v0.6.3").version == (0, 4, 1)
     assert engine_args(EmulatorModel(max_num_seqs=16)).max_num_seqs == 16
+    v043, v050 = engine_args(model, version="0.4.3").surface, engine_args(model, version="0.5.0").surface
+    assert v043.strict and not v043.stream_options and v043.preemption_metric and not ack.surface.preemption_metric
+    assert not v050.strict and v050.stream_options and not v050.usage_in_last_chunk
     assert engine_args(model, argv=["--max-num-seqs=8"]).max_num_seqs == 8
 
 

@@ -132,7 +132,7 @@ def test_what_the_server_accepts_comes_from_its_version() -> None:
     assert parse_version("0.4.1") == (0, 4, 1) and parse_version("v0.6.3.post1") == (0, 6, 3)
     assert parse_version("unknown") is None
     assert features_of_version("0.4.1").stream_options is False
-    assert features_of_version("0.4.3").stream_options is False  # sent from 0.5 on, to be safe
+    assert features_of_version("0.4.3").stream_options is False  # stream_options came with 0.5.0
     assert features_of_version("0.6.3").stream_options is True
     assert features_of_version("dev") is None
     # an unreachable target: the default (send it), the run itself then reports the failure
