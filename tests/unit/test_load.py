@@ -343,3 +343,27 @@ def test_rollout_spec_target(monkeypatch, tmp_path: Path) -> None:
     assert seen["base_url"] == "http://127.0.0.1:18000" and seen["host"] == "qwen-chat-default.example.com"
     assert seen["body"]["model"] == "qwen" and seen["path"] == "/v1/chat/completions"
     assert seen["steps"] == L.spike_shape(rollout.load).table() and seen["workers"] == 0
+
+
+def test_a_server_without_version_is_probed_once() -> None:
+    import httpx
+
+    from tasks.smoke import detect_server
+
+    seen: list[str] = []
+
+    def strict(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        if request.url.path == "/version":
+            return httpx.Response(404, json={"detail": "Not Found"})
+        body = json.loads(request.content)
+        ok = "stream_options" not in body
+        return httpx.Response(200 if ok else 400, json={"object": "error", "type": "BadRequestError"})
+
+    with httpx.Client(base_url="http://x", transport=httpx.MockTransport(strict)) as c:
+        found = detect_server(c, "qwen")
+    assert found.version is None and found.stream_options is False
+    assert seen == ["/version", "/v1/chat/completions"]
+    with httpx.Client(base_url="http://x", transport=httpx.MockTransport(
+            lambda r: httpx.Response(200, json={"version": "0.6.3"}))) as c:
+        assert detect_server(c, "qwen").stream_options is True
