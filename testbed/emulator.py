@@ -541,6 +541,7 @@ class _Sequence:
             break
         emitted = time.monotonic()
         self.generated += 1
+        engine.kv_tokens_in_use += 1
         previous, self.last_token_at = self.last_token_at, emitted
         if previous is None:
             self.ttft_s = emitted - self.arrived_at
@@ -560,6 +561,7 @@ class _Engine:
         self.total_blocks = max(1, args.kv_tokens(model) // BLOCK_TOKENS)
         self.watermark_blocks = int(WATERMARK * self.total_blocks)
         self.used_blocks = 0
+        self.kv_tokens_in_use = 0     # prompt + generated tokens of the running sequences
         self.num_preemptions = 0
         self._running: list[_Sequence] = []
         self._waiting: deque[_Sequence] = deque()
@@ -584,9 +586,6 @@ class _Engine:
     def cache_usage(self) -> float:
         return min(1.0, self.used_blocks / self.total_blocks)
 
-    @property
-    def kv_tokens_in_use(self) -> int:
-        return sum(s.prompt_tokens + s.generated for s in self._running)
 
     # -- timing --
     def prefill_done_at(self, tokens: int, now: float) -> float:
@@ -642,6 +641,7 @@ class _Engine:
             self._waiting.popleft()
             head.blocks = need
             self.used_blocks += need
+            self.kv_tokens_in_use += head.prompt_tokens + head.generated
             head.running = True
             head.admitted_at = time.monotonic()
             self._running.append(head)
@@ -668,6 +668,7 @@ class _Engine:
     def _preempt(self, seq: _Sequence) -> None:
         self._running.remove(seq)
         self.used_blocks -= seq.blocks
+        self.kv_tokens_in_use -= seq.prompt_tokens + seq.generated
         seq.blocks = 0
         seq.running = False
         seq.epoch += 1
@@ -681,6 +682,7 @@ class _Engine:
         if seq.running:
             self._running.remove(seq)
             self.used_blocks -= seq.blocks
+            self.kv_tokens_in_use -= seq.prompt_tokens + seq.generated
             seq.blocks = 0
             seq.running = False
             self._record()

@@ -598,6 +598,8 @@ def test_kv_cache_full_preempts_and_counts() -> None:
             watcher.cancel()
             async with session.get(replica.url + "/metrics") as resp:
                 page = await resp.text()
+            engine = replica._engine
+            assert (engine.used_blocks, engine.kv_tokens_in_use, replica.gpu_cache_usage) == (0, 0, 0)
             return tokens, peak, page, replica.num_preemptions
 
     tokens, peak, page, preemptions = run(main())
