@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export GOTOOLCHAIN ?= local
 
-.PHONY: setup lint testbed-build testbed-up testbed-down testbed-status demo demo-tidal test test-unit bench bench-load bench-staging screenshot clean
+.PHONY: setup lint testbed-build testbed-up testbed-down testbed-status demo demo-tidal test test-unit bench bench-load bench-staging bench-emulator screenshot clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -51,8 +51,13 @@ demo-tidal: testbed-up
 	$(TG) validate --spec examples/qwen-chat.tidal.local.yaml
 
 # benchmarks print figures as ratios against a peer tool measured in the same run
-bench: testbed-up
+bench: testbed-up bench-emulator
 	$(PY) -m tests.bench.run
+
+# the vLLM emulator's latency model vs published vLLM figures: model and emulator errors in percent
+# (docs/realism.md, "vLLM emulator calibration"); the emulator only, no test bed
+bench-emulator: setup
+	$(PY) -m tests.bench.emulator_calibration
 
 # the highest Poisson rate tidegate keeps on schedule vs inference-perf's, and their TTFT/ITL at half
 # of it (docs/bench-load.md; the closed-loop generator bench is `$(PY) -m tests.bench.load`)

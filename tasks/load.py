@@ -104,6 +104,7 @@ from pathlib import Path
 from typing import Any, Self
 from urllib.parse import urlsplit
 
+import httpx
 import numpy as np
 import pandas as pd
 
@@ -120,6 +121,7 @@ from tasks.shapes import (
     check_capacity,
     spike_shape,
 )
+from tasks.smoke import ServerFeatures, detect_server
 from tasks.spec import LoadSpec, ModelSpec, RolloutSpec
 from tasks.tidal import tidal_shape
 
@@ -177,14 +179,26 @@ def shape_for(load: LoadSpec) -> LoadShape:
 
 
 # -- the request -------------------------------------------------------------------------------
-def chat_request(served_name: str, load: LoadSpec) -> dict[str, Any]:
-    """The seed's chat request body (streamed with usage when ``load.stream``)."""
+def chat_request(served_name: str, load: LoadSpec, *, stream_options: bool = True) -> dict[str, Any]:
+    """The seed's chat request body, streamed when ``load.stream``: with
+    ``stream_options.include_usage`` only where the server accepts it (``stream_options``; vLLM
+    0.4.x answers it with a 400), else the generator counts the content chunks."""
     body: dict[str, Any] = {"model": served_name, "messages": [{"role": "user", "content": load.prompt}],
                             "max_tokens": load.max_tokens, "temperature": 0.7, "top_p": 0.9, "seed": 10,
                             "stream": bool(load.stream)}
-    if load.stream:
+    if load.stream and stream_options:
         body["stream_options"] = {"include_usage": True}
     return body
+
+
+def server_features(url: str, host: str, served_name: str, verify: bool) -> ServerFeatures:
+    """What the target accepts (``tasks.smoke.detect_server``); the default when it cannot be asked."""
+    try:
+        with httpx.Client(base_url=url, headers={"Host": host}, verify=verify, trust_env=False,
+                          timeout=httpx.Timeout(10.0, connect=3.0)) as c:
+            return detect_server(c, served_name)
+    except httpx.HTTPError:
+        return ServerFeatures()
 
 
 def request_config(load: LoadSpec, served_name: str) -> dict[str, Any]:
@@ -954,13 +968,15 @@ def run_load(spec: RolloutSpec | LoadSpec, out_dir: Path | str, *, base_url: str
             old.unlink()
     seed = int(load.seed) if load.seed is not None else random.SystemRandom().randrange(2**31)
     requests_cfg = request_config(load, served)
+    features = server_features(url, host_header, served, verify) if load.stream else ServerFeatures()
     stop_timeout = float(load.request_timeout_s)
     began = time.time()
     deadline = began + STARTUP_GRACE_S + (WORKER_CONNECT_TIMEOUT_S if load.workers else 0) \
         + shape.duration_s + stop_timeout + STOP_GRACE_S
     cfg = {
         "version": 1, "base_url": url, "host": host_header, "path": CHAT_PATH,
-        "body": chat_request(served, load), "stream": bool(load.stream), "verify_tls": verify,
+        "body": chat_request(served, load, stream_options=features.stream_options), "stream": bool(load.stream),
+        "verify_tls": verify, "server_version": features.version,
         "request_timeout_s": float(load.request_timeout_s),
         "connect_timeout_s": min(CONNECT_TIMEOUT_S, float(load.request_timeout_s)),
         "failure_pause_s": FAILURE_PAUSE_S, "stop_timeout_s": stop_timeout,

@@ -2,14 +2,20 @@
 
 Three checks with httpx against ``ingress.url`` with ``Host: ingress.host``:
 ``GET /v1/models`` lists the served name; a chat completion with the seed's request returns
-non-empty content, a finish reason and usage; the same request streamed (SSE, with
-``stream_options.include_usage``) yields role, content deltas, a finish reason, a usage
-chunk and ``[DONE]``. Each check records its latency; any failure names the check and what
-was wrong.
+non-empty content, a finish reason and usage; the same request streamed (SSE) yields role,
+content deltas, a finish reason, usage and ``[DONE]``. Each check records its latency; any
+failure names the check and what was wrong.
+
+What the server accepts is detected first, never assumed (``detect_server``): vLLM's
+``GET /version``, or, where a server has none, one small streamed request with
+``stream_options``. vLLM before 0.5 (the seed's 0.4.1) forbids unknown request fields and has
+no ``stream_options``, so it is never sent one: the streamed usage is then the finish chunk's
+``usage`` (0.4.x sends it there) or, failing that, the count of content chunks.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import dataclass, field
@@ -18,6 +24,66 @@ import httpx
 
 from tasks.errors import StageFailed
 from tasks.report_model import SmokeBlock, SmokeCheckBlock
+
+# the first vLLM release with stream_options (vllm#5135, #5319); 0.4.x answers it with a 400
+STREAM_OPTIONS_SINCE = (0, 5, 0)
+
+
+@dataclass(frozen=True)
+class ServerFeatures:
+    """What the model server accepts: tidegate's request bodies follow it."""
+
+    version: str | None = None      # vLLM's GET /version; None when the server has no such endpoint
+    stream_options: bool = True     # stream_options.include_usage is accepted
+
+    def describe(self) -> str:
+        usage = "stream_options" if self.stream_options else "usage from the stream's chunks"
+        return f"vLLM {self.version or 'unknown version'}, {usage}"
+
+
+def parse_version(text: str) -> tuple[int, ...] | None:
+    """``0.4.1`` / ``v0.6.3.post1`` -> (0, 4, 1) / (0, 6, 3); None when it is not a version."""
+    parts = []
+    for piece in text.strip().lstrip("v").split("."):
+        digits = "".join(itertools.takewhile(str.isdigit, piece))
+        if not digits:
+            break
+        parts.append(int(digits))
+        if len(digits) < len(piece):
+            break
+    return tuple(parts) if len(parts) >= 2 else None
+
+
+def features_of_version(version: str) -> ServerFeatures | None:
+    parsed = parse_version(version)
+    if parsed is None:
+        return None
+    return ServerFeatures(version=version, stream_options=parsed >= STREAM_OPTIONS_SINCE)
+
+
+def detect_server(c: httpx.Client, served_name: str) -> ServerFeatures:
+    """What the server behind ``c`` accepts: from ``GET /version``, else from one probe request.
+
+    The probe is the smallest streamed request with ``stream_options``: 200 means it is
+    accepted, a 400 (vLLM's answer to an unknown or forbidden field) that it is not. Any other
+    answer leaves the default (send it), and the checks that follow will say what is wrong.
+    """
+    try:
+        r = c.get("/version")
+        if r.status_code == 200:
+            found = features_of_version(str((r.json() or {}).get("version", "")))
+            if found is not None:
+                return found
+    except (httpx.HTTPError, ValueError, AttributeError):
+        pass
+    body = {"model": served_name, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1,
+            "stream": True, "stream_options": {"include_usage": True}}
+    try:
+        with c.stream("POST", "/v1/chat/completions", json=body) as r:
+            r.read()
+            return ServerFeatures(stream_options=r.status_code != 400)
+    except httpx.HTTPError:
+        return ServerFeatures()
 
 
 @dataclass
@@ -32,6 +98,7 @@ class SmokeCheck:
 class SmokeResult:
     checks: list[SmokeCheck] = field(default_factory=list)
     ttft_ms: float | None = None
+    server: ServerFeatures = field(default_factory=ServerFeatures)
 
     @property
     def ok(self) -> bool:
@@ -48,12 +115,14 @@ class SmokeResult:
         return "; ".join(f"{c.name} ok ({c.seconds:.2f}s, {c.detail})" for c in self.checks)
 
 
-def chat_body(spec, *, stream: bool = False) -> dict:
+def chat_body(spec, *, stream: bool = False, stream_options: bool = True) -> dict:
+    """The seed's request; streamed with ``stream_options.include_usage`` only where the server has it."""
     body = {"model": spec.model.served_name, "messages": [{"role": "user", "content": spec.load.prompt}],
             "max_tokens": spec.load.max_tokens, "temperature": 0.7, "top_p": 0.9, "seed": 10}
     if stream:
         body["stream"] = True
-        body["stream_options"] = {"include_usage": True}
+        if stream_options:
+            body["stream_options"] = {"include_usage": True}
     return body
 
 
@@ -94,7 +163,9 @@ def _check_stream(c: httpx.Client, spec, result: SmokeResult) -> str:
     first_token_at = None
     role = content = finish = usage = done = False
     text = []
-    with c.stream("POST", "/v1/chat/completions", json=chat_body(spec, stream=True)) as r:
+    asked_usage = result.server.stream_options
+    with c.stream("POST", "/v1/chat/completions",
+                  json=chat_body(spec, stream=True, stream_options=asked_usage)) as r:
         if r.status_code != 200:
             raise AssertionError(f"streamed chat answered {r.status_code}: {r.read()[:160]!r}")
         for line in r.iter_lines():
@@ -116,13 +187,16 @@ def _check_stream(c: httpx.Client, spec, result: SmokeResult) -> str:
                     if first_token_at is None:
                         first_token_at = time.monotonic()
                 finish = finish or ch.get("finish_reason") in ("stop", "length")
+    # a server without stream_options: usage is what it sent anyway, else the chunks counted
+    counted = not usage and not asked_usage and content
     missing = [n for n, ok in (("role", role), ("content", content), ("finish_reason", finish),
-                               ("usage", usage), ("[DONE]", done)) if not ok]
+                               ("usage", usage or counted), ("[DONE]", done)) if not ok]
     if missing:
         raise AssertionError(f"stream lacks {', '.join(missing)}")
     if first_token_at is not None:
         result.ttft_ms = round((first_token_at - started) * 1000, 1)
-    return f"{len(text)} content chunks, ttft {result.ttft_ms} ms"
+    source = "usage counted from the chunks" if counted else "usage chunk"
+    return f"{len(text)} content chunks ({source}), ttft {result.ttft_ms} ms"
 
 
 def smoke(spec, *, timeout_s: float = 30.0, attempts: int = 10) -> SmokeResult:
@@ -137,6 +211,9 @@ def smoke(spec, *, timeout_s: float = 30.0, attempts: int = 10) -> SmokeResult:
             for attempt in range(attempts if name == "models" else 1):
                 try:
                     detail = fn()
+                    if name == "models":  # the server answers: learn what it accepts before asking more
+                        result.server = detect_server(c, spec.model.served_name)
+                        detail = f"{detail}; {result.server.describe()}"
                     result.checks.append(SmokeCheck(name, True, round(time.monotonic() - t0, 3), detail))
                     last = None
                     break

@@ -104,13 +104,40 @@ class AutoscalerTimings(_Strict):
 
 
 class EmulatorModel(_Strict):
-    """Continuous-batching latency model of the vLLM emulator (see testbed/emulator.py)."""
+    """Latency and capacity model of the vLLM emulator (see testbed/emulator.py).
 
-    ttft_base_ms: float = Field(60.0, ge=0, description="time to first token of a lone request")
-    ttft_per_running_ms: float = Field(8.0, ge=0, description="extra TTFT per running sequence")
+    The defaults are the ``fast`` profile: a lone short request sees TTFT ~60 ms and ITL 20 ms,
+    as the test-bed demos have always assumed, but prefill, context and the KV cache now cost
+    what they cost on the modelled GPU (A10 24 GiB) with the modelled model (Qwen-7B). The
+    per-pod vLLM flags (``--max-model-len``, ``--gpu-memory-utilization``, ``--max-num-seqs``,
+    ``--max-num-batched-tokens``, ``--enable-chunked-prefill``) come from the pod's command;
+    the vLLM version from its image tag. docs/realism.md ("vLLM emulator calibration") cites the
+    published figures the realistic values come from.
+    """
+
+    ttft_base_ms: float = Field(60.0, ge=0, description="time to first token of a lone short request "
+                                "(scheduling, one forward pass, sampling), without prefill")
+    ttft_per_running_ms: float = Field(8.0, ge=0, description="extra TTFT per sequence already running")
+    prefill_tokens_per_s: float = Field(4000.0, gt=0, description="prefill throughput: a prompt of N tokens "
+                                        "takes N / this seconds; prefills of concurrent arrivals queue")
     itl_base_ms: float = Field(20.0, ge=0.1, description="inter-token latency with one running sequence")
     itl_per_running_ms: float = Field(1.5, ge=0, description="extra ITL per additional running sequence")
-    max_num_seqs: int = Field(16, ge=1, le=1024, description="sequences decoded at once; more wait in a queue")
+    itl_per_1k_context_ms: float | None = Field(
+        None, ge=0, description="extra ITL per 1,000 tokens held in the KV cache by the running sequences "
+        "(None: the model table's KV bytes per token read at gpu_memory_bandwidth_gb_s)")
+    max_num_seqs: int | None = Field(
+        None, ge=1, le=4096, description="vLLM's --max-num-seqs when the pod's command does not set it "
+        "(None: vLLM's default, 256); more sequences wait in a FIFO queue")
+    sm_saturation_seqs: int = Field(16, ge=1, le=4096, description="running sequences at which "
+                                    "DCGM_CUSTOM_PROCESS_SM_UTIL reaches 100")
+    gpu_memory_gib: float = Field(24.0, gt=0, le=1024, description="GPU memory per replica (A10: 24 GiB)")
+    gpu_memory_bandwidth_gb_s: float = Field(600.0, gt=0, description="GPU memory bandwidth (A10: 600 GB/s)")
+    non_kv_reserve_gib: float = Field(1.5, ge=0, description="activations, CUDA graphs, allocator slack: "
+                                      "GPU memory neither weights nor KV cache")
+    model_size: str = Field("qwen-7b", description="the model-size table's entry for a pod whose --model "
+                            "names no known model (testbed.emulator.MODEL_SIZES)")
+    vllm_version: str | None = Field(None, description="vLLM version when the image tag names none "
+                                     "(None: the newest modelled)")
     default_max_tokens: int = Field(64, ge=1, description="output tokens when a request sets no max_tokens")
     load_delay_s: float = Field(2.0, ge=0, description="model-load delay before /health answers 200")
 

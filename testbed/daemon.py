@@ -192,7 +192,10 @@ class Daemon:
             return
         served, root = kserve.served_model(container)
         self.replica_pods[key] = pod
-        await self.pool.add(key, served_model_name=served, model_root=root, labels=labels)
+        # the emulator behaves like the image tag's vLLM version with the command's engine flags
+        await self.pool.add(key, served_model_name=served, model_root=root, labels=labels,
+                            image=container.get("image"),
+                            argv=[*(container.get("command") or []), *(container.get("args") or [])])
         await self._pod_status(pod, running=True, ready=False)
 
     async def _pod_status(self, pod: Obj, *, running: bool, ready: bool,
@@ -376,7 +379,9 @@ class Daemon:
                 continue
             pods[name] = {"DCGM_CUSTOM_PROCESS_SM_UTIL": round(replica.sm_util(), 3),
                           "vllm_num_requests_running": float(replica.running),
-                          "vllm_num_requests_waiting": float(replica.waiting)}
+                          "vllm_num_requests_waiting": float(replica.waiting),
+                          "vllm_gpu_cache_usage_perc": round(replica.gpu_cache_usage, 4),
+                          "vllm_num_preemptions_total": float(replica.num_preemptions)}
         return web.json_response({"pods": pods, "timestamp": time.time()})
 
     async def _faults(self, req: web.Request) -> web.Response:

@@ -1,28 +1,58 @@
 """In-process vLLM emulator: the model servers of the test bed's KWOK pods.
 
 KWOK pods run no process, so the test-bed daemon gives every Running predictor pod a
-``Replica``: an OpenAI-compatible HTTP server on its own 127.0.0.1 port that answers like
-vLLM's OpenAI server (``/health``, ``/v1/models``, ``/v1/chat/completions``,
-``/v1/completions``, ``/metrics`` with vLLM's metric names and error bodies) and takes as
-long as a GPU running continuous batching would. All replicas of a ``ReplicaPool`` share one
-asyncio loop.
+``Replica``: an OpenAI-compatible HTTP server on its own 127.0.0.1 port that answers like the
+vLLM version in the pod's image tag (``/health``, ``/version``, ``/v1/models``,
+``/v1/chat/completions``, ``/v1/completions``, ``/metrics`` with vLLM's metric names and
+error bodies) and takes as long as a GPU running vLLM's scheduler would. All replicas of a
+``ReplicaPool`` share one asyncio loop.
 
-Latency model (``testbed.config.EmulatorModel``; times in ms):
-    at most ``max_num_seqs`` sequences run at once; more wait in a FIFO queue.
-    TTFT  = queue wait + ttft_base + ttft_per_running * (sequences already running
-            when this one is admitted)
-    gap   = itl_base + itl_per_running * (running - 1)    before each further token,
-            ``running`` counted when that token is scheduled (this sequence included)
-    A lone request therefore sees TTFT = ttft_base and ITL = itl_base. Token times are
+Versions (``api_surface``): the image tag's version picks the OpenAI surface. In 0.4.x (the
+seed's 0.4.1) requests are strict (``OpenAIBaseModel`` has ``extra="forbid"``: an unknown
+field, ``stream_options`` or ``max_completion_tokens`` is a 400), chat content is a string,
+and the streamed finish chunk carries ``usage``; ``/metrics`` has no
+``vllm:num_preemptions_total`` before 0.4.3 (added by vllm#4647). From 0.5.0 on
+(``stream_options``: vllm#5135, #5319), and for an unknown version, the newest surface
+modelled (0.6.x): unknown fields ignored, ``stream_options.include_usage`` honoured.
+
+Engine (``EngineArgs`` from the pod's vLLM command: ``--max-model-len``,
+``--gpu-memory-utilization`` (0.9), ``--max-num-seqs`` (256), ``--max-num-batched-tokens``,
+``--enable-chunked-prefill``, ``--quantization``, ``--model``):
+    KV cache: (gpu_memory_gib * gpu_memory_utilization - weights - non_kv_reserve_gib) /
+        KV bytes per token of the model (``MODEL_SIZES``), in blocks of 16 tokens, as
+        vLLM's profiling run sizes it. A sequence holds ceil((prompt + generated) / 16)
+        blocks.
+    Admission (FCFS): the head of the waiting queue starts when fewer than ``max_num_seqs``
+        run and its blocks fit above a 1 % watermark; the rest wait behind it.
+    Preemption (recompute, vLLM's default): when a running sequence needs a block and none
+        is free, the most recently admitted running sequence is preempted: its blocks are
+        freed, it goes to the front of the waiting queue (``vllm:num_preemptions_total``
+        +1) and, readmitted, recomputes its prompt and what it had generated. A lone sequence
+        is never preempted: a ``--max-model-len`` larger than the cache (vLLM refuses to start)
+        is capped at the cache's size, with a warning.
+Latency (``testbed.config.EmulatorModel``; times in ms):
+    TTFT  = queue wait + prefill wait + prompt / prefill_tokens_per_s
+            + ttft_base + ttft_per_running * (sequences already running when admitted)
+            Prefills of concurrent arrivals queue behind each other (one prefill lane at
+            ``prefill_tokens_per_s``); with chunked prefill each further budget-sized chunk
+            costs one more decode step.
+    gap   = itl_base + itl_per_running * (running - 1) + itl_per_1k_context * KV tokens / 1000
+            + min(pending prefill, one budget of prefill)     before each further token
+            i.e. decode steps stretch with the batch, with the context read from the KV cache,
+            and with prefill work sharing the step (a whole prompt without chunked prefill,
+            at most ``max_num_batched_tokens`` with it).
+    A lone short request therefore sees TTFT ~ ttft_base and ITL ~ itl_base. Token times are
     deadlines on a monotonic schedule (each deadline = the previous one + gap), so late
     wake-ups of the event loop do not accumulate. As in vLLM, the engine does not wait for
     the client: tokens that fall due while a slow client is being written to go out in a
-    burst.
+    burst. The figures the realistic values come from are cited in docs/realism.md
+    ("vLLM emulator calibration"); ``tests/bench/emulator_calibration.py`` prints the
+    model-vs-published errors.
 
 GPU metric: ``sm_util()`` is ``DCGM_CUSTOM_PROCESS_SM_UTIL`` (0-100), the time average over
 the last ``window_s`` seconds (or since start, if younger) of
     u(r) = 0                                   if r == 0
-    u(r) = 0.3 + 0.7 * sqrt(min(r, S) / S)     otherwise (r running sequences, S = max_num_seqs)
+    u(r) = 0.3 + 0.7 * sqrt(min(r, S) / S)     otherwise (r running sequences, S = sm_saturation_seqs)
 i.e. a GPU decoding anything keeps its SMs at least 30 % busy, and batching more sequences
 fills them with diminishing returns: 1 of 16 -> 47.5, 3 -> 60, 5 -> 69, 16 -> 100.
 ``busy_fraction()`` is the share of the same window with at least one running sequence.
@@ -32,14 +62,15 @@ is one token, any other run of text costs ceil(chars / 4); a chat adds 3 tokens 
 per message and 3 for the assistant prefix (Qwen's ``<|im_start|>assistant\\n``). The output is
 ``max_tokens`` (or ``default_max_tokens``) deterministic filler words, one word per token,
 chosen by ``seed``; ``finish_reason`` is ``"length"`` when the request set a limit and
-``"stop"`` otherwise.
+``"stop"`` otherwise. ``--max-model-len`` is enforced with vLLM's 400.
 
 Fault injection (``Fault``): a share of inference requests answered with a 5xx error body, or
 connections dropped after N tokens (a stream without its final chunk and ``[DONE]``; a
 non-streamed request without any response).
 
-Run ``python -m testbed.emulator --replicas 2 --gateway-port 18000`` to serve replicas behind
-the gateway for manual checks.
+Run ``python -m testbed.emulator --replicas 2 --gateway-port 18000 [--vllm-version 0.4.1]
+[--vllm-args "--max-model-len 6144 --max-num-seqs 64"]`` to serve replicas behind the
+gateway for manual checks.
 """
 
 from __future__ import annotations
@@ -48,18 +79,21 @@ import argparse
 import asyncio
 import bisect
 import contextlib
+import dataclasses
 import errno
 import itertools
 import json
+import logging
 import math
 import random
 import re
+import shlex
 import signal
 import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, Literal
 
 from aiohttp import web
@@ -68,15 +102,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from testbed.config import EmulatorModel
 from testbed.errors import PortInUse, TestbedError
 
+log = logging.getLogger("testbed.emulator")
 LOOPBACK = "127.0.0.1"
 
-# vLLM's bucket edges (vllm/engine/metrics.py, 0.5.x).
+# vLLM's bucket edges (vllm/engine/metrics.py, the same from 0.4.1 to 0.6.x).
 TTFT_BUCKETS_S = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 TPOT_BUCKETS_S = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 E2E_BUCKETS_S = (1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0)
 
 SM_UTIL_FLOOR = 0.3
 MAX_BODY_BYTES = 32 * 2**20
+BLOCK_TOKENS = 16             # vLLM's default --block-size
+WATERMARK = 0.01              # vLLM's block-manager watermark
+DEFAULT_MAX_NUM_SEQS = 256    # vLLM's --max-num-seqs default
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
+NEWEST_VERSION = (0, 6, 3)    # the newest vLLM whose surface is modelled
 
 _FILLER = (
     "The", "emulated", "model", "answers", "with", "steady", "filler", "words", "so", "that",
@@ -103,7 +143,196 @@ class Fault(BaseModel):
         None, ge=0, description="drop the connection after this many output tokens (None: never)")
 
 
-# --- request schemas (lenient like vLLM's: unknown fields are ignored, numbers coerced) ---
+# --- the model-size table and the engine's arguments ---
+
+@dataclasses.dataclass(frozen=True)
+class ModelSize:
+    """What sizes vLLM's KV cache: parameters (weights) and the KV bytes each token takes."""
+
+    params_b: float      # billions of parameters
+    layers: int
+    kv_heads: int
+    head_dim: int
+
+    def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
+        return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes  # K and V, fp16
+
+
+# config.json of each model on Hugging Face (num_hidden_layers, num_key_value_heads, head dim).
+MODEL_SIZES: dict[str, ModelSize] = {
+    "qwen-1.8b": ModelSize(1.8, 24, 16, 128),
+    "qwen-7b": ModelSize(7.7, 32, 32, 128),        # Qwen-7B(-Chat): multi-head attention, 512 KiB/token
+    "qwen-14b": ModelSize(14.2, 40, 40, 128),
+    "qwen-72b": ModelSize(72.3, 80, 64, 128),
+    "qwen2-0.5b": ModelSize(0.5, 24, 2, 64),
+    "qwen2-1.5b": ModelSize(1.5, 28, 2, 128),
+    "qwen2-7b": ModelSize(7.6, 28, 4, 128),        # Qwen2/2.5-7B: grouped-query attention, 56 KiB/token
+    "qwen2-14b": ModelSize(14.8, 48, 8, 128),
+    "qwen2-32b": ModelSize(32.8, 64, 8, 128),
+    "qwen2-72b": ModelSize(72.7, 80, 8, 128),
+    "llama-7b": ModelSize(6.7, 32, 32, 128),
+    "llama-8b": ModelSize(8.0, 32, 8, 128),
+    "llama-13b": ModelSize(13.0, 40, 40, 128),
+    "llama-70b": ModelSize(70.6, 80, 8, 128),
+}
+_SIZE_IN_NAME = re.compile(r"(\d+(?:\.\d+)?)b\b")
+
+
+def model_size_for(names: Iterable[str], default: str) -> tuple[str, ModelSize]:
+    """The table entry a model path or name points at (family + size in the name), else ``default``."""
+    for raw in names:
+        name = raw.lower().replace("_", "-")
+        size = _SIZE_IN_NAME.search(name)
+        if not size:
+            continue
+        family = "qwen2" if re.search(r"qwen(2|3)", name) else "qwen" if "qwen" in name else "llama"
+        key = f"{family}-{size.group(1)}b"
+        if key in MODEL_SIZES:
+            return key, MODEL_SIZES[key]
+    if default not in MODEL_SIZES:
+        raise TestbedError(f"emulator model_size {default!r}: not in the table ({', '.join(MODEL_SIZES)})")
+    return default, MODEL_SIZES[default]
+
+
+def parse_version(text: str | None) -> tuple[int, int, int] | None:
+    """``0.4.1`` / ``v0.6.3`` / an image reference ending in such a tag -> (0, 4, 1); else None."""
+    if not text:
+        return None
+    tag = text.rsplit(":", 1)[-1] if "/" in text or ":" in text else text
+    m = re.match(r"v?(\d+)\.(\d+)(?:\.(\d+))?", tag)
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)) if m else None
+
+
+@dataclasses.dataclass(frozen=True)
+class ApiSurface:
+    """What a vLLM version's OpenAI server accepts and answers (see the module docstring)."""
+
+    strict: bool                  # extra="forbid": unknown fields are a 400
+    stream_options: bool          # stream_options.include_usage exists
+    usage_in_last_chunk: bool     # the streamed chat's finish chunk carries usage
+    preemption_metric: bool       # /metrics has vllm:num_preemptions_total
+    chunked_prefill_default: bool
+
+
+def api_surface(version: tuple[int, int, int]) -> ApiSurface:
+    """0.4.x: strict bodies, usage on the finish chunk; stream_options from 0.5.0 (vllm#5135 chat,
+    #5319 completions); vllm:num_preemptions_total from 0.4.3 (vllm#4647)."""
+    old = version < (0, 5, 0)
+    return ApiSurface(strict=old, stream_options=not old, usage_in_last_chunk=old,
+                      preemption_metric=version >= (0, 4, 3), chunked_prefill_default=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineArgs:
+    """One replica's vLLM: its version and the engine flags of its command line."""
+
+    version: tuple[int, int, int] = NEWEST_VERSION
+    max_model_len: int = 4096
+    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
+    gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION
+    max_num_batched_tokens: int | None = None
+    enable_chunked_prefill: bool | None = None
+    quantization: str | None = None
+    model_key: str = "qwen-7b"
+    model_name: str = ""          # --model as given (a quantized checkpoint's name says its bits)
+
+    @property
+    def version_text(self) -> str:
+        return ".".join(map(str, self.version))
+
+    @property
+    def surface(self) -> ApiSurface:
+        return api_surface(self.version)
+
+    @property
+    def chunked_prefill(self) -> bool:
+        return self.surface.chunked_prefill_default if self.enable_chunked_prefill is None \
+            else self.enable_chunked_prefill
+
+    @property
+    def prefill_budget_tokens(self) -> int:
+        """Prompt tokens one engine step takes: the chunk size, or a whole prompt without chunking."""
+        if self.max_num_batched_tokens:
+            return self.max_num_batched_tokens
+        return 512 if self.chunked_prefill else max(self.max_model_len, 2048)
+
+    @property
+    def weight_bytes_per_param(self) -> float:
+        """fp16 unless ``--quantization``: GPTQ/AWQ are 4-bit unless the checkpoint's name says 8."""
+        q = (self.quantization or "").lower()
+        name = self.model_name.lower()
+        if q in ("gptq", "awq", "marlin", "gptq_marlin", "awq_marlin", "squeezellm"):
+            return 1.0 if "int8" in name or "8bit" in name else 0.5
+        if q in ("fp8", "int8", "w8a8", "bitsandbytes"):
+            return 1.0
+        return 2.0
+
+    def kv_tokens(self, model: EmulatorModel) -> int:
+        """KV-cache capacity in tokens (whole blocks), as vLLM's memory profiling would find."""
+        size = MODEL_SIZES[self.model_key]
+        free = (model.gpu_memory_gib * self.gpu_memory_utilization * 2**30
+                - size.params_b * 1e9 * self.weight_bytes_per_param - model.non_kv_reserve_gib * 2**30)
+        blocks = max(0, int(free // (size.kv_bytes_per_token() * BLOCK_TOKENS)))
+        return blocks * BLOCK_TOKENS
+
+
+def _flag_values(argv: Sequence[str]) -> dict[str, str | None]:
+    words: list[str] = []
+    for part in argv:
+        try:
+            words += shlex.split(str(part))
+        except ValueError:
+            words += str(part).split()
+    flags: dict[str, str | None] = {}
+    for i, word in enumerate(words):
+        if not word.startswith("--"):
+            continue
+        key, eq, val = word.partition("=")
+        key = key.replace("_", "-")
+        if eq:
+            flags[key] = val
+        elif i + 1 < len(words) and not words[i + 1].startswith("--"):
+            flags[key] = words[i + 1]
+        else:
+            flags[key] = None
+    return flags
+
+
+def engine_args(model: EmulatorModel, *, image: str | None = None, argv: Sequence[str] = (),
+                version: str | None = None, default_max_model_len: int = 4096,
+                names: Iterable[str] = ()) -> EngineArgs:
+    """The engine a pod runs: version from ``version`` or the image tag (else the model's
+    ``vllm_version``, else the newest modelled), flags from its command line ``argv``."""
+    parsed = parse_version(version) or parse_version(image) or parse_version(model.vllm_version) or NEWEST_VERSION
+    flags = _flag_values(argv)
+    names = list(names)
+
+    def number(flag: str, kind: Callable[[str], Any], default: Any) -> Any:
+        raw = flags.get(flag)
+        if raw is None:
+            return default
+        try:
+            return kind(raw)
+        except ValueError as exc:
+            raise TestbedError(f"vLLM flag {flag}={raw!r}: not a number") from exc
+
+    chunked = flags.get("--enable-chunked-prefill", "absent")
+    key, _ = model_size_for([*(n for n in [flags.get("--model"), flags.get("--served-model-name")] if n), *names],
+                            model.model_size)
+    return EngineArgs(
+        version=parsed,
+        max_model_len=number("--max-model-len", int, default_max_model_len),
+        max_num_seqs=number("--max-num-seqs", int, model.max_num_seqs or DEFAULT_MAX_NUM_SEQS),
+        gpu_memory_utilization=number("--gpu-memory-utilization", float, DEFAULT_GPU_MEMORY_UTILIZATION),
+        max_num_batched_tokens=number("--max-num-batched-tokens", int, None),
+        enable_chunked_prefill=None if chunked == "absent" else chunked in (None, "true", "True", "1"),
+        quantization=flags.get("--quantization"),
+        model_key=key,
+        model_name=flags.get("--model") or next(iter(names), "") or "",
+    )
+
+
+# --- request schemas: the newest surface (lenient: unknown fields ignored, numbers coerced) ---
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -148,29 +377,91 @@ class CompletionRequest(_Body):
     stream_options: StreamOptions | None = None
 
 
+# --- vLLM 0.4.1's surface (vllm/entrypoints/openai/protocol.py at v0.4.1): OpenAIBaseModel
+# forbids extra fields; messages are List[Dict[str, str]]; no stream_options, no
+# max_completion_tokens. Sampling fields are listed so that a valid 0.4.1 body passes. ---
+
+class _Strict041(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Sampling041(_Strict041):
+    frequency_penalty: float | None = 0.0
+    logit_bias: dict[str, float] | None = None
+    presence_penalty: float | None = 0.0
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool | None = False
+    temperature: float | None = None
+    top_p: float | None = 1.0
+    user: str | None = None
+    best_of: int | None = None
+    use_beam_search: bool | None = False
+    top_k: int | None = -1
+    min_p: float | None = 0.0
+    repetition_penalty: float | None = 1.0
+    length_penalty: float | None = 1.0
+    early_stopping: bool | None = False
+    ignore_eos: bool | None = False
+    min_tokens: int | None = 0
+    stop_token_ids: list[int] | None = None
+    skip_special_tokens: bool | None = True
+    spaces_between_special_tokens: bool | None = True
+    include_stop_str_in_output: bool | None = False
+    response_format: dict[str, Any] | None = None
+    guided_json: str | dict[str, Any] | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    guided_decoding_backend: str | None = None
+    guided_whitespace_pattern: str | None = None
+
+
+class ChatCompletionRequest041(_Sampling041):
+    messages: list[dict[str, str]] = Field(min_length=1)
+    model: str
+    logprobs: bool | None = False
+    top_logprobs: int | None = None
+    max_tokens: int | None = None
+    n: int | None = 1
+    echo: bool | None = False
+    add_generation_prompt: bool | None = True
+
+
+class CompletionRequest041(_Sampling041):
+    model: str
+    prompt: list[int] | list[list[int]] | str | list[str]
+    echo: bool | None = False
+    logprobs: int | None = None
+    max_tokens: int | None = 16
+    n: int | None = 1
+    suffix: str | None = None
+
+
 def estimate_text_tokens(text: str) -> int:
     """Tokens of ``text``: one per wide (CJK) character, ceil(len/4) for the rest."""
     wide = len(_WIDE_CHAR.findall(text))
     return wide + math.ceil((len(text) - wide) / 4)
 
 
-def estimate_chat_tokens(messages: Iterable[ChatMessage]) -> int:
+def estimate_chat_tokens(messages: Iterable[ChatMessage | dict[str, str]]) -> int:
     """Prompt tokens of a chat: its texts plus 3 template tokens a message and 3 to open the reply."""
     total = 3
     for msg in messages:
-        if isinstance(msg.content, str):
-            text = msg.content
+        content = msg.get("content") if isinstance(msg, dict) else msg.content
+        if isinstance(content, str):
+            text = content
         else:
-            text = "".join(part.text or "" for part in msg.content or [])
+            text = "".join(part.text or "" for part in content or [])
         total += 3 + estimate_text_tokens(text)
     return total
 
 
-def sm_util_of(running: int, max_num_seqs: int) -> float:
+def sm_util_of(running: int, saturation_seqs: int) -> float:
     """Instantaneous SM utilisation (0-100) with ``running`` sequences (see module docstring)."""
     if running <= 0:
         return 0.0
-    return 100.0 * (SM_UTIL_FLOOR + (1 - SM_UTIL_FLOOR) * math.sqrt(min(running, max_num_seqs) / max_num_seqs))
+    return 100.0 * (SM_UTIL_FLOOR + (1 - SM_UTIL_FLOOR) * math.sqrt(min(running, saturation_seqs) / saturation_seqs))
 
 
 def filler_tokens(count: int, seed: int | None) -> list[str]:
@@ -206,27 +497,51 @@ class _Timer:
 
 
 class _Sequence:
-    """One admitted request's token schedule."""
+    """One request's token schedule and its share of the KV cache."""
 
-    def __init__(self, batcher: _Batcher, arrived_at: float, admitted_at: float):
-        self._batcher = batcher
+    def __init__(self, engine: _Engine, prompt_tokens: int, arrived_at: float):
+        self._engine = engine
+        self.prompt_tokens = prompt_tokens
         self.arrived_at = arrived_at
-        self.admitted_at = admitted_at
+        self.admitted_at = arrived_at
+        self.generated = 0
+        self.blocks = 0
+        self.running = False
+        self.epoch = 0                 # +1 at every preemption: a token scheduled before it is void
+        self.preemptions = 0
         self.ttft_s = 0.0
         self.last_token_at: float | None = None
+        self._admitted: asyncio.Future[None] | None = None
         self._deadline: float | None = None
+
+    def blocks_needed(self, extra: int = 1) -> int:
+        return math.ceil((self.prompt_tokens + self.generated + extra) / BLOCK_TOKENS)
 
     async def next_token(self) -> float:
         """Sleep until the next token is due; return the gap since the previous one (0 for the first)."""
-        model = self._batcher.model
-        if self._deadline is None:
-            others = self._batcher.running - 1
-            self._deadline = self.admitted_at + (model.ttft_base_ms + model.ttft_per_running_ms * others) / 1000
-        else:
-            gap = (model.itl_base_ms + model.itl_per_running_ms * (self._batcher.running - 1)) / 1000
-            self._deadline += gap
-        await self._batcher.timer.sleep_until(self._deadline)
+        engine, model = self._engine, self._engine.model
+        while True:
+            if not self.running:
+                await engine.wait_admitted(self)
+                self._deadline = None
+            now = time.monotonic()
+            if self._deadline is None:
+                # (re)compute the prompt and whatever was generated before a preemption
+                self._deadline = engine.prefill_done_at(self.prompt_tokens + self.generated, now) \
+                    + (model.ttft_base_ms + model.ttft_per_running_ms * (engine.running - 1)) / 1000
+            else:
+                if not engine.grow(self):
+                    continue  # preempted itself: wait for readmission
+                self._deadline += engine.decode_gap_s(now)
+            epoch = self.epoch
+            await engine.timer.sleep_until(self._deadline)
+            if self.epoch != epoch:
+                self._deadline = None  # preempted while this token was being computed: recompute
+                continue
+            break
         emitted = time.monotonic()
+        self.generated += 1
+        engine.kv_tokens_in_use += 1
         previous, self.last_token_at = self.last_token_at, emitted
         if previous is None:
             self.ttft_s = emitted - self.arrived_at
@@ -234,59 +549,152 @@ class _Sequence:
         return emitted - previous
 
 
-class _Batcher:
-    """FIFO admission of at most ``max_num_seqs`` sequences, and the history of ``running``."""
+class _Engine:
+    """vLLM's scheduler in miniature: FCFS admission within ``max_num_seqs`` and the KV blocks,
+    recompute preemption of the newest sequence when blocks run out, a prefill lane, and the
+    history of ``running`` for the SM metric."""
 
-    def __init__(self, model: EmulatorModel, window_s: float, timer: _Timer):
+    def __init__(self, model: EmulatorModel, args: EngineArgs, window_s: float, timer: _Timer):
         self.model = model
+        self.args = args
         self.timer = timer
-        self.running = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self.total_blocks = max(1, args.kv_tokens(model) // BLOCK_TOKENS)
+        self.watermark_blocks = int(WATERMARK * self.total_blocks)
+        self.used_blocks = 0
+        self.kv_tokens_in_use = 0     # prompt + generated tokens of the running sequences
+        self.num_preemptions = 0
+        self._running: list[_Sequence] = []
+        self._waiting: deque[_Sequence] = deque()
+        self._prefill_free_at = 0.0
+        size = MODEL_SIZES[args.model_key]
+        self._itl_per_token_s = (model.itl_per_1k_context_ms / 1000 / 1000 if model.itl_per_1k_context_ms is not None
+                                 else size.kv_bytes_per_token() / (model.gpu_memory_bandwidth_gb_s * 1e9))
         self._window_s = window_s
         self._started_at = time.monotonic()
         self._history: deque[tuple[float, int]] = deque([(self._started_at, 0)])
 
+    # -- state --
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
     @property
     def waiting(self) -> int:
-        return sum(1 for f in self._waiters if not f.done())
+        return len(self._waiting)
 
+    @property
+    def cache_usage(self) -> float:
+        return min(1.0, self.used_blocks / self.total_blocks)
+
+
+    # -- timing --
+    def prefill_done_at(self, tokens: int, now: float) -> float:
+        """When a prefill of ``tokens`` submitted at ``now`` finishes (prefills queue in one lane)."""
+        rate = self.model.prefill_tokens_per_s
+        budget = self.args.prefill_budget_tokens
+        start = max(now, self._prefill_free_at)
+        done = start + tokens / rate
+        self._prefill_free_at = done
+        if self.args.chunked_prefill and tokens > budget:
+            done += (math.ceil(tokens / budget) - 1) * self.model.itl_base_ms / 1000  # one step per chunk
+        return done
+
+    def decode_gap_s(self, now: float) -> float:
+        model = self.model
+        gap = (model.itl_base_ms + model.itl_per_running_ms * (self.running - 1)) / 1000
+        gap += self._itl_per_token_s * self.kv_tokens_in_use
+        pending = self._prefill_free_at - now
+        if pending > 0:  # a decode step shares the GPU with up to one budget of prefill
+            gap += min(pending, self.args.prefill_budget_tokens / model.prefill_tokens_per_s)
+        return gap
+
+    # -- admission, growth, preemption --
     @contextlib.asynccontextmanager
-    async def sequence(self) -> AsyncIterator[_Sequence]:
-        arrived_at = time.monotonic()
-        await self._admit()
+    async def sequence(self, prompt_tokens: int) -> AsyncIterator[_Sequence]:
+        seq = _Sequence(self, prompt_tokens, time.monotonic())
         try:
-            yield _Sequence(self, arrived_at, time.monotonic())
+            await self.wait_admitted(seq)
+            yield seq
         finally:
-            self._release()
+            self._finish(seq)
 
-    async def _admit(self) -> None:
-        if self.running < self.model.max_num_seqs and not self._waiters:
-            self._set_running(self.running + 1)
+    async def wait_admitted(self, seq: _Sequence) -> None:
+        if seq.running:
             return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self._release()  # the slot was handed over just before the cancellation
-            else:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
-            raise
+        if seq not in self._waiting:
+            self._waiting.append(seq)
+        self._admit_waiting()
+        if seq.running:
+            return
+        seq._admitted = asyncio.get_running_loop().create_future()
+        await seq._admitted  # cancellation: _finish takes it out of the queue
 
-    def _release(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # the slot passes to the waiter; running is unchanged
-                return
-        self._set_running(self.running - 1)
+    def _free(self) -> int:
+        return self.total_blocks - self.used_blocks
 
-    def _set_running(self, running: int) -> None:
-        self.running = running
+    def _admit_waiting(self) -> None:
+        while self._waiting and self.running < self.args.max_num_seqs:
+            head = self._waiting[0]
+            need = head.blocks_needed(0 if head.generated else 1)
+            if self._free() - need < self.watermark_blocks and self._running:
+                break  # FCFS: the head waits for blocks, and everyone behind it
+            self._waiting.popleft()
+            head.blocks = need
+            self.used_blocks += need
+            self.kv_tokens_in_use += head.prompt_tokens + head.generated
+            head.running = True
+            head.admitted_at = time.monotonic()
+            self._running.append(head)
+            self._record()
+            if head._admitted is not None and not head._admitted.done():
+                head._admitted.set_result(None)
+
+    def grow(self, seq: _Sequence) -> bool:
+        """Give ``seq`` the block its next token needs, preempting the newest sequences if none is
+        free; False when ``seq`` itself was preempted."""
+        need = seq.blocks_needed() - seq.blocks
+        while need > 0 and self._free() < need:
+            if len(self._running) == 1:
+                break  # a lone sequence always fits: max_model_len is capped at the cache's size
+            victim = max(self._running, key=lambda s: s.arrived_at)  # FCFS: the newest arrival goes
+            self._preempt(victim)
+            if victim is seq:
+                return False
+        if need > 0:
+            seq.blocks += need
+            self.used_blocks += need
+        return True
+
+    def _preempt(self, seq: _Sequence) -> None:
+        self._running.remove(seq)
+        self.used_blocks -= seq.blocks
+        self.kv_tokens_in_use -= seq.prompt_tokens + seq.generated
+        seq.blocks = 0
+        seq.running = False
+        seq.epoch += 1
+        seq.preemptions += 1
+        seq._admitted = None
+        self.num_preemptions += 1
+        self._waiting.appendleft(seq)
+        self._record()
+
+    def _finish(self, seq: _Sequence) -> None:
+        if seq.running:
+            self._running.remove(seq)
+            self.used_blocks -= seq.blocks
+            self.kv_tokens_in_use -= seq.prompt_tokens + seq.generated
+            seq.blocks = 0
+            seq.running = False
+            self._record()
+        else:
+            with contextlib.suppress(ValueError):
+                self._waiting.remove(seq)
+        self._admit_waiting()
+
+    # -- history for the SM metric --
+    def _record(self) -> None:
         now = time.monotonic()
-        self._history.append((now, running))
+        self._history.append((now, self.running))
         self._prune(now)
 
     def _prune(self, now: float) -> None:
@@ -361,7 +769,8 @@ class _Metrics:
         self.tpot = _Histogram(TPOT_BUCKETS_S)
         self.e2e = _Histogram(E2E_BUCKETS_S)
 
-    def render(self, model_name: str, running: int, waiting: int, cache_usage: float) -> str:
+    def render(self, model_name: str, running: int, waiting: int, cache_usage: float, preemptions: int,
+               surface: ApiSurface) -> str:
         labels = {"model_name": model_name}
         lbl = _labels(labels)
         lines: list[str] = []
@@ -379,8 +788,9 @@ class _Metrics:
         gauge("vllm:num_requests_swapped", "Number of requests swapped to CPU.", 0)
         gauge("vllm:gpu_cache_usage_perc", "GPU KV-cache usage. 1 means 100 percent usage.", cache_usage)
         gauge("vllm:cpu_cache_usage_perc", "CPU KV-cache usage. 1 means 100 percent usage.", 0)
-        family("vllm:num_preemptions_total", "counter", "Cumulative number of preemption from the engine.",
-               [f"vllm:num_preemptions_total{{{lbl}}} 0.0"])
+        if surface.preemption_metric:
+            family("vllm:num_preemptions_total", "counter", "Cumulative number of preemption from the engine.",
+                   [f"vllm:num_preemptions_total{{{lbl}}} {_num(preemptions)}"])
         family("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.",
                [f"vllm:prompt_tokens_total{{{lbl}}} {_num(self.prompt_tokens)}"])
         family("vllm:generation_tokens_total", "counter", "Number of generation tokens processed.",
@@ -415,7 +825,7 @@ def _validation_error(errors: list[dict[str, Any]]) -> web.Response:
     return error_response(400, str(errors))
 
 
-def _parse(raw: bytes, schema: type[_Body]) -> _Body | web.Response:
+def _parse(raw: bytes, schema: type[BaseModel]) -> BaseModel | web.Response:
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -475,20 +885,30 @@ class Replica:
 
     def __init__(self, key: str, *, served_model_name: str, model_root: str, labels: dict[str, str],
                  model: EmulatorModel, port: int = 0, max_model_len: int = 4096, window_s: float = 10.0,
-                 seed: int | None = None):
+                 seed: int | None = None, engine: EngineArgs | None = None):
         self.key = key
         self.served_model_name = served_model_name
         self.model_root = model_root
         self.labels = dict(labels)
         self.model = model
-        self.max_model_len = max_model_len
+        self.engine_args = engine or engine_args(model, default_max_model_len=max_model_len,
+                                                 names=[model_root, served_model_name])
+        self.surface = self.engine_args.surface
+        self.max_model_len = self.engine_args.max_model_len
+        kv_tokens = self.engine_args.kv_tokens(model)
+        if kv_tokens < self.max_model_len:
+            # vLLM refuses to start here; the twin warns and serves what fits (longer requests: 400)
+            log.warning("replica %s: --max-model-len %d exceeds the KV cache's %d tokens (%s, %.0f GiB x %.2f)",
+                        key, self.max_model_len, kv_tokens, self.engine_args.model_key, model.gpu_memory_gib,
+                        self.engine_args.gpu_memory_utilization)
+            self.max_model_len = max(BLOCK_TOKENS, kv_tokens)
         self.fault = Fault()
         self.created = int(time.time())
         self._requested_port = port
         self._window_s = window_s
         self._rng = random.Random(seed)
         self._timer = _Timer()
-        self._batcher = _Batcher(model, window_s, self._timer)
+        self._engine = _Engine(model, self.engine_args, window_s, self._timer)
         self._metrics = _Metrics()
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -502,6 +922,7 @@ class Replica:
         """Listen on 127.0.0.1:port (0: any free port); healthy after ``load_delay_s``. OSError if the port is taken."""
         app = web.Application(middlewares=[_fastapi_like_errors], client_max_size=MAX_BODY_BYTES)
         app.router.add_get("/health", self._health)
+        app.router.add_get("/version", self._version)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
@@ -519,7 +940,7 @@ class Replica:
             raise
         self._runner = runner
         self._port = runner.addresses[0][1]
-        self._batcher = _Batcher(self.model, self._window_s, self._timer)
+        self._engine = _Engine(self.model, self.engine_args, self._window_s, self._timer)
         self._ready_at = time.monotonic() + self.model.load_delay_s
 
     async def stop(self, grace_s: float = 5.0) -> None:
@@ -564,20 +985,34 @@ class Replica:
 
     @property
     def running(self) -> int:
-        return self._batcher.running
+        return self._engine.running
 
     @property
     def waiting(self) -> int:
-        return self._batcher.waiting
+        return self._engine.waiting
+
+    @property
+    def gpu_cache_usage(self) -> float:
+        """vllm:gpu_cache_usage_perc: share (0-1) of the KV blocks in use."""
+        return self._engine.cache_usage
+
+    @property
+    def num_preemptions(self) -> int:
+        """vllm:num_preemptions_total (counted in every version, shown on /metrics from 0.4.3)."""
+        return self._engine.num_preemptions
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self._engine.total_blocks * BLOCK_TOKENS
 
     def busy_fraction(self) -> float:
         """Share (0-1) of the last ``window_s`` with at least one running sequence."""
-        return self._batcher.window_average(lambda r: 1.0 if r > 0 else 0.0)
+        return self._engine.window_average(lambda r: 1.0 if r > 0 else 0.0)
 
     def sm_util(self) -> float:
         """DCGM_CUSTOM_PROCESS_SM_UTIL (0-100) over the last ``window_s`` (see module docstring)."""
-        seqs = self.model.max_num_seqs
-        return self._batcher.window_average(lambda r: sm_util_of(r, seqs))
+        seqs = self.model.sm_saturation_seqs
+        return self._engine.window_average(lambda r: sm_util_of(r, seqs))
 
     def set_fault(self, *, error_rate: float = 0.0, status: int = 500,
                   close_stream_after_tokens: int | None = None) -> Fault:
@@ -587,8 +1022,8 @@ class Replica:
 
     def metrics_text(self) -> str:
         """The Prometheus page that ``GET /metrics`` serves."""
-        usage = min(1.0, self.running / self.model.max_num_seqs)
-        return self._metrics.render(self.served_model_name, self.running, self.waiting, usage)
+        return self._metrics.render(self.served_model_name, self.running, self.waiting, self.gpu_cache_usage,
+                                    self.num_preemptions, self.surface)
 
     def __repr__(self) -> str:
         port = self._port if self._port is not None else "-"
@@ -603,6 +1038,9 @@ class Replica:
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(status=200 if self.healthy else 503)
+
+    async def _version(self, request: web.Request) -> web.Response:
+        return web.json_response({"version": self.engine_args.version_text}, dumps=_compact)
 
     async def _models(self, request: web.Request) -> web.Response:
         if (busy := self._loading()) is not None:
@@ -626,6 +1064,14 @@ class Replica:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         if (busy := self._loading()) is not None:
             return busy
+        if self.surface.strict:
+            old = _parse(await request.read(), ChatCompletionRequest041)
+            if isinstance(old, web.Response):
+                return old
+            assert isinstance(old, ChatCompletionRequest041)
+            return await self._generate(request, kind="chat", model=old.model,
+                                        prompt_tokens=estimate_chat_tokens(old.messages), max_tokens=old.max_tokens,
+                                        seed=old.seed, stream=bool(old.stream), stream_options=None, where="messages")
         body = _parse(await request.read(), ChatCompletionRequest)
         if isinstance(body, web.Response):
             return body
@@ -638,10 +1084,10 @@ class Replica:
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         if (busy := self._loading()) is not None:
             return busy
-        body = _parse(await request.read(), CompletionRequest)
+        body = _parse(await request.read(), CompletionRequest041 if self.surface.strict else CompletionRequest)
         if isinstance(body, web.Response):
             return body
-        assert isinstance(body, CompletionRequest)
+        assert isinstance(body, (CompletionRequest, CompletionRequest041))
         prompt = body.prompt
         if isinstance(prompt, str):
             prompt_tokens = estimate_text_tokens(prompt)
@@ -652,8 +1098,8 @@ class Replica:
         else:
             prompt_tokens = len(prompt)
         return await self._generate(request, kind="completion", model=body.model, prompt_tokens=prompt_tokens,
-                                    max_tokens=body.max_tokens, seed=body.seed, stream=body.stream,
-                                    stream_options=body.stream_options, where="prompt")
+                                    max_tokens=body.max_tokens, seed=body.seed, stream=bool(body.stream),
+                                    stream_options=getattr(body, "stream_options", None), where="prompt")
 
     async def _generate(self, request: web.Request, *, kind: Literal["chat", "completion"], model: str | None,
                         prompt_tokens: int, max_tokens: int | None, seed: int | None, stream: bool,
@@ -685,21 +1131,28 @@ class Replica:
         rid = f"{'chat' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
         created = int(time.time())
         name = self.served_model_name
+        usage_last = self.surface.usage_in_last_chunk  # 0.4.x: the finish chunk carries usage
 
         if kind == "chat":
             def chunk(i: int) -> dict[str, Any]:
                 delta: dict[str, Any] = {"content": tokens[i]}
                 last = i == n_tokens - 1
-                return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": name,
-                        "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                     "finish_reason": finish_reason if last else None, "stop_reason": None}]}
+                out = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": name,
+                       "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                    "finish_reason": finish_reason if last else None, "stop_reason": None}]}
+                if last and usage_last:
+                    out["usage"] = usage
+                return out
             obj_chunk = "chat.completion.chunk"
         else:
             def chunk(i: int) -> dict[str, Any]:
                 last = i == n_tokens - 1
-                return {"id": rid, "object": "text_completion", "created": created, "model": name,
-                        "choices": [{"index": 0, "text": tokens[i], "logprobs": None,
-                                     "finish_reason": finish_reason if last else None, "stop_reason": None}]}
+                out = {"id": rid, "object": "text_completion", "created": created, "model": name,
+                       "choices": [{"index": 0, "text": tokens[i], "logprobs": None,
+                                    "finish_reason": finish_reason if last else None, "stop_reason": None}]}
+                if last and usage_last:
+                    out["usage"] = usage
+                return out
             obj_chunk = "text_completion"
 
         response: web.StreamResponse | None = None
@@ -708,7 +1161,7 @@ class Replica:
                                                    "Cache-Control": "no-cache", SERVED_BY: self.key})
             await response.prepare(request)
         metrics = self._metrics
-        async with self._batcher.sequence() as seq:
+        async with self._engine.sequence(prompt_tokens) as seq:
             for i in range(n_tokens):
                 gap = await seq.next_token()
                 if cut_after is not None and i >= cut_after:
@@ -774,14 +1227,22 @@ class ReplicaPool:
         self._lock = asyncio.Lock()
 
     async def add(self, key: str, *, served_model_name: str, model_root: str,
-                  labels: dict[str, str] | None = None) -> Replica:
-        """Start a replica for ``key`` (loading for ``load_delay_s``); an existing one is returned as is."""
+                  labels: dict[str, str] | None = None, image: str | None = None, argv: Sequence[str] = (),
+                  vllm_version: str | None = None) -> Replica:
+        """Start a replica for ``key`` (loading for ``load_delay_s``); an existing one is returned as is.
+
+        ``image`` (its tag) or ``vllm_version`` picks the vLLM version it behaves like, ``argv`` (the
+        container's command + args) its engine flags; TestbedError for a flag that is not a number.
+        """
         async with self._lock:
             if key in self._replicas:
                 return self._replicas[key]
             seed = None if self._seed is None else self._seed + len(self._replicas)
+            engine = engine_args(self.model, image=image, argv=argv, version=vllm_version,
+                                 default_max_model_len=self.max_model_len, names=[model_root, served_model_name])
             replica = Replica(key, served_model_name=served_model_name, model_root=model_root, labels=labels or {},
-                              model=self.model, max_model_len=self.max_model_len, window_s=self.window_s, seed=seed)
+                              model=self.model, max_model_len=self.max_model_len, window_s=self.window_s, seed=seed,
+                              engine=engine)
             await self._bind(replica)
             self._replicas[key] = replica
             return replica
@@ -847,6 +1308,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--host", default="qwen-chat-default.example.com", help="Host the gateway routes to the replicas")
     p.add_argument("--served-model-name", default="qwen")
     p.add_argument("--model-root", default="/mnt/models/qwen")
+    p.add_argument("--vllm-version", default=None, metavar="X.Y.Z",
+                   help="behave like this vLLM version (its OpenAI surface and /metrics); default: the newest "
+                        f"modelled, {'.'.join(map(str, NEWEST_VERSION))}")
+    p.add_argument("--vllm-args", default="", metavar="'--max-model-len N ...'",
+                   help="vLLM engine flags as in the pod's command (--max-model-len, --gpu-memory-utilization, "
+                        "--max-num-seqs, --max-num-batched-tokens, --enable-chunked-prefill, --quantization, --model)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override an EmulatorModel field, e.g. load_delay_s=0")
     return p.parse_args(argv)
@@ -863,11 +1330,17 @@ async def _serve(args: argparse.Namespace) -> None:
         model = EmulatorModel.model_validate(fields)
     except ValidationError as exc:
         raise TestbedError(f"--set: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from exc
+    if args.vllm_version is not None and parse_version(args.vllm_version) is None:
+        raise TestbedError(f"--vllm-version {args.vllm_version!r}: expected X.Y.Z, e.g. 0.4.1")
     async with ReplicaPool(model, base_port=args.base_port) as pool:
         for i in range(args.replicas):
             replica = await pool.add(f"default/{args.served_model_name}-{i}", served_model_name=args.served_model_name,
-                                     model_root=args.model_root, labels={})
-            print(f"replica {replica.key}: {replica.url}", flush=True)
+                                     model_root=args.model_root, labels={}, vllm_version=args.vllm_version,
+                                     argv=shlex.split(args.vllm_args))
+            e = replica.engine_args
+            print(f"replica {replica.key}: {replica.url} (vLLM {e.version_text}, {e.model_key}, "
+                  f"max_model_len {e.max_model_len}, max_num_seqs {e.max_num_seqs}, "
+                  f"KV cache {replica.kv_capacity_tokens} tokens)", flush=True)
         gateway = Gateway(port=args.gateway_port) if args.gateway_port else None
         if gateway is not None:
             await gateway.start()

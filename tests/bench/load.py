@@ -48,7 +48,8 @@ from tasks.spec import LoadSpec
 
 HOST = "qwen-chat-default.example.com"
 FAST = {"load_delay_s": 0, "ttft_base_ms": 0, "ttft_per_running_ms": 0, "itl_base_ms": 0.1,
-        "itl_per_running_ms": 0, "max_num_seqs": 1024}
+        "itl_per_running_ms": 0, "max_num_seqs": 1024, "prefill_tokens_per_s": 1e9, "itl_per_1k_context_ms": 0,
+        "gpu_memory_gib": 1024}
 STREAM = {"load_delay_s": 0, "ttft_base_ms": 50, "ttft_per_running_ms": 0, "itl_base_ms": 20,
           "itl_per_running_ms": 0, "max_num_seqs": 1024}
 

@@ -66,9 +66,11 @@ AGREEMENT_MAX_PCT = 2.0
 RATE_CEILING_RPS = 5000.0
 
 ZERO_LATENCY = {"load_delay_s": 0, "ttft_base_ms": 0, "ttft_per_running_ms": 0, "itl_base_ms": 0.1,
-                "itl_per_running_ms": 0, "max_num_seqs": 1024}
+                "itl_per_running_ms": 0, "max_num_seqs": 1024, "prefill_tokens_per_s": 1e9, "itl_per_1k_context_ms": 0,
+                "gpu_memory_gib": 1024}
 KNOWN_LATENCY = {"load_delay_s": 0, "ttft_base_ms": 50, "ttft_per_running_ms": 0, "itl_base_ms": 20,
-                 "itl_per_running_ms": 0, "max_num_seqs": 1024}
+                 "itl_per_running_ms": 0, "max_num_seqs": 1024, "prefill_tokens_per_s": 1e9, "itl_per_1k_context_ms": 0,
+                 "gpu_memory_gib": 1024}
 
 PEER_VERSION = "0.7.0"
 PEER_PYTHON = "3.12.1"

@@ -76,7 +76,8 @@ def serve_main(argv: list[str]) -> None:
 
     fast = "--fast" in argv
     model = EmulatorModel(load_delay_s=0, ttft_base_ms=0.5 if fast else 60, ttft_per_running_ms=0 if fast else 8,
-                          itl_base_ms=0.1 if fast else 20, itl_per_running_ms=0 if fast else 1.5)
+                          itl_base_ms=0.1 if fast else 20, itl_per_running_ms=0 if fast else 1.5,
+                          **({"prefill_tokens_per_s": 1e9, "itl_per_1k_context_ms": 0} if fast else {}))
 
     async def main() -> None:
         pool, reps, gw = await _serve(model, 1, gateway=True)
@@ -108,7 +109,9 @@ def bench_gateway() -> dict:
 def bench_fidelity() -> dict:
     from testbed.config import EmulatorModel
 
-    model = EmulatorModel(load_delay_s=0, ttft_base_ms=60, itl_base_ms=20)
+    # the batch terms alone: prefill and context (make bench-emulator) would blur the comparison
+    model = EmulatorModel(load_delay_s=0, ttft_base_ms=60, itl_base_ms=20, prefill_tokens_per_s=1e9,
+                          itl_per_1k_context_ms=0)
 
     async def main() -> dict:
         pool, reps, _ = await _serve(model, 1, gateway=False)

@@ -37,7 +37,8 @@ class ServedBed:
 
     def __init__(self, model: EmulatorModel | None = None, replicas: int = 2) -> None:
         self.model = model or EmulatorModel(load_delay_s=0, ttft_base_ms=TTFT_MS, ttft_per_running_ms=0,
-                                            itl_base_ms=ITL_MS, itl_per_running_ms=0, max_num_seqs=256)
+                                            itl_base_ms=ITL_MS, itl_per_running_ms=0, max_num_seqs=256,
+                                            prefill_tokens_per_s=1e9, itl_per_1k_context_ms=0, gpu_memory_gib=1024)
         self.replicas = replicas
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="served-bed", daemon=True)
@@ -307,7 +308,8 @@ SLOW_SERVICE_MS = 100.0 + 5 * 40.0
 @pytest.fixture(scope="module")
 def slow_bed() -> Iterator[ServedBed]:
     served = ServedBed(EmulatorModel(load_delay_s=0, ttft_base_ms=100, ttft_per_running_ms=0, itl_base_ms=40,
-                                     itl_per_running_ms=0, max_num_seqs=1), replicas=1)
+                                     itl_per_running_ms=0, max_num_seqs=1, prefill_tokens_per_s=1e9,
+                                     itl_per_1k_context_ms=0, gpu_memory_gib=1024), replicas=1)
     served.start()
     yield served
     served.stop()

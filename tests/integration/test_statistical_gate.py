@@ -61,7 +61,8 @@ def _nightly(served: ServedBed, store: tuple[str, str], run_id: str):
 
 def test_statistic_gate_fails_a_30_percent_slower_nightly_and_names_the_shift(kube, store_url, tmp_path, monkeypatch):
     monkeypatch.setenv("TIDEGATE_REPORTS_DIR", str(tmp_path / "reports"))
-    model = dict(load_delay_s=0, ttft_per_running_ms=0, itl_base_ms=5, itl_per_running_ms=0, max_num_seqs=256)
+    model = dict(load_delay_s=0, ttft_per_running_ms=0, itl_base_ms=5, itl_per_running_ms=0, max_num_seqs=256,
+                 prefill_tokens_per_s=1e9, itl_per_1k_context_ms=0, gpu_memory_gib=1024)
     fast, slow = ServedBed(EmulatorModel(ttft_base_ms=60, **model), 1), ServedBed(EmulatorModel(ttft_base_ms=78, **model), 1)
     fast.start()
     slow.start()

@@ -19,9 +19,12 @@ import pytest
 
 from testbed.config import EmulatorModel
 from testbed.emulator import (
+    MODEL_SIZES,
+    NEWEST_VERSION,
     ChatMessage,
     Replica,
     ReplicaPool,
+    engine_args,
     estimate_chat_tokens,
     estimate_text_tokens,
     filler_tokens,
@@ -39,8 +42,10 @@ def run(coro: Awaitable[T], timeout_s: float = 15.0) -> T:
 
 
 def fast_model(**overrides: Any) -> EmulatorModel:
+    # prefill and context cost nothing here unless a test asks: the tests of the batch terms stay exact
     values: dict[str, Any] = {"ttft_base_ms": 5, "ttft_per_running_ms": 0, "itl_base_ms": 1,
-                              "itl_per_running_ms": 0, "load_delay_s": 0, "default_max_tokens": 8}
+                              "itl_per_running_ms": 0, "load_delay_s": 0, "default_max_tokens": 8,
+                              "prefill_tokens_per_s": 1e9, "itl_per_1k_context_ms": 0}
     return EmulatorModel(**{**values, **overrides})
 
 
@@ -482,3 +487,204 @@ def test_prompt_token_estimate() -> None:
     assert estimate_text_tokens("") == 0
     assert estimate_chat_tokens([ChatMessage(role="user", content="测试一下")]) == 10
     assert filler_tokens(3, 10) == filler_tokens(3, 10) and filler_tokens(3, 1) != filler_tokens(3, 2)
+
+
+# -- issue 19: the vLLM version in the image tag, the engine flags, prefill, the KV cache --------
+
+ACK_COMMAND = ["python3 -m vllm.entrypoints.openai.api_server --port 8080 --trust-remote-code "
+               "--served-model-name qwen --model /mnt/models/Qwen --gpu-memory-utilization 0.95 "
+               "--quantization gptq --max-model-len=6144"]
+
+
+@contextlib.asynccontextmanager
+async def serving_one(model: EmulatorModel, **add: Any) -> AsyncIterator[tuple[Replica, aiohttp.ClientSession]]:
+    async with ReplicaPool(model, base_port=0, seed=7) as pool:
+        replica = await pool.add("default/qwen-0", served_model_name="qwen", model_root="/mnt/models/qwen", **add)
+        async with aiohttp.ClientSession() as session:
+            yield replica, session
+
+
+async def ttft_of_prompt(session: aiohttp.ClientSession, url: str, prompt_tokens: int) -> float:
+    """Client-side TTFT of a streamed completion whose prompt is exactly ``prompt_tokens`` token ids."""
+    body = {"model": "qwen", "prompt": list(range(prompt_tokens)), "max_tokens": 2, "stream": True}
+    sent = time.monotonic()
+    async with session.post(url + "/v1/completions", json=body) as resp:
+        assert resp.status == 200
+        async for raw in resp.content:
+            if raw.startswith(b"data: {"):
+                return time.monotonic() - sent
+    raise AssertionError("no token")
+
+
+def test_engine_args_come_from_the_image_tag_and_the_command() -> None:
+    model = EmulatorModel()
+    ack = engine_args(model, image="kube-ai-registry.cn-shanghai.cr.aliyuncs.com/kube-ai/vllm:0.4.1", argv=ACK_COMMAND)
+    assert (ack.version, ack.max_model_len, ack.max_num_seqs, ack.gpu_memory_utilization) == ((0, 4, 1), 6144, 256, 0.95)
+    assert ack.quantization == "gptq" and ack.model_key == "qwen-7b" and not ack.chunked_prefill
+    assert ack.surface.strict and not ack.surface.stream_options
+    # Qwen-7B (512 KiB of KV a token), GPTQ (4 bits unless the name says Int8) on a 24 GiB A10 at 0.95:
+    # (22.8 GiB - 3.85 GB - 1.5 GiB) / 512 KiB ~ 36k tokens; the Int8 checkpoint ~ 29k
+    assert 34_000 < ack.kv_tokens(model) < 38_000
+    int8 = engine_args(model, argv=[*ACK_COMMAND, "--model", "/mnt/models/Qwen-7B-Chat-Int8"])
+    assert int8.model_key == "qwen-7b" and int8.weight_bytes_per_param == 1.0
+    assert 27_000 < int8.kv_tokens(model) < 31_000
+    new = engine_args(model, image="vllm/vllm-openai:v0.6.3", argv=["--max-num-seqs", "64", "--model",
+                                                                    "/models/Qwen2.5-7B-Instruct"])
+    assert (new.version, new.max_num_seqs, new.model_key) == ((0, 6, 3), 64, "qwen2-7b")
+    assert not new.surface.strict and new.surface.stream_options
+    unknown = engine_args(model, image="vllm/vllm-openai:latest")
+    assert unknown.version == NEWEST_VERSION and unknown.max_model_len == 4096
+    assert engine_args(model, version="0.4.1", image="vllm/vllm-openai:v0.6.3").version == (0, 4, 1)
+    assert engine_args(EmulatorModel(max_num_seqs=16)).max_num_seqs == 16
+    v043, v050 = engine_args(model, version="0.4.3").surface, engine_args(model, version="0.5.0").surface
+    assert v043.strict and not v043.stream_options and v043.preemption_metric and not ack.surface.preemption_metric
+    assert not v050.strict and v050.stream_options and not v050.usage_in_last_chunk
+    assert engine_args(model, argv=["--max-num-seqs=8"]).max_num_seqs == 8
+
+
+def test_ttft_grows_with_the_prompt_by_the_prefill_rate() -> None:
+    rate = 10_000.0
+
+    async def main() -> tuple[float, float]:
+        async with serving_one(fast_model(prefill_tokens_per_s=rate, ttft_base_ms=20)) as (replica, session):
+            await ttft_of_prompt(session, replica.url, 10)  # warm-up
+            short = [await ttft_of_prompt(session, replica.url, 100) for _ in range(3)]
+            long_ = [await ttft_of_prompt(session, replica.url, 2000) for _ in range(3)]
+        return statistics.median(short), statistics.median(long_)
+
+    short, long_ = run(main())
+    expected = (2000 - 100) / rate
+    print(f"TTFT {short * 1000:.1f} ms at 100 tokens, {long_ * 1000:.1f} ms at 2000 (+{expected * 1000:.0f} ms modelled)")
+    assert long_ - short == pytest.approx(expected, rel=0.10)
+
+
+def test_prefills_of_concurrent_arrivals_queue() -> None:
+    async def main() -> list[float]:
+        async with serving_one(fast_model(prefill_tokens_per_s=10_000, ttft_base_ms=5)) as (replica, session):
+            return list(await asyncio.gather(*(ttft_of_prompt(session, replica.url, 1000) for _ in range(3))))
+
+    ttfts = sorted(run(main()))
+    # one prefill lane: 100 ms each, so the third prompt's first token comes ~300 ms after it arrived
+    assert ttfts[0] == pytest.approx(0.105, abs=0.03) and ttfts[2] == pytest.approx(0.305, abs=0.05)
+
+
+def test_kv_cache_full_preempts_and_counts() -> None:
+    # Qwen2-0.5B: 12 KiB of KV a token; a GPU sized so that the cache holds ~10 blocks (160 tokens)
+    size = MODEL_SIZES["qwen2-0.5b"]
+    gib = 1.2
+    util = (size.params_b * 1e9 * 2 + 168 * size.kv_bytes_per_token()) / (gib * 2**30)
+    model = fast_model(model_size="qwen2-0.5b", gpu_memory_gib=gib, non_kv_reserve_gib=0, itl_base_ms=2)
+
+    async def main() -> tuple[list[int], float, str, int]:
+        async with serving_one(model, argv=[f"--gpu-memory-utilization={util:.6f}", "--max-model-len", "128"]) \
+                as (replica, session):
+            assert replica.kv_capacity_tokens == 160
+            peak = 0.0
+
+            async def one() -> int:
+                body = {"model": "qwen", "prompt": list(range(20)), "max_tokens": 60, "stream": True}
+                async with session.post(replica.url + "/v1/completions", json=body) as resp:
+                    events, _ = await read_sse(resp)
+                return sum(1 for e in events if isinstance(e, dict) and e["choices"] and e["choices"][0]["text"])
+
+            async def watch() -> None:
+                nonlocal peak
+                while True:
+                    peak = max(peak, replica.gpu_cache_usage)
+                    await asyncio.sleep(0.005)
+
+            watcher = asyncio.create_task(watch())
+            tokens = list(await asyncio.gather(*(one() for _ in range(4))))
+            watcher.cancel()
+            async with session.get(replica.url + "/metrics") as resp:
+                page = await resp.text()
+            engine = replica._engine
+            assert (engine.used_blocks, engine.kv_tokens_in_use, replica.gpu_cache_usage) == (0, 0, 0)
+            return tokens, peak, page, replica.num_preemptions
+
+    tokens, peak, page, preemptions = run(main())
+    assert tokens == [60] * 4  # preempted sequences recompute and finish
+    assert preemptions >= 1 and peak > 0.85
+    assert f'vllm:num_preemptions_total{{model_name="qwen"}} {float(preemptions)}' in page
+
+
+def test_max_model_len_beyond_the_cache_is_capped_at_it() -> None:
+    # fp16 Qwen-7B (15.4 GB) on a 20 GiB GPU at 0.9: ~1,400 tokens of KV cache
+    replica = Replica("default/qwen-0", served_model_name="qwen", model_root="/mnt/models/qwen", labels={},
+                      model=fast_model(gpu_memory_gib=20), engine=engine_args(fast_model(gpu_memory_gib=20),
+                                                                               argv=["--max-model-len", "8192"]))
+    assert replica.max_model_len == replica.kv_capacity_tokens and 0 < replica.max_model_len < 8192
+
+
+def test_max_model_len_from_the_command_is_enforced() -> None:
+    async def main() -> tuple[int, dict[str, Any], int]:
+        async with serving_one(fast_model(), argv=["--max-model-len", "64"]) as (_, session):
+            url = _.url + "/v1/completions"
+            async with session.post(url, json={"model": "qwen", "prompt": list(range(60)), "max_tokens": 10}) as r:
+                refused = (r.status, await r.json())
+            async with session.post(url, json={"model": "qwen", "prompt": list(range(50)), "max_tokens": 10}) as r:
+                return refused[0], refused[1], r.status
+
+    status, body, ok = run(main())
+    assert status == 400 and body["type"] == "BadRequestError" and "maximum context length is 64" in body["message"]
+    assert ok == 200
+
+
+def test_vllm_041_surface() -> None:
+    async def main() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        async with serving_one(fast_model(), vllm_version="0.4.1") as (replica, session):
+            async with session.get(replica.url + "/version") as r:
+                out["version"] = (await r.json())["version"]
+            for name, body in (("stream_options", chat_body(max_tokens=2, stream=True,
+                                                            stream_options={"include_usage": True})),
+                               ("unknown", chat_body(max_tokens=2, tidegate_unknown_field=1)),
+                               ("max_completion_tokens", chat_body(max_completion_tokens=2)),
+                               ("parts", {"model": "qwen", "max_tokens": 2,
+                                          "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}]})):
+                async with session.post(replica.url + CHAT, json=body) as r:
+                    out[name] = (r.status, (await r.json())["type"])
+            async with session.post(replica.url + CHAT, json=chat_body(max_tokens=3, stream=True,
+                                                                       temperature=0.7, top_p=0.9, seed=10)) as r:
+                out["plain"] = r.status
+                out["events"], _ = await read_sse(r)
+            async with session.get(replica.url + "/metrics") as r:
+                out["metrics"] = await r.text()
+        async with serving_one(fast_model()) as (replica, session):
+            async with session.post(replica.url + CHAT, json=chat_body(max_tokens=2, tidegate_unknown_field=1)) as r:
+                out["newest_unknown"] = r.status
+            async with session.get(replica.url + "/metrics") as r:
+                out["newest_metrics"] = await r.text()
+        return out
+
+    out = run(main())
+    assert out["version"] == "0.4.1"
+    for name in ("stream_options", "unknown", "max_completion_tokens", "parts"):
+        assert out[name] == (400, "BadRequestError"), name
+    assert out["plain"] == 200
+    chunks = [e for e in out["events"] if isinstance(e, dict)]
+    assert out["events"][-1] == "[DONE]" and chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert chunks[-1]["usage"]["completion_tokens"] == 3  # 0.4.x: usage rides on the finish chunk
+    assert "vllm:num_preemptions_total" not in out["metrics"] and "vllm:gpu_cache_usage_perc" in out["metrics"]
+    assert out["newest_unknown"] == 200 and "vllm:num_preemptions_total" in out["newest_metrics"]
+
+
+def test_tidegate_smoke_passes_against_041_without_stream_options() -> None:
+    from types import SimpleNamespace
+
+    from tasks.smoke import smoke
+
+    async def main() -> tuple[Any, str]:
+        async with serving_one(fast_model(), image="kube-ai-registry.cn-shanghai.cr.aliyuncs.com/kube-ai/vllm:0.4.1",
+                               argv=ACK_COMMAND) as (replica, _):
+            spec = SimpleNamespace(ingress=SimpleNamespace(url=replica.url, host="qwen.example.com"),
+                                   model=SimpleNamespace(served_name="qwen"),
+                                   load=SimpleNamespace(prompt="Say hello.", max_tokens=8))
+            return await asyncio.to_thread(smoke, spec), replica.metrics_text()
+
+    result, page = run(main())
+    # the 0.4.1 replica answers stream_options with a 400: a pass means tidegate never sent it
+    assert result.ok, result.describe()
+    assert result.server.version == "0.4.1" and not result.server.stream_options
+    assert 'finished_reason="length"} 2.0' in page  # the chat and the streamed chat, nothing else
+    assert "usage chunk" in result.checks[-1].detail

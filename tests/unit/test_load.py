@@ -121,6 +121,22 @@ def test_chat_request_is_the_seeds() -> None:
         "model": "qwen", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 32,
         "temperature": 0.7, "top_p": 0.9, "seed": 10, "stream": True, "stream_options": {"include_usage": True}}
     assert "stream_options" not in L.chat_request("qwen", spec(stream=False))
+    # a server without stream_options (vLLM 0.4.x forbids unknown fields): the chunks are counted instead
+    plain = L.chat_request("qwen", load, stream_options=False)
+    assert plain["stream"] is True and "stream_options" not in plain
+
+
+def test_what_the_server_accepts_comes_from_its_version() -> None:
+    from tasks.smoke import features_of_version, parse_version
+
+    assert parse_version("0.4.1") == (0, 4, 1) and parse_version("v0.6.3.post1") == (0, 6, 3)
+    assert parse_version("unknown") is None
+    assert features_of_version("0.4.1").stream_options is False
+    assert features_of_version("0.4.3").stream_options is False  # stream_options came with 0.5.0
+    assert features_of_version("0.6.3").stream_options is True
+    assert features_of_version("dev") is None
+    # an unreachable target: the default (send it), the run itself then reports the failure
+    assert L.server_features("http://127.0.0.1:9", "x", "qwen", True).stream_options is True
 
 
 def test_error_text() -> None:
@@ -327,3 +343,27 @@ def test_rollout_spec_target(monkeypatch, tmp_path: Path) -> None:
     assert seen["base_url"] == "http://127.0.0.1:18000" and seen["host"] == "qwen-chat-default.example.com"
     assert seen["body"]["model"] == "qwen" and seen["path"] == "/v1/chat/completions"
     assert seen["steps"] == L.spike_shape(rollout.load).table() and seen["workers"] == 0
+
+
+def test_a_server_without_version_is_probed_once() -> None:
+    import httpx
+
+    from tasks.smoke import detect_server
+
+    seen: list[str] = []
+
+    def strict(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        if request.url.path == "/version":
+            return httpx.Response(404, json={"detail": "Not Found"})
+        body = json.loads(request.content)
+        ok = "stream_options" not in body
+        return httpx.Response(200 if ok else 400, json={"object": "error", "type": "BadRequestError"})
+
+    with httpx.Client(base_url="http://x", transport=httpx.MockTransport(strict)) as c:
+        found = detect_server(c, "qwen")
+    assert found.version is None and found.stream_options is False
+    assert seen == ["/version", "/v1/chat/completions"]
+    with httpx.Client(base_url="http://x", transport=httpx.MockTransport(
+            lambda r: httpx.Response(200, json={"version": "0.6.3"}))) as c:
+        assert detect_server(c, "qwen").stream_options is True

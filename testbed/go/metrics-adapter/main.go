@@ -4,7 +4,9 @@
 // It is built on sigs.k8s.io/custom-metrics-apiserver (the upstream adapter library: auth
 // delegation, discovery, OpenAPI, v1beta1/v1beta2). Values come from the test-bed daemon's
 // loopback endpoint GET <source>/v1/pod-metrics?namespace=NS, which answers
-// {"pods": {"<pod>": {"DCGM_CUSTOM_PROCESS_SM_UTIL": 73.5, ...}}, "timestamp": <unix>}.
+// {"pods": {"<pod>": {"DCGM_CUSTOM_PROCESS_SM_UTIL": 73.5, ...}}, "timestamp": <unix>}; the
+// names served are the GPU metric and the emulators' vLLM gauges (running, waiting, KV-cache
+// usage 0-1, cumulative preemptions), each per pod.
 // A pod that the selector matches but the daemon has no value for is left out, which the
 // HPA controller treats like a missing sample (as with a real exporter).
 package main
@@ -177,7 +179,8 @@ func main() {
 	if err != nil {
 		klog.Fatalf("unable to construct REST mapper: %v", err)
 	}
-	metricNames := []string{"DCGM_CUSTOM_PROCESS_SM_UTIL", "vllm_num_requests_running", "vllm_num_requests_waiting"}
+	metricNames := []string{"DCGM_CUSTOM_PROCESS_SM_UTIL", "vllm_num_requests_running", "vllm_num_requests_waiting",
+		"vllm_gpu_cache_usage_perc", "vllm_num_preemptions_total"}
 	if extra := os.Getenv("TIDEGATE_EXTRA_METRICS"); extra != "" {
 		metricNames = append(metricNames, extra)
 	}
