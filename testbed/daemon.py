@@ -41,6 +41,7 @@ from testbed import resourcepolicy as rp
 from testbed.config import TestbedConfig
 from testbed.emulator import ReplicaPool
 from testbed.gateway import Gateway
+from testbed.podrunner import PodRunner, wants
 
 log = logging.getLogger("testbed.daemon")
 FIELD_MANAGER = "kserve-testbed"
@@ -82,6 +83,7 @@ class Daemon:
         self.lock = threading.Lock()
         self.synced: set[str] = set()
         self.pod_ips: dict[str, str] = {}
+        self.podrunner = PodRunner(self.kube, cfg.state_dir, self._call)  # generic pods as local processes
 
     # -- watch threads -------------------------------------------------------------------
     def _emit(self, kind: str, etype: str, obj: Obj) -> None:
@@ -166,6 +168,9 @@ class Daemon:
         deleting = etype == "DELETED" or pod["metadata"].get("deletionTimestamp")
         if etype != "DELETED" and pod["spec"].get("nodeName"):
             await self.apply_policy_to_bound_pod(pod)
+        if wants(pod):
+            await self.podrunner.handle(etype, pod)
+            return
         if kserve.ISVC_LABEL not in labels:
             return
         if deleting:
@@ -402,6 +407,7 @@ class Daemon:
         runners.append(hook_runner)
         await self.gateway.start()
         asyncio.create_task(self.readiness_loop())
+        asyncio.create_task(self.podrunner.run(self.stop))
         log.info("daemon up: api :%s webhook :%s gateway :%s", self.cfg.ports.daemon, self.cfg.ports.webhook,
                  self.cfg.ports.gateway)
         while True:
@@ -469,6 +475,7 @@ def main() -> None:
         pass
     finally:
         daemon.stop.set()
+        daemon.podrunner.stop_all()
 
 
 if __name__ == "__main__":
