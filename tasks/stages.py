@@ -145,7 +145,7 @@ def spike(ctx: RunContext) -> str:
     def stopped(_load, timeline) -> None:  # the timeline is kept also when the load failed
         ctx.timeline = timeline
 
-    run = run_spike(kube, ctx.spec, ctx.run_id, reports_root() / ctx.run_id, on_stopped=stopped)
+    run = run_spike(kube, ctx.spec, ctx.run_id, reports_root() / ctx.run_id, on_stopped=stopped, ledger=ctx.ledger)
     result = run.load
     ctx.load, ctx.observed_until = result, run.ended_at
     ctx.report.load = LoadBlock.model_validate(result.report_block())
