@@ -144,7 +144,8 @@ class Collector:
         return self
 
     def close(self) -> None:
-        self.server.shutdown()
+        if self.thread.is_alive():  # shutdown() waits for serve_forever, which never ran otherwise
+            self.server.shutdown()
         self.server.server_close()
 
     def receive(self, path: str, index: int, doc: dict[str, Any], now: float) -> dict[str, Any]:
