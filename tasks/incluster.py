@@ -268,8 +268,8 @@ def _collector_address(spec: RolloutSpec) -> tuple[str, str, int]:
     if url:
         parts = urlsplit(url)
         return "0.0.0.0", parts.hostname or "127.0.0.1", int(parts.port or 0)  # noqa: S104 - the pods' network
-    if os.environ.get("POD_IP"):
-        return "0.0.0.0", os.environ["POD_IP"], 0  # noqa: S104
+    if os.environ.get("POD_IP"):  # in a pod: its own address, which the other pods reach
+        return os.environ["POD_IP"], os.environ["POD_IP"], 0
     return "127.0.0.1", "127.0.0.1", 0
 
 

@@ -183,7 +183,10 @@ class PodRunner:
         env["PYTHONPATH"] = str(PROJECT_ROOT)
         env["PYTHONUNBUFFERED"] = "1"
         env["HOSTNAME"] = pod["metadata"]["name"]
-        ip = self._ip(_key(pod))
+        # the pod network of local processes is the loopback: status.podIP as the downward API
+        # gives it is 127.0.0.1 (the podIP reported in the status is a pod-network address, as
+        # endpoint controllers refuse loopback)
+        ip = "127.0.0.1"
         for item in container.get("env") or []:
             name = item["name"]
             if "value" in item:
