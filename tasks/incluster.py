@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
-import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -110,7 +110,7 @@ class Collector:
                     self._reply(400, {"error": "X-Tidegate-Worker must be the worker's index"})
                     return None
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 if self._auth() is None:
                     return
                 if self.path == "/v1/start":
@@ -118,7 +118,7 @@ class Collector:
                 else:
                     self._reply(404, {"error": "no such path"})
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 index = self._auth()
                 if index is None:
                     return
@@ -267,7 +267,7 @@ def _collector_address(spec: RolloutSpec) -> tuple[str, str, int]:
     url = spec.load.generators.collector_url
     if url:
         parts = urlsplit(url)
-        return "0.0.0.0", parts.hostname or "127.0.0.1", int(parts.port or 0)  # noqa: S104 - the pods' network
+        return "0.0.0.0", parts.hostname or "127.0.0.1", int(parts.port or 0)
     if os.environ.get("POD_IP"):  # in a pod: its own address, which the other pods reach
         return os.environ["POD_IP"], os.environ["POD_IP"], 0
     return "127.0.0.1", "127.0.0.1", 0
@@ -309,8 +309,7 @@ def delete_jobs(target: InClusterTarget, jobs: list[dict[str, Any]], timeout_s: 
 
 
 def run_workers(spec: RolloutSpec, target: InClusterTarget, cfg: dict[str, Any], run_dir: Path, *,
-                duration_s: float, kill_at: float, stop_event: threading.Event | None = None,
-                progress: Any = None) -> dict[str, Any]:
+                kill_at: float, stop_event: threading.Event | None = None) -> dict[str, Any]:
     """Create the worker Jobs, start them together, collect their samples into ``run_dir`` (as
     ``write_runner_dir``), delete the Jobs. Returns the generator's extra figures (workers, clock
     skew). Raises ``StageFailed`` when a worker cannot start or fails, ``ClusterError`` from the API."""
@@ -341,13 +340,17 @@ def run_workers(spec: RolloutSpec, target: InClusterTarget, cfg: dict[str, Any],
                                   f"{READY_TIMEOUT_S:.0f}s ({_pending_reasons(target.kube, spec, target.run_id)})")
             time.sleep(0.2)
         start = float(collector.start_epoch)
+        next_check = 0.0
         end_by = start + (kill_at - began)
         while collector.finished() < gen.workers:
             cancel.check()
             now = time.time()
-            if progress is not None and now > start:
-                with contextlib.suppress(Exception):
-                    progress.tick_records([r for w in list(collector.workers.values()) for r in w.records], now)
+            if now > next_check and now > start:  # a console line, as the local generator's Progress
+                next_check = now + 10
+                with collector.lock:
+                    done = sum(len(w.records) for w in collector.workers.values())
+                print(f"tidegate: load (in cluster, {gen.workers} workers): elapsed {now - start:.0f} s, "
+                      f"{done} requests finished", file=sys.stderr, flush=True)
             if now > end_by:
                 raise StageFailed(f"load: {gen.workers - collector.finished()} in-cluster workers did not finish "
                                   f"within {end_by - start:.0f}s of the start")
@@ -371,12 +374,6 @@ def run_workers(spec: RolloutSpec, target: InClusterTarget, cfg: dict[str, Any],
     write_runner_dir(run_dir, workers, start)
     return {"in_cluster": True, "workers_state": workers, **clock_skew(workers),
             "collector": f"http://{host}:{collector.port}"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 __all__ = ["Collector", "InClusterTarget", "WorkerState", "clock_skew", "run_workers", "worker_rows",

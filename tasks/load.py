@@ -978,8 +978,7 @@ def _run_in_cluster(spec: RolloutSpec, cluster: InClusterTarget, cfg: dict[str, 
                     run_dir: Path, *, began: float, seed: int, kill_at: float,
                     stop_event: threading.Event | None) -> LoadResult:
     load = spec.load
-    extra = run_workers(spec, cluster, cfg, run_dir, duration_s=shape.duration_s, kill_at=kill_at,
-                        stop_event=stop_event)
+    extra = run_workers(spec, cluster, cfg, run_dir, kill_at=kill_at, stop_event=stop_event)
     states = extra.pop("workers_state")
     pools = {w.index: w.pool for w in states}
     records, samples, info = read_runner_output(run_dir)
