@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import zoneinfo
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow
 from pydantic import Field, field_validator
@@ -50,6 +50,7 @@ from tasks.stages import normalize_stages
 
 FLOW_NAME = "elastic-rollout-validation"
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+K8S_JOB_TEMPLATE = PROJECT_DIR / "manifests" / "prefect-k8s-job-template.json"
 DEFAULT_SPEC = "examples/qwen-chat.local.yaml"
 DEPLOYMENT_NAMES = ("nightly", "manual", "release-gate")
 TAGS = ["tidegate"]
@@ -65,6 +66,13 @@ class DeploymentSettings(BaseSettings):
     work_pool: str = Field("tidegate-local", min_length=1, max_length=128,
                            description="Work pool the deployments run on; created as a process "
                                        "pool by `tidegate deployments register` if missing.")
+    pool_type: Literal["process", "kubernetes"] = Field(
+        "process", description="Type of the work pool when it is created: process (runs on the worker's "
+                               "machine) or kubernetes (each flow run a Job from "
+                               "manifests/prefect-k8s-job-template.json).")
+    job_variables: dict[str, Any] = Field(
+        default_factory=dict, description="Job variables of the deployments (kubernetes: image, namespace, "
+                                          "env, pod_labels, ...; see the job template's variables).")
     nightly_cron: str = Field("0 2 * * *", description="Cron expression of the nightly run.")
     nightly_timezone: str = Field("UTC", description="IANA time zone the cron is read in, e.g. "
                                                      "Europe/Berlin or Asia/Shanghai.")
@@ -187,7 +195,8 @@ def build_deployments(settings: DeploymentSettings | None = None, *, job_variabl
     params = {"spec": spec_parameters(nightly_spec)}
     common: dict[str, Any] = dict(tags=TAGS, enforce_parameter_schema=True,
                                   entrypoint_type=EntrypointType.MODULE_PATH,
-                                  work_pool_name=s.work_pool, job_variables=dict(job_variables or {}))
+                                  work_pool_name=s.work_pool,
+                                  job_variables={**s.job_variables, **dict(job_variables or {})})
     nightly = elastic_rollout_validation.to_deployment(
         name="nightly",
         description=(f"Nightly validation of {nightly_spec.name} ({s.nightly_spec}) at "

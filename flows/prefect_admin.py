@@ -93,8 +93,18 @@ def register_deployments(settings=None) -> list[tuple[str, str, str]]:
     from flows.deployments import FLOW_NAME, DeploymentSettings, build_deployments
 
     s = settings or DeploymentSettings()
+    template = None
+    if s.pool_type == "kubernetes":
+        import json
+
+        from flows.deployments import K8S_JOB_TEMPLATE
+
+        template = json.loads(K8S_JOB_TEMPLATE.read_text())
     with client() as c:
-        ensure_work_pool(c, s.work_pool, "process")
+        pool = ensure_work_pool(c, s.work_pool, s.pool_type, base_job_template=template)
+        if pool.type != s.pool_type:
+            raise SpecError(f"deployments: work pool {s.work_pool!r} exists with type {pool.type}, not {s.pool_type}",
+                            hint="name another --work-pool, or delete that pool first")
     rows = []
     from flows import clusterlock
     from tasks.errors import TidegateError
@@ -122,6 +132,10 @@ def cmd_deployments(args: argparse.Namespace) -> int:
                                        release_spec=args.release_spec).items() if v is not None}
     if args.paused:
         overrides["nightly_paused"] = True
+    if args.type:
+        overrides["pool_type"] = args.type
+    if args.job_var:
+        overrides["job_variables"] = _job_variables(args.job_var)
     try:
         settings = DeploymentSettings(**overrides)
     except ValidationError as exc:
@@ -135,6 +149,22 @@ def cmd_deployments(args: argparse.Namespace) -> int:
         print(f"  {name:<45} {dep_id}  schedule: {sched}")
     print(f"start a worker with `tidegate worker --pool {settings.work_pool}`")
     return 0
+
+
+def _job_variables(items: list[str]) -> dict:
+    """``KEY=VALUE`` pairs; VALUE is JSON when it parses (objects, numbers), else a string."""
+    import json
+
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--job-var {item!r}: expected KEY=VALUE, e.g. image=registry/tidegate:1.0")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
 
 
 # -- blocks create -----------------------------------------------------------------------------
@@ -232,7 +262,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     dp = sub.add_parser("deployments", help="Prefect deployments of the flow (nightly, manual, release-gate)")
     dsub = dp.add_subparsers(dest="action", required=True)
     r = dsub.add_parser("register", help="create or update the deployments on PREFECT_API_URL")
-    r.add_argument("--work-pool", help="work pool (created as a process pool if missing; "
+    r.add_argument("--work-pool", help="work pool (created if missing, of --type; "
                                        "default $TIDEGATE_WORK_POOL or tidegate-local)")
     r.add_argument("--spec", help="nightly spec: default parameters of nightly and manual "
                                   "(default $TIDEGATE_NIGHTLY_SPEC or examples/qwen-chat.local.yaml)")
@@ -240,6 +270,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--timezone", help="IANA time zone of the cron (default $TIDEGATE_NIGHTLY_TIMEZONE or UTC)")
     r.add_argument("--release-spec", help="default spec_path of release-gate")
     r.add_argument("--paused", action="store_true", help="register the nightly schedule paused")
+    r.add_argument("--type", choices=("process", "kubernetes"),
+                   help="type of the work pool when it is created (default process); kubernetes: "
+                        "from manifests/prefect-k8s-job-template.json, each flow run a Job")
+    r.add_argument("--job-var", action="append", default=[], metavar="KEY=VALUE",
+                   help="job variable of the deployments (JSON values allowed), e.g. image=..., "
+                        "'pod_labels={\"tidegate.dev/local-exec\": \"true\"}'")
     r.set_defaults(func=cmd_deployments)
 
     bp = sub.add_parser("blocks", help="Prefect blocks tidegate uses")

@@ -641,7 +641,9 @@ def _drive_open(cfg: dict[str, Any], role: str, runner: Any, recorder: Recorder,
                             "stopped_at": None, "stopped_early": False, "deadline_hit": False,
                             "workers_connected": 0, "cpu_max_percent": 0.0, "arrival": cfg["arrival"],
                             "seed": cfg.get("seed")}
-    dispatcher = OpenLoop(cfg, recorder, source, index, workers if role != "local" else 1) \
+    # an in-cluster worker (tasks._incluster_worker) runs as ``local`` with its share of the rate
+    # (``processes``) from a start epoch all workers share (``start_epoch``)
+    dispatcher = OpenLoop(cfg, recorder, source, index, workers if role != "local" else int(cfg.get("processes") or 1)) \
         if role != "master" else None
     done_event = Event()
     runs: list[Any] = []
@@ -746,7 +748,7 @@ def _drive_open(cfg: dict[str, Any], role: str, runner: Any, recorder: Recorder,
     # local
     assert dispatcher is not None
     cpu0 = cpu_s()
-    t0 = time.time() + 0.05
+    t0 = float(cfg["start_epoch"]) if cfg.get("start_epoch") else time.time() + 0.05
     _write_json(os.path.join(out_dir, "started.json"), {"started_at": t0})
     gevent.spawn(_cpu_sampler, info)
     runs.append(gevent.spawn(dispatch, t0))

@@ -33,6 +33,7 @@ RUN_KINDS_NAMESPACED = [
     ("serving.kserve.io/v1beta1", "InferenceService"),
     ("scheduling.alibabacloud.com/v1alpha1", "ResourcePolicy"),
     ("apps/v1", "Deployment"),
+    ("batch/v1", "Job"),             # the in-cluster load workers (load.generators.in_cluster)
     ("v1", "Service"),
     ("v1", "Pod"),
     ("v1", "PersistentVolumeClaim"),

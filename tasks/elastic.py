@@ -21,9 +21,11 @@ from pathlib import Path
 import pandas as pd
 
 from tasks import cancel
+from tasks.incluster import InClusterTarget
 from tasks.kube import Kube
 from tasks.load import LoadResult, Phase, run_load
 from tasks.observe import Observer, Timeline
+from tasks.ownership import Ledger
 from tasks.spec import RolloutSpec
 from tasks.tidal import plan_tidal
 from tasks.verify import Elasticity, verify
@@ -53,14 +55,17 @@ def _phase(result: LoadResult, name: str) -> Phase | None:
 
 
 def run_spike(kube: Kube, spec: RolloutSpec, run_id: str, out_dir: Path,
-              on_stopped=None) -> SpikeRun:
+              on_stopped=None, ledger: Ledger | None = None) -> SpikeRun:
     """Load the service while watching the cluster. ``on_stopped(load, timeline)`` is called once
     observation stopped, also when the load failed (so a failed run still reports its timeline)."""
     observer = Observer(kube, spec, run_id=run_id).start()
     settle_s = 0.0
     result: LoadResult | None = None
     try:
-        result = run_load(spec, out_dir, progress_extra=observer.describe_pools)
+        # in-cluster workers are Jobs of the run (its ledger: teardown deletes what is left)
+        cluster = InClusterTarget(kube, run_id, ledger if ledger is not None else Ledger.open(out_dir)) \
+            if spec.load.generators.in_cluster else None
+        result = run_load(spec, out_dir, progress_extra=observer.describe_pools, cluster=cluster)
         # spill-back can trail the load by the autoscaler's scale-down timers: wait for the
         # elastic pool to return to its minimum, bounded by the cool-down
         t0 = time.monotonic()

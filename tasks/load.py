@@ -112,6 +112,7 @@ from tasks import cancel, console
 from tasks.errors import SpecError, StageFailed, StageNotImplemented
 from tasks.goodput import KEYS as GOODPUT_KEYS
 from tasks.goodput import describe_slo, goodput
+from tasks.incluster import InClusterTarget, run_workers, worker_rows
 from tasks.report_model import CONTRACT_KEYS as REPORT_CONTRACT_KEYS
 from tasks.report_model import E2E, ITL, TPOT, TTFT, LoadBlock
 from tasks.shapes import (
@@ -138,7 +139,7 @@ DEFINITIONS: dict[str, str] = {
 REQUEST_COLUMNS = ("id", "start", "end", "t_s", "phase", "users", "worker", "status", "ok", "cancelled",
                    "error", "ttft_ms", "e2e_ms", "output_tokens", "tokens_source", "chunks", "done",
                    "itl_count", "itl_mean_ms", "itl_p95_ms", "itl_max_ms", "tpot_ms", "intended",
-                   "send_delay_ms", "input_tokens", "max_tokens", "pod")
+                   "send_delay_ms", "input_tokens", "max_tokens", "pod", "client_pool")
 PER_SECOND_COLUMNS = ("second", "t_s", "phase", "users", "started", "completed", "failures",
                       "ttft_p50_ms", "ttft_p95_ms", "e2e_p95_ms", "itl_p95_ms", "output_tokens_per_s")
 
@@ -395,6 +396,8 @@ def compute_result(records: Sequence[dict[str, Any]], users: Sequence[Sequence[f
         "max_tokens": np.array([-1 if r.get("max_tokens") is None else int(r["max_tokens"]) for r in recs],
                                dtype=np.int64),
         "pod": [r.get("pod") or None for r in recs],   # the pod that served it, where the target says (the twin)
+        # where the client stood: the in-cluster worker's pool (idc, elastic), or local
+        "client_pool": np.array([r.get("client_pool") or "local" for r in recs], dtype=object),
     }, columns=list(REQUEST_COLUMNS))
 
     itl = pd.DataFrame({"request": gap_req[keep], "t_s": arrivals[keep], "itl_ms": flat[keep].astype(np.float32)})
@@ -433,6 +436,7 @@ def compute_result(records: Sequence[dict[str, Any]], users: Sequence[Sequence[f
         "tokens_source": dict(Counter(requests.loc[ok, "tokens_source"])) if n else {},
         "errors": dict(Counter(e[:120] for e in error[finished & ~ok]).most_common(10)),
         "by_phase": _by_phase(requests, itl, u_t, u_n, shape, started_at, ended_at),
+        "by_client_pool": by_client_pool(requests, itl),
         "generator": generator_figures(generator or {}, send_delay, n, duration),
     }
     # goodput over the episode, drain included (the last request's end), and per phase
@@ -450,6 +454,32 @@ def compute_result(records: Sequence[dict[str, Any]], users: Sequence[Sequence[f
     return LoadResult(requests=requests, itl=itl, per_second=per_second, phases=phases, summary=summary,
                       definitions=dict(DEFINITIONS), shape=shape, started_at=_utc(started_at),
                       ended_at=_utc(ended_at), out_dir=out_dir)
+
+
+def by_client_pool(requests: pd.DataFrame, itl: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Latency per client pool (``client_pool``: where the generator that sent the request stood),
+    each over that pool's own requests (percentiles of the merged samples, never averaged)."""
+    out: dict[str, dict[str, Any]] = {}
+    if not len(requests):
+        return out
+    finished = ~requests["cancelled"].to_numpy(dtype=bool)
+    ok = requests["ok"].to_numpy(dtype=bool)
+    req_ok = np.zeros(len(requests), dtype=bool)
+    req_ok[requests["id"].to_numpy()] = ok
+    for pool in sorted(set(requests["client_pool"])):
+        mine = (requests["client_pool"] == pool).to_numpy()
+        good = mine & ok & finished
+        n, failed = int((mine & finished).sum()), int((mine & finished & ~ok).sum())
+        ids = set(requests.loc[good, "id"])
+        gaps = itl.loc[itl["request"].isin(ids), "itl_ms"].to_numpy(dtype=float) if len(itl) else np.array([])
+        out[str(pool)] = {
+            "requests": n, "failures": failed, "error_rate": round(failed / n, 6) if n else None,
+            "ttft_p50_ms": _pct(requests.loc[good, "ttft_ms"].to_numpy(dtype=float), 50),
+            "ttft_p95_ms": _pct(requests.loc[good, "ttft_ms"].to_numpy(dtype=float), 95),
+            "itl_p95_ms": _pct(gaps, 95),
+            "e2e_p95_ms": _pct(requests.loc[good, "e2e_ms"].to_numpy(dtype=float), 95),
+        }
+    return out
 
 
 def generator_figures(generator: dict[str, Any], send_delay_ms: np.ndarray, records: int,
@@ -944,7 +974,8 @@ def _max_of(docs: Sequence[dict[str, Any]], key: str) -> float | None:
 def run_load(spec: RolloutSpec | LoadSpec, out_dir: Path | str, *, base_url: str | None = None,
              host: str | None = None, shape: LoadShape | None = None,
              stop_event: threading.Event | None = None, served_name: str | None = None,
-             progress_extra: Callable[[], str] | None = None) -> LoadResult:
+             progress_extra: Callable[[], str] | None = None,
+             cluster: InClusterTarget | None = None) -> LoadResult:
     """Run the load shape against the service and return what was measured (blocking).
     ``progress_extra`` adds to the console's progress line (the spike stage: replicas and nodes per pool).
 
@@ -953,13 +984,21 @@ def run_load(spec: RolloutSpec | LoadSpec, out_dir: Path | str, *, base_url: str
     overrides ``shape_for(spec.load)``. Writes ``requests.csv`` and ``per_second.csv`` to
     ``out_dir`` and the runner's raw files (config, records, logs) to ``out_dir/locust``.
 
+    With ``load.generators.in_cluster`` the workers run as Jobs in ``cluster`` (``tasks.incluster``:
+    tidegate coordinates them and collects their raw samples into ``out_dir/locust``, read as the
+    local workers' files); ``load.generator.workers`` then names each worker's pool and share.
+
     Bounded: the generator is killed after the shape's duration + the stop timeout
     (``request_timeout_s``) + startup grace. Raises ``StageFailed`` when a generator process
     crashes or has to be killed, ``SpecError`` for a bad target or a shape beyond capacity.
     """
     load, url, host_header, served, verify = _target(spec, base_url, host, served_name)
     shape = shape or shape_for(load)
-    check_capacity(shape, load.workers)
+    in_cluster = bool(load.generators.in_cluster)
+    if in_cluster and (cluster is None or not isinstance(spec, RolloutSpec)):
+        raise SpecError("load.generators.in_cluster: the in-cluster workers need the cluster of a validation run "
+                        "(tidegate validate); tidegate load generates locally")
+    check_capacity(shape, load.generators.workers if in_cluster else load.workers)
     out = Path(out_dir).resolve()  # the generator runs with its own working directory
     run_dir = out / "locust"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -990,6 +1029,10 @@ def run_load(spec: RolloutSpec | LoadSpec, out_dir: Path | str, *, base_url: str
     }
     config = run_dir / "locust-config.json"
     config.write_text(json.dumps(cfg, indent=1))
+    if in_cluster:
+        assert cluster is not None and isinstance(spec, RolloutSpec)
+        return _run_in_cluster(spec, cluster, cfg, shape, out, run_dir, began=began, seed=seed,
+                               kill_at=deadline + KILL_GRACE_S, stop_event=stop_event)
     procs = _start(run_dir, config, int(load.workers))
     try:
         with Progress(run_dir, shape.duration_s, time.time(), shape=shape, extra=progress_extra) as progress:
@@ -1053,8 +1096,52 @@ def run_load(spec: RolloutSpec | LoadSpec, out_dir: Path | str, *, base_url: str
     return result
 
 
+def _run_in_cluster(spec: RolloutSpec, cluster: InClusterTarget, cfg: dict[str, Any], shape: LoadShape, out: Path,
+                    run_dir: Path, *, began: float, seed: int, kill_at: float,
+                    stop_event: threading.Event | None) -> LoadResult:
+    load = spec.load
+    extra = run_workers(spec, cluster, cfg, run_dir, kill_at=kill_at, stop_event=stop_event)
+    states = extra.pop("workers_state")
+    pools = {w.index: w.pool for w in states}
+    records, samples, info = read_runner_output(run_dir)
+    for rec in records:
+        rec["client_pool"] = pools.get(int(rec.get("worker") or 0), "")
+    processes = info.get("worker_info", [])
+
+    def total(key: str) -> float | None:
+        values = [float(d[key]) for d in processes if d.get(key) is not None]
+        return sum(values) if values else None
+
+    generator = {
+        "arrival": cfg["arrival"], "seed": seed, "processes": len(states), "in_cluster": True,
+        "workers_connected": len(states),
+        "cpu_seconds": round(sum(float(d.get("cpu_seconds") or 0) for d in processes), 3),
+        "cpu_max_percent": _max_of(processes, "cpu_max_percent"),
+        "worker_cpu_max_percent": [w.get("cpu_max_percent") for w in processes],
+        "loop_lag_p99_ms": _max_of(processes, "loop_lag_p99_ms"),
+        "loop_lag_max_ms": _max_of(processes, "loop_lag_max_ms"),
+        "records_dropped": sum(int(w.get("records_dropped") or 0) for w in processes),
+        "stopped_early": bool(info.get("stopped_early") or (stop_event is not None and stop_event.is_set())),
+        "deadline_hit": any(bool(w.get("deadline_hit")) for w in processes),
+        "seconds_total": round(time.time() - began, 3),
+        "scheduled": int(total("scheduled") or 0), "sent": int(total("sent") or 0),
+        "nominal_requests": round(shape.nominal_requests(), 3),
+        "in_flight_max": int(total("in_flight_max") or 0),
+        "in_flight_cap_hits": int(total("in_flight_cap_hits") or 0),
+        "max_in_flight": int(load.max_in_flight),
+        **extra,
+    }
+    ended = info.get("shape_ended_at") or (float(info["started_at"]) + shape.duration_s)
+    result = compute_result(records, samples, shape, float(info["started_at"]), float(ended),
+                            generator=generator, out_dir=out, slo=load.slo)
+    result.summary["generator"]["workers"] = worker_rows(states, result.requests)
+    result.requests.to_csv(out / "requests.csv", index=False)
+    result.per_second.to_csv(out / "per_second.csv", index=False)
+    return result
+
+
 __all__ = [
     "CONTRACT_KEYS", "DEFINITIONS", "LoadResult", "constant_rate_spec", "generator_figures", "request_config", "LoadShape", "MAX_USERS_PER_PROCESS", "Phase",
     "PER_SECOND_COLUMNS", "REQUEST_COLUMNS", "Step", "chat_request", "check_capacity",
-    "compute_result", "read_runner_output", "register_shape", "run_load", "shape_for", "spike_shape",
+    "compute_result", "read_runner_output", "register_shape", "run_load", "by_client_pool", "shape_for", "spike_shape",
 ]

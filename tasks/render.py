@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -117,6 +118,8 @@ def _keep_rule(rule: Obj, spec: RolloutSpec, provisioner: bool) -> bool:
         return spec.service.custom_metric
     if group == "metrics.k8s.io":
         return not spec.service.custom_metric
+    if resource == "jobs":
+        return spec.load.generators.in_cluster
     return True
 
 
@@ -333,6 +336,56 @@ def render_manifests(spec: RolloutSpec, run_id: str) -> list[Obj]:
     return objs
 
 
+LOAD_WORKER_LABEL = "tidegate.dev/load-worker"
+LOCAL_EXEC_LABEL = "tidegate.dev/local-exec"  # the test bed's pod runner runs such pods as local processes
+CONFIG_AT_RUN_TIME = "(the runner's JSON config, written when the spike starts)"
+
+
+def load_job_name(spec: RolloutSpec, run_id: str, index: int) -> str:
+    """``<service>-load-<8 hex of the run id>-w<index>``: unique per run, within 63 characters."""
+    import hashlib
+
+    digest = hashlib.sha256(run_id.encode()).hexdigest()[:8]
+    return f"{spec.service.name[:40].rstrip('-')}-load-{digest}-w{index}"
+
+
+def render_load_jobs(spec: RolloutSpec, run_id: str, *, config: dict[str, Any] | None = None,
+                     collector_url: str = "http://COLLECTOR:PORT", token: str = "(per run)",
+                     active_deadline_s: int = 3600) -> list[Obj]:
+    """The in-cluster load workers of ``load.generators`` (one Job each, worker ``i`` on
+    ``pools[(i - 1) % len(pools)]`` by nodeSelector), labelled with the run; ``config`` is the
+    runner's config (None: a placeholder, for the plan). The test bed's pods also carry
+    ``tidegate.dev/local-exec: "true"`` (profile local: its pod runner runs them)."""
+    gen, c = spec.load.generators, spec.cluster
+    pool_ids = {"idc": c.idc_pool_id, "elastic": c.elastic_pool_id}
+    jobs = []
+    for i in range(1, gen.workers + 1):
+        pool = gen.pools[(i - 1) % len(gen.pools)]
+        job = _meta(_skeleton("load-worker-job.yaml"), load_job_name(spec, run_id, i), c.namespace, run_id)
+        labels = {**job["metadata"]["labels"], LOAD_WORKER_LABEL: str(i)}
+        job["metadata"]["labels"] = labels
+        pod_labels = dict(labels)
+        if spec.profile == "local":
+            pod_labels[LOCAL_EXEC_LABEL] = "true"
+        job["spec"]["activeDeadlineSeconds"] = int(active_deadline_s)
+        tpl = job["spec"]["template"]
+        tpl["metadata"]["labels"] = pod_labels
+        tpl["spec"]["nodeSelector"] = {c.nodepool_label: pool_ids[pool]}
+        container = tpl["spec"]["containers"][0]
+        container["image"] = gen.image
+        values = {"TIDEGATE_WORKER_INDEX": str(i), "TIDEGATE_CLIENT_POOL": pool,
+                  "TIDEGATE_COLLECTOR_URL": collector_url, "TIDEGATE_COLLECTOR_TOKEN": token,
+                  "TIDEGATE_LOAD_CONFIG": json.dumps(config, separators=(",", ":")) if config is not None
+                  else CONFIG_AT_RUN_TIME}
+        for item in container["env"]:
+            if item["name"] in values:
+                item["value"] = values[item["name"]]
+        res = {"cpu": _helm_scalar(gen.resources.cpu), "memory": _helm_scalar(gen.resources.memory)}
+        container["resources"] = {"requests": dict(res), "limits": dict(res)}
+        jobs.append(job)
+    return jobs
+
+
 SYSTEM_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
 
 
@@ -520,11 +573,18 @@ def render_plan(spec: RolloutSpec, run_id: str) -> str:
         cred = spec.storage.oss.credentials
         lines.append(f"#  + Secret {spec.cluster.namespace}/{cred.secret_name} (akId, akSecret), "
                      f"created at apply time from the credentials; values never shown")
-    return "\n".join(lines) + "\n" + _documents(objs)
+    jobs = render_load_jobs(spec, run_id) if spec.load.generators.in_cluster else []
+    if jobs:
+        gen = spec.load.generators
+        lines += ["#", f"# the spike stage's in-cluster load generators: {len(jobs)} jobs (batch/v1), one Locust worker",
+                  f"# each on pools {', '.join(gen.pools)} (round-robin), image {gen.image}; deleted when the load",
+                  "# is done (teardown deletes any left, by uid):"]
+        lines += [f"#  {i:2d}. {_describe(o)}" for i, o in enumerate(jobs, len(objs) + 1)]
+    return "\n".join(lines) + "\n" + _documents(objs + jobs)
 
 
 __all__ = [
     "PreflightCheck", "preflight_checks", "render_admin", "render_admin_plan", "render_hpa", "render_inferenceservice",
     "render_manifests", "render_namespace", "render_oss_secret", "render_plan", "render_pv",
-    "render_pvc", "render_rbac", "render_resourcepolicy", "run_labels",
+    "render_pvc", "render_rbac", "render_resourcepolicy", "run_labels", "render_load_jobs", "load_job_name",
 ]

@@ -146,12 +146,20 @@ class LoadBlock(_Block):
     by_phase: dict[str, dict[str, Any]] = _detail(
         "The contract figures and goodput per load phase (baseline, ramp, spike, hold, cooldown), by the "
         "phase a request was sent in (intended, under open loop).", default_factory=dict)
+    by_client_pool: dict[str, dict[str, Any]] = _detail(
+        "Requests, failures and latency percentiles (TTFT p50/p95, ITL p95, e2e p95) per client pool: where "
+        "the generator that sent the request stood (idc, elastic with load.generators.in_cluster; local "
+        "otherwise), each over that pool's own requests.", default_factory=dict)
     generator: dict[str, Any] = _detail(
         "The generator's own account: processes, CPU seconds and peak %, event-loop lag p99, records "
         "dropped, stopped early, deadline hit; with open-loop arrivals also the arrival process and seed, "
         "requested rate (the realised schedule: intended send times drawn / duration), nominal rate, "
         "achieved rate and achieved/requested, schedule delay p50/p99 (actual - intended send time), "
-        "in-flight peak and cap hits, and `behind`: why it fell behind (the run is then inconclusive).",
+        "in-flight peak and cap hits, and `behind`: why it fell behind (the run is then inconclusive). With "
+        "load.generators.in_cluster: `in_cluster`, `workers` (per worker: index, pool, node, pod, requests, errors, "
+        "share of the requests, sent, exit code, clock offset and round trip to tidegate's clock in ms), "
+        "`clock_skew_ms` (the spread of the workers' offsets; their records are shifted onto tidegate's "
+        "clock), `clock_uncertainty_ms` (half the largest round trip) and the collector's address.",
         default_factory=dict)
     arrival: str | None = _detail("closed (users in a closed loop) or the open-loop arrival process "
                                   "(poisson, gamma, constant).")

@@ -148,7 +148,7 @@ def spike(ctx: RunContext) -> str:
     def stopped(_load, timeline) -> None:  # the timeline is kept also when the load failed
         ctx.timeline = timeline
 
-    run = run_spike(kube, ctx.spec, ctx.run_id, reports_root() / ctx.run_id, on_stopped=stopped)
+    run = run_spike(kube, ctx.spec, ctx.run_id, reports_root() / ctx.run_id, on_stopped=stopped, ledger=ctx.ledger)
     more = _repeat_spikes(ctx, kube)
     result = run.load
     ctx.load, ctx.observed_until = result, run.ended_at
@@ -176,7 +176,7 @@ def _repeat_spikes(ctx: RunContext, kube) -> str:
     for k in range(2, spec.load.repeat + 1):
         settled = elastic_settled(kube, spec)
         out = reports_root() / ctx.run_id / f"repeat-{k}"
-        run = run_spike(kube, spec, ctx.run_id, out)
+        run = run_spike(kube, spec, ctx.run_id, out, ledger=ctx.ledger)
         run.timeline.df.to_csv(out / "timeline.csv", index=False)
         ctx.repeats.append((k, settled, run))
     return f"; {spec.load.repeat} repetitions of the shape (the others in repeat-2..{spec.load.repeat}/)"

@@ -246,6 +246,9 @@ def _nodes_ready(cfg: TestbedConfig) -> bool:
 # once the emulator replica starts, Ready only after the model-load delay), so kwok's own
 # pod-ready stage must leave them alone
 DAEMON_MANAGED_POD_LABEL = "serving.kserve.io/inferenceservice"
+# pods the daemon's pod runner runs as local processes (testbed.podrunner): their Running,
+# Succeeded and Failed are the process's, so kwok must neither mark them Ready nor complete them
+LOCAL_EXEC_POD_LABEL = "tidegate.dev/local-exec"
 
 
 def _kwok_stages(cfg: TestbedConfig) -> list[Path]:
@@ -260,6 +263,9 @@ def _kwok_stages(cfg: TestbedConfig) -> list[Path]:
         if stage["metadata"]["name"] == "pod-ready":
             stage["spec"]["selector"]["matchExpressions"].append(
                 {"key": f'.metadata.labels["{DAEMON_MANAGED_POD_LABEL}"]', "operator": "DoesNotExist"})
+        if stage["metadata"]["name"] in ("pod-ready", "pod-complete"):
+            stage["spec"]["selector"]["matchExpressions"].append(
+                {"key": f'.metadata.labels["{LOCAL_EXEC_POD_LABEL}"]', "operator": "DoesNotExist"})
         dst = out_dir / f.name
         dst.write_text(yaml.safe_dump(stage, sort_keys=False))
         out.append(dst)

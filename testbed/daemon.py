@@ -42,6 +42,7 @@ from testbed import resourcepolicy as rp
 from testbed.config import TestbedConfig
 from testbed.emulator import ReplicaPool
 from testbed.gateway import Gateway
+from testbed.podrunner import PodRunner, wants
 
 log = logging.getLogger("testbed.daemon")
 FIELD_MANAGER = "kserve-testbed"
@@ -86,6 +87,7 @@ class Daemon:
         self.pod_ips: dict[str, str] = {}
         self.upstream_kserve = cfg.kserve.controller == "upstream"
         self.kserve_proc = None
+        self.podrunner = PodRunner(self.kube, cfg.state_dir, self._call)  # generic pods as local processes
 
     # -- watch threads -------------------------------------------------------------------
     def _emit(self, kind: str, etype: str, obj: Obj) -> None:
@@ -174,6 +176,9 @@ class Daemon:
         deleting = etype == "DELETED" or pod["metadata"].get("deletionTimestamp")
         if etype != "DELETED" and pod["spec"].get("nodeName"):
             await self.apply_policy_to_bound_pod(pod)
+        if wants(pod):
+            await self.podrunner.handle(etype, pod)
+            return
         if kserve.ISVC_LABEL not in labels:
             return
         if deleting:
@@ -429,6 +434,7 @@ class Daemon:
         runners.append(api)
         await self.gateway.start()
         asyncio.create_task(self.readiness_loop())
+        asyncio.create_task(self.podrunner.run(self.stop))
         log.info("daemon up: api and scheduler extender :%s gateway :%s", self.cfg.ports.daemon,
                  self.cfg.ports.gateway)
         while True:
@@ -498,6 +504,7 @@ def main() -> None:
         daemon.stop.set()
         if daemon.kserve_proc is not None:
             daemon.kserve_proc.terminate()
+        daemon.podrunner.stop_all()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tasks.spec.base import RootedPath, _FieldError, _Strict
+from tasks.spec.base import Quantity, RootedPath, _FieldError, _Strict
 
 
 class TidalSpec(_Strict):
@@ -87,6 +87,49 @@ class RequestSlo(_Strict):
                                  description="Intended send time to the last byte.")
 
 
+class GeneratorResources(_Strict):
+    """CPU and memory of each in-cluster generator pod (requests = limits: a throttled generator
+    measures itself)."""
+
+    cpu: Quantity = Field("1", title="CPU", description="CPU of each generator pod (request and limit).")
+    memory: Quantity = Field("1Gi", title="Memory", description="Memory of each generator pod (request and limit).")
+
+
+class GeneratorsSpec(_Strict):
+    """Where the load is generated: on this machine (default), or inside the cluster as Kubernetes
+    Jobs, one Locust worker per pod, placed on the pools named (round-robin), so that the clients
+    stand where the users stand (in the IDC and in the cloud)."""
+
+    in_cluster: bool = Field(False, title="In the cluster",
+                             description="true: the workers run as Kubernetes Jobs on the pools named; "
+                                         "false: on the machine that runs tidegate.")
+    workers: int = Field(2, ge=1, le=64, title="Workers",
+                         description="In-cluster worker Jobs; the open-loop rate is split evenly across them.")
+    pools: list[Literal["idc", "elastic"]] = Field(
+        default_factory=lambda: ["idc", "elastic"], min_length=1, max_length=2, title="Pools",
+        description="The node pools the workers are placed on (nodeSelector on cluster.nodepool_label), "
+                    "worker i on pools[i % len(pools)].")
+    image: str = Field("tidegate/tidegate:latest", min_length=1, max_length=512, title="Image",
+                       description="The image of the worker pods: tidegate's own (it runs python -m "
+                                   "tasks._locust_runner).")
+    resources: GeneratorResources = Field(default_factory=GeneratorResources, title="Resources",
+                                          description="CPU and memory of each worker pod.")
+    collector_url: str | None = Field(
+        None, max_length=512, title="Collector URL",
+        description="Where the workers send their per-request samples: the address of the machine or pod "
+                    "that runs tidegate as the workers see it (http://host:port); the port is the "
+                    "collector's. Unset: http://$POD_IP (tidegate running in the cluster, as a Prefect "
+                    "Kubernetes work pool's Job) or 127.0.0.1 (the test bed).")
+
+    @model_validator(mode="after")
+    def _generators(self) -> GeneratorsSpec:
+        if len(set(self.pools)) != len(self.pools):
+            raise _FieldError("pools", f"names a pool twice ({self.pools})")
+        if self.collector_url is not None and not self.collector_url.startswith("http://"):
+            raise _FieldError("collector_url", f"must be an http://host[:port] URL (got {self.collector_url!r})")
+        return self
+
+
 class LoadSpec(_Strict):
     """The load shape: baseline, spike, hold at the spike, cool-down."""
 
@@ -152,6 +195,8 @@ class LoadSpec(_Strict):
                                    description="Prompts and lengths, drawn or replayed.")
     slo: RequestSlo = Field(default_factory=RequestSlo, title="Per-request SLOs",
                             description="For goodput: the share of requests that succeeded and met all of them.")
+    generators: GeneratorsSpec = Field(default_factory=GeneratorsSpec, title="Generators",
+                                       description="Where the load is generated: locally or as Jobs in the cluster.")
 
     @property
     def open_loop(self) -> bool:
@@ -172,4 +217,11 @@ class LoadSpec(_Strict):
                                   "in requests/s); use arrival: closed for users")
             if self.spike_rps < self.baseline_rps:
                 raise _FieldError("spike_rps", f"must be >= load.baseline_rps ({self.baseline_rps} > {self.spike_rps})")
+        if self.generators.in_cluster:
+            if not self.open_loop:
+                raise _FieldError("generators.in_cluster", "needs open-loop arrivals (load.arrival poisson, gamma "
+                                  "or constant): the workers split a rate, closed-loop users need a Locust master")
+            if self.workers:
+                raise _FieldError("workers", "must be 0 with load.generators.in_cluster (the in-cluster workers are "
+                                  "load.generators.workers)")
         return self

@@ -20,6 +20,12 @@ one run on this machine:
    tidegate's ``load`` command refuses a rate above what one generator process sends (and has
    no flag for more processes): such a trial is a failed one, printed as ``refused``.
 
+3. Workers' scaling (``--scaling 1,2,4``): the same search for tidegate alone with 1 generator
+   process and with a master and 2 and 4 worker processes splitting the rate (the in-cluster
+   generators of ``load.generators`` are such workers, one per pod); ``workers_scaling`` in the
+   JSON gives each count's max rate and its speed-up over one process. On a machine of few cores
+   the processes share them with the replica, so the speed-up is bounded by the cores.
+
 Definitions (each tool's own accounting, read from its own output):
 
 - tidegate: ``tidegate load --json`` -> ``generator.schedule_delay_p50_ms`` and
@@ -259,12 +265,14 @@ def ensure_tidegate_load() -> None:
         raise ToolUnavailable(f"`tidegate load` is not available: {(run.stderr or run.stdout).strip()[-300:]}")
 
 
-def tidegate_trial(url: str, rate: float, seconds: int, max_tokens: int, out: Path) -> Trial:
+def tidegate_trial(url: str, rate: float, seconds: int, max_tokens: int, out: Path, workers: int = 0) -> Trial:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     report = out / "load.json"
     cmd = [str(TIDEGATE), "load", "--url", url, "--host", HOST, "--arrival", "poisson", "--rate", f"{rate:g}",
            "--duration", str(seconds), "--max-tokens", str(max_tokens), "--out", str(out / "files"), "--json", str(report)]
+    if workers:
+        cmd += ["--workers", str(workers)]
     t0 = time.monotonic()
     with child_cpu() as cpu, open(out / "run.log", "w") as log:
         try:
@@ -382,6 +390,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fidelity-s", type=int, default=15, help="seconds of load in each fidelity run (default 15)")
     p.add_argument("--fidelity-max-tokens", type=int, default=16, help="max_tokens in the fidelity runs (default 16)")
     p.add_argument("--tools", default="inference-perf,tidegate", help="comma-separated subset to measure (default both)")
+    p.add_argument("--scaling", default="1,2,4",
+                   help="tidegate's worker-process counts whose max rate is measured too (1: one process; "
+                        "N > 1: a master and N workers splitting the rate; '' skips; default 1,2,4)")
+    p.add_argument("--scaling-budget-s", type=float, default=120.0,
+                   help="time budget of each worker count's search (default 120)")
     args = p.parse_args(argv)
     wanted = set(args.tools.split(","))
     tmp = Path(tempfile.mkdtemp(prefix="tidegate-bench-load-rate-"))
@@ -424,6 +437,35 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {tool}: {exc}", file=sys.stderr, flush=True)
     for tool, s in searches.items():
         print(f"  => {tool}: max rate {s.max_rate_rps}/s{f' ({s.stopped})' if s.stopped else ''}", flush=True)
+
+    # workers' scaling: the same search for tidegate with 1, 2, 4 local worker processes (the
+    # in-cluster generators are such workers, one per pod); on this machine's cores the figure
+    # is bounded by the cores the processes share with the replica
+    scaling: dict[str, dict] = {}
+    counts = [int(x) for x in args.scaling.split(",") if x.strip()] if "tidegate" in wanted and available.get("tidegate") else []
+    if counts:
+        print(f"\nworkers' scaling: tidegate's max rate with {', '.join(map(str, counts))} worker processes "
+              f"(budget {args.scaling_budget_s:g} s each)", flush=True)
+        with emulator(ZERO_LATENCY) as (_gw, _server, backends):
+            url = backends[0]
+            for n in counts:
+                try:
+                    s_n = search(f"tidegate x{n}", lambda r, n=n: tidegate_trial(url, r, args.trial_s, args.max_tokens,
+                                                                                tmp / f"scale{n}-{r:g}",
+                                                                                workers=0 if n <= 1 else n),
+                                 args.start_rps, args.max_doublings, args.bisect_steps, args.scaling_budget_s)
+                except RuntimeError as exc:
+                    problems.append(f"scaling x{n}: {exc}")
+                    continue
+                best = max((t for t in s_n.trials if t.passed), key=lambda t: t.rate_rps, default=None)
+                scaling[str(n)] = {"processes": n, "max_rate_rps": s_n.max_rate_rps, "stopped": s_n.stopped,
+                                   "client_cpu_s_at_max": best.client_cpu_s if best else None,
+                                   "trials": len(s_n.trials)}
+                print(f"  => {n} worker process(es): max rate {s_n.max_rate_rps}/s"
+                      f"{f' ({s_n.stopped})' if s_n.stopped else ''}", flush=True)
+        base = (scaling.get("1") or {}).get("max_rate_rps")
+        for row in scaling.values():
+            row["speedup_vs_1"] = round(row["max_rate_rps"] / base, 3) if base and row["max_rate_rps"] else None
 
     tg_max = searches["tidegate"].max_rate_rps if "tidegate" in searches else None
     ip_max = searches["inference-perf"].max_rate_rps if "inference-perf" in searches else None
@@ -494,7 +536,8 @@ def main(argv: list[str] | None = None) -> int:
                                 "inference_perf": "realised schedule span (the send times its timer drew, recorded "
                                                   "by a wrapper) / its own load_summary.send_duration"},
         "trials": {tool: [{**asdict(t), "passed": t.passed} for t in s.trials] for tool, s in searches.items()},
-        "fidelity": fidelity or None, "missing": problems,
+        "fidelity": fidelity or None, "workers_scaling": scaling or None, "cores": os.cpu_count(),
+        "missing": problems,
     }, default=str))
     return 1 if problems or tg_max is None or ip_max is None else 0
 

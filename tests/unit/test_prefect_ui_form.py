@@ -283,8 +283,12 @@ def test_prefect_k8s_job_template_renders_with_tidegate_service_account(job_temp
     container = pod["containers"][0]
     assert container["image"] == "registry.example.com/tidegate:0.1.0"
     assert container["resources"]["requests"] == {"cpu": "1", "memory": "2Gi"}
-    assert {"name": "reports", "mountPath": "/var/lib/tidegate/reports"} in container["volumeMounts"]
-    assert config.env["TIDEGATE_REPORTS_DIR"] == "/var/lib/tidegate/reports"
+    # issue 24: no emptyDir for reports (they go to the results store), the Job runs one pod once
+    assert "volumeMounts" not in container and "volumes" not in pod
+    assert config.env["TIDEGATE_RESULTS"].startswith("oss://")
+    job = config.job_manifest["spec"]
+    assert (job["completions"], job["parallelism"]) == (1, 1) and "completions" not in pod
+    assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in container["env"]
     assert not any("SECRET" in k or "ACCESS_KEY" in k for k in config.env)
 
 

@@ -591,8 +591,8 @@ def test_every_rbac_rule_is_explained():
 # -- templates and the plan ---------------------------------------------------------------------------
 def test_templates_are_plain_yaml():
     names = sorted(p.name for p in MANIFESTS_DIR.glob("*.yaml"))
-    assert names == ["hpa.yaml", "inferenceservice.yaml", "namespace.yaml", "pv-nas.yaml", "pv-oss.yaml",
-                     "pvc.yaml", "rbac.yaml", "resourcepolicy.yaml"]
+    assert names == ["hpa.yaml", "inferenceservice.yaml", "load-worker-job.yaml", "namespace.yaml", "pv-nas.yaml",
+                     "pv-oss.yaml", "pvc.yaml", "rbac.yaml", "resourcepolicy.yaml"]
     for name in names:
         docs = [d for d in yaml.safe_load_all((MANIFESTS_DIR / name).read_text()) if d]
         assert docs and all({"apiVersion", "kind", "metadata"} <= set(d) for d in docs), name
