@@ -500,7 +500,9 @@ def write_realism(cfg: TestbedConfig) -> Path:
     """``<state_dir>/realism.json``: the profile and every figure it applies (with sources), and the
     ``ack-gpu`` figures a ``fast`` run is projected onto. A run finds it beside the kubeconfig."""
     path = cfg.state_dir / REALISM_FILE
-    path.write_text(json.dumps(cfg.timings.document(), indent=2))
+    doc = cfg.timings.document()
+    doc["model_load_s"] = cfg.timings.model_load_s or cfg.emulator.load_delay_s  # what a replica waits, in all
+    path.write_text(json.dumps(doc, indent=2))
     return path
 
 
