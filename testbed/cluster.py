@@ -275,6 +275,7 @@ def _kwok_stages(cfg: TestbedConfig) -> list[Path]:
 
 # the allocatable block of kwok's node-initialize template, and what an elastic node gets instead
 # while its GPUs are not yet allocatable (the device plugin has not registered them)
+_TRANSITION_AT_CREATION = "{{ $lastTransitionTime := or .metadata.creationTimestamp $now }}"
 _ALLOCATABLE = """allocatable:
 {{ with .status.allocatable }}
 {{ YAML . 1 }}"""
@@ -297,6 +298,12 @@ def elastic_node_stages(initialize: dict, cfg: TestbedConfig) -> list[dict]:
     stage["metadata"]["name"] = "node-initialize-elastic"
     stage["spec"]["selector"]["matchExpressions"].append(
         {"key": f'.metadata.labels["{CA_GROUP_LABEL}"]', "operator": "Exists"})
+    # kwok stamps the conditions' lastTransitionTime with the node's creation time: this node turns
+    # Ready now, which is what a watcher of the Ready condition must read
+    template = stage["spec"]["next"]["statusTemplate"]
+    if _TRANSITION_AT_CREATION not in template:
+        raise TestbedError("kwok's node-initialize stage changed: cannot stamp the Ready transition")
+    stage["spec"]["next"]["statusTemplate"] = template.replace(_TRANSITION_AT_CREATION, "{{ $lastTransitionTime := $now }}")
     ready_ms = int(t.node_ready_s * 1000)
     stage["spec"]["delay"] = {"durationMilliseconds": ready_ms,
                               "jitterDurationMilliseconds": ready_ms + int(t.node_ready_jitter_s * 1000)}

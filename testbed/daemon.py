@@ -78,6 +78,7 @@ class Daemon:
         self.pool = ReplicaPool(kubelet_model(cfg), base_port=cfg.ports.replica_base)
         self.metric_history: deque[tuple[float, dict]] = deque()
         self.pulls: set[asyncio.Task] = set()
+        self.pulled: set[tuple[str, str]] = set()  # (node, image) pulled once
         self.gateway = Gateway(port=cfg.ports.gateway)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.queue: asyncio.Queue | None = None
@@ -195,7 +196,8 @@ class Daemon:
             return
         served, root = kserve.served_model(container)
         self.replica_pods[key] = pod
-        if self.timings.image_pull_s > 0:  # in its own task: the event loop keeps serving other pods
+        image_on_node = (pod["spec"]["nodeName"], container.get("image", ""))
+        if self.timings.image_pull_s > 0 and image_on_node not in self.pulled:  # own task: the loop goes on
             task = asyncio.create_task(self._pull_then_start(pod, served, root, labels))
             self.pulls.add(task)
             task.add_done_callback(self.pulls.discard)
@@ -222,6 +224,7 @@ class Daemon:
         await asyncio.sleep(self.timings.image_pull_s)
         if self.replica_pods.get(key) is not pod:
             return False
+        self.pulled.add((pod["spec"]["nodeName"], image))  # the node's image cache (IfNotPresent)
         await self._kubelet_event(pod, "Pulled", f'Successfully pulled image "{image}" in '
                                                  f'{self.timings.image_pull_s:g}s (realism profile '
                                                  f'{self.timings.profile})')

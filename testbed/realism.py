@@ -8,7 +8,8 @@ and its source, and the test bed applies them where the link lives:
 KWOK stages (cluster.py)       ``node_ready_s`` (+ ``node_ready_jitter_s``) before an elastic node
                                turns Ready; ``gpu_allocatable_s`` more before its
                                ``nvidia.com/gpu`` is allocatable (the device plugin)
-the daemon's kubelet           ``image_pull_s`` (Pulling -> Pulled) before the container starts;
+the daemon's kubelet           ``image_pull_s`` (Pulling -> Pulled) before the container starts,
+                               once per node and image (the node's image cache);
                                ``weight_load_s + engine_start_s`` before ``/health`` answers
 the daemon's metric feed       ``metric_lag_s``: the adapter is served the per-pod figures as
                                they were that long ago (DCGM -> exporter -> Prometheus -> adapter)
@@ -62,16 +63,18 @@ _IMAGE = ("Docker Hub vllm/vllm-openai: several GB compressed per tag (reference
           "pull of 2-5 min is a placeholder to replace with a measurement)")
 _REGISTRY = ("estimate: ACR over the VPC to a cold ECS node; measure with `crictl pull` on a new node and set "
              "realism.registry_MBps or realism.image_pull_s")
-_MODEL = ("Qwen-7B-Chat-Int4 (GPTQ) ~5 GB, as the example spec serves; 32B bf16 ~61 GB (llm-d-autoscaling "
-          "proposal gpu-free-overprovisioning.md)")
+_MODEL = ("Qwen-7B GPTQ ~5 GB, as the example spec serves (reference/realism-figures.md); Qwen3-32B bf16 is "
+          "61 GiB (llm-d-autoscaling proposal gpu-free-overprovisioning.md)")
 _OSSFS = ("estimate for ossfs 1.x single-stream sequential read (Alibaba Cloud OSS docs 'ossfs 2.0': 2.0 reads "
           "large files sequentially 3-8.5x faster than 1.0; 'ossfs 1.91.2 direct read': default mode is bounded "
           "by local disk, https://www.alibabacloud.com/help/en/oss/developer-reference/ossfs-2-0); measure it")
 _NAS = ("estimate for one NFS client of General-purpose NAS (Alibaba Cloud NAS 'Limits': per file-system read "
         "ceiling 3-20 GB/s, https://help.aliyun.com/en/nas/product-overview/limits; one client reads far less); "
         "measure it")
-_ENGINE = ("llm-d-autoscaling proposal gpu-free-overprovisioning.md: vLLM start of Qwen3-32B on H100 90.65 s with "
-           "defaults (~37 s tuned; CUDA-graph capture 11.4 s); tensorfuse 'reducing GPU cold start'")
+_ENGINE = ("llm-d/llm-d-autoscaling docs/proposals/gpu-free-overprovisioning.md (https://github.com/llm-d/llm-d-"
+           "autoscaling/blob/main/docs/proposals/gpu-free-overprovisioning.md): Qwen3-32B on one H100 reaches /health "
+           "in 90.65 s with vLLM defaults, ~37 s tuned (CUDA-graph capture 11.4 s; includes a ~6 s GPFS weight read, "
+           "excludes pod start); order of magnitude for a smaller model")
 _METRIC = ("NVIDIA dcgm-exporter docs ('Configure Prometheus for DCGM Exporter': scrape_interval 30 s) + Prometheus "
            "scrape 15-30 s + prometheus-adapter query: 15-60 s end to end; 30 s taken")
 _TWIN = "the twin's own timing (tidegate's fast profile: no delay added)"
@@ -96,7 +99,7 @@ FIGURES: dict[str, tuple[str, str]] = {
     "gpu_allocatable_s": ("s", "node Ready -> nvidia.com/gpu allocatable (device plugin) [kwok stage]"),
     "image_size_gb": ("GB", "vLLM image size a new node pulls"),
     "registry_MBps": ("MB/s", "registry -> node pull bandwidth"),
-    "image_pull_s": ("s", "image pull on a new node: image_size_gb * 1024 / registry_MBps unless set [kubelet]"),
+    "image_pull_s": ("s", "image pull, once per node: image_size_gb * 1024 / registry_MBps unless set [kubelet]"),
     "model_size_gb": ("GB", "model weights the server reads at start"),
     "weight_storage": ("", "where the weights are read from: ossfs or nas"),
     "ossfs_read_MBps": ("MB/s", "ossfs read bandwidth of one node"),

@@ -98,7 +98,8 @@ _INIT = {"apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Stage", "metadata": {"
          "spec": {"resourceRef": {"apiGroup": "v1", "kind": "Node"},
                   "selector": {"matchExpressions": [{"key": ".status.conditions", "operator": "NotIn",
                                                      "values": ["True"]}]},
-                  "next": {"statusTemplate": "conditions: []\n" + cluster._ALLOCATABLE + "\n{{ end }}\n"}}}
+                  "next": {"statusTemplate": cluster._TRANSITION_AT_CREATION + "\nconditions: []\n"
+                                           + cluster._ALLOCATABLE + "\n{{ end }}\n"}}}
 
 
 def test_node_stages_delay_only_elastic_nodes():
@@ -108,6 +109,7 @@ def test_node_stages_delay_only_elastic_nodes():
     assert {"key": '.metadata.labels["kwok-nodegroup"]', "operator": "Exists"} in \
         ready["spec"]["selector"]["matchExpressions"]
     assert '"nvidia.com/gpu" }}"0"' in ready["spec"]["next"]["statusTemplate"]
+    assert "creationTimestamp" not in ready["spec"]["next"]["statusTemplate"]   # Ready transition: now
     assert gpu["spec"]["delay"]["durationMilliseconds"] == 30000 and gpu["spec"]["weight"] == 1
     assert _INIT["spec"]["selector"]["matchExpressions"] == [  # the input is not changed
         {"key": ".status.conditions", "operator": "NotIn", "values": ["True"]}]
