@@ -151,6 +151,12 @@ def markdown_summary(report: RunReport) -> str:
         data = getattr(report, block)
         if data is not None:
             lines += ["", f"**{block}**: " + ", ".join(f"`{k}`={v}" for k, v in data.model_dump(mode="json").items())]
+    if report.realism is not None:
+        r, p = report.realism, report.realism.projection
+        lines += ["", f"**realism**: profile `{r.profile}`"
+                  + (f" (set by the user: {', '.join(r.overridden)})" if r.overridden else "")
+                  + (f"; PROJECTION onto {p.onto} (not measured): " + ", ".join(
+                      f"`{f.figure}` {f.measured_s} -> {f.projected_s}" for f in p.figures) if p else "")]
     return "\n".join(lines) + "\n"
 
 

@@ -210,6 +210,9 @@ def test_report_json_and_html_carry_the_block():
     report.realism = realism_block(_doc(), report.elasticity, source="/tmp/x/realism.json")
     again = RunReport.model_validate(json.loads(json.dumps(report.to_dict())))
     assert again.realism == report.realism
+    from tasks.report import markdown_summary
+
+    assert "PROJECTION onto ack-gpu" in markdown_summary(report)
     page = _realism_html(report)
     assert "realism: profile fast" in page and "projection onto ack-gpu" in page and "realism-figures" in page
     report.realism = realism_block(None, None, source="none")
