@@ -22,7 +22,10 @@ def cmd_testbed(args: argparse.Namespace) -> int:
         build_all(args.components or None, force=args.force)
         return 0
     if args.action == "up":
-        cfg = load_config(args.set)
+        cfg = load_config(args.set, profile=args.profile)
+        print(f"[testbed] realism profile {cfg.profile}"
+              + (f" (set: {', '.join(cfg.realism.overridden)})" if cfg.realism.overridden else ""),
+              file=sys.stderr, flush=True)
         cluster.up(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
         return 0
     cfg = load_config(saved=True)
@@ -43,6 +46,7 @@ def cmd_testbed(args: argparse.Namespace) -> int:
                 print(f"{c['name']:<26} {mark:<8} pid={c['pid'] or '-':<8} {c['version']}")
             for pool, info in st["pools"].items():
                 print(f"pool {pool}: {json.dumps(info)}")
+            print(f"profile: {st['profile']}")
             for key in ("gateway", "oss"):
                 if key in st:
                     print(f"{key}: {json.dumps(st[key])}")
@@ -63,6 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     tb.add_argument("--json", action="store_true", help="status: machine-readable output")
     tb.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="up: override a test bed setting, e.g. idc.nodes=4")
+    tb.add_argument("--profile", choices=["fast", "ack-gpu"], default=None,
+                    help="up: realism profile (docs/realism.md): fast (default, CI) or ack-gpu (published ACK/vLLM "
+                         "timings); override a figure with --set realism.NAME=VALUE")
     tb.add_argument("--force", action="store_true", help="build: rebuild even if cached")
     tb.add_argument("--lines", type=int, default=40, help="logs: lines per component")
     tb.set_defaults(func=cmd_testbed)

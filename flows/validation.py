@@ -44,7 +44,8 @@ from tasks.gate import inconclusive_reasons, verdict
 from tasks.names import FLOW_NAME
 from tasks.ownership import Ledger, parse_adopt
 from tasks.profile import resolve_profile
-from tasks.report_model import OwnedBlock, RunReport, StageRecord
+from tasks.realism import read_testbed_realism, realism_block
+from tasks.report_model import OwnedBlock, RealismBlock, RunReport, StageRecord
 from tasks.spec import RolloutSpec
 from tasks.stages import BY_NAME, STAGES, check_inputs, normalize_stages
 
@@ -158,6 +159,7 @@ def _run(ctx: RunContext, stages: list[str], use_prefect: bool) -> RunOutcome:
         report.stages["teardown"] = StageRecord(
             status="skipped", detail=f"teardown policy {policy}" if created_anything else "nothing was created")
     report.finished_at = reporting.now_iso()
+    report.realism = _realism(ctx)
     report.objects = [OwnedBlock.model_validate(e.block()) for e in ctx.ledger.entries]
     report.adopt = sorted(ctx.adopt)
     gate_ran = report.stages["gate"].status in ("passed", "failed")
@@ -180,6 +182,18 @@ def _run(ctx: RunContext, stages: list[str], use_prefect: bool) -> RunOutcome:
         raise RunInconclusive(f"inconclusive: {'; '.join(report.inconclusive_reasons)} "
                               f"(report {out_dir / 'report.html'})")
     return RunOutcome(run_id, report.verdict, str(out_dir), 0)
+
+
+def _realism(ctx: RunContext) -> RealismBlock | None:
+    """The timings the run's cluster assumed: the test bed's realism profile (its realism.json beside
+    the kubeconfig), else ``none (real cluster)``; never the verdict's business."""
+    try:
+        doc, source = read_testbed_realism(ctx.profile.kubeconfig)
+        return realism_block(doc, ctx.report.elasticity, source=source, phases=ctx.report.phases,
+                             spec_stabilization_s=ctx.spec.service.hpa_scale_down_stabilization_s)
+    except Exception as exc:  # noqa: BLE001 - a realism block must never cost the report
+        ctx.report.warnings = [*ctx.report.warnings, f"realism block failed: {type(exc).__name__}: {exc}"]
+        return None
 
 
 def evidence_gaps(ctx: RunContext) -> list[str]:

@@ -153,6 +153,12 @@ def markdown_summary(report: RunReport) -> str:
         data = getattr(report, block)
         if data is not None:
             lines += ["", f"**{block}**: " + ", ".join(f"`{k}`={v}" for k, v in data.model_dump(mode="json").items())]
+    if report.realism is not None:
+        r, p = report.realism, report.realism.projection
+        lines += ["", f"**realism**: profile `{r.profile}`"
+                  + (f" (set by the user: {', '.join(r.overridden)})" if r.overridden else "")
+                  + (f"; PROJECTION onto {p.onto} (not measured): " + ", ".join(
+                      f"`{f.figure}` {f.measured_s} -> {f.projected_s}" for f in p.figures) if p else "")]
     return "\n".join(lines) + "\n"
 
 
@@ -243,6 +249,37 @@ def _critical_path_html(report: RunReport, waterfall: str | None = None) -> str:
     return "".join(parts)
 
 
+def _realism_html(report: RunReport) -> str:
+    """The timings the run's cluster assumed (the test bed's realism profile, every figure with its
+    source) and, for a ``fast`` test bed, the critical path projected onto ``ack-gpu``."""
+    r = report.realism
+    if r is None:
+        return ""
+    parts = [f"<div id='realism'><h2>realism: profile {html.escape(r.profile)}</h2>"]
+    if r.source:
+        parts.append(f"<p class='note'>read from {html.escape(r.source)}"
+                     + (f"; set by the user: {html.escape(', '.join(r.overridden))}" if r.overridden else "")
+                     + "</p>")
+    p = r.projection
+    if p is not None:
+        def num(v: float | None) -> str:
+            return "not observed" if v is None else f"{v:g}"
+
+        rows = "".join(f"<tr><td>{html.escape(f.figure)}</td><td>{num(f.measured_s)}</td><td>{num(f.projected_s)}"
+                       f"</td><td>{f.added_s:+g}</td></tr>" for f in [*p.figures, *p.scale_events])
+        parts.append(f"<h3>projection onto {html.escape(p.onto)}</h3><p class='note'>{html.escape(p.statement)}</p>"
+                     f"<table id='realism-projection'><tr><th>figure</th><th>measured s</th><th>projected s "
+                     f"(projection)</th><th>added s</th></tr>{rows}</table>"
+                     + "".join(f"<p class='warn'>{html.escape(n)}</p>" for n in p.notes))
+    if r.figures:
+        rows = "".join(f"<tr><td>{html.escape(f.name)}</td><td>{html.escape(str(f.value))}</td>"
+                       f"<td>{html.escape(f.unit)}</td><td>{html.escape(f.source)}</td></tr>" for f in r.figures)
+        parts.append(f"<table id='realism-figures'><tr><th>timing assumed</th><th>value</th><th>unit</th>"
+                     f"<th>source</th></tr>{rows}</table>")
+    parts.append("</div>")
+    return "".join(parts)
+
+
 def basic_html(report: RunReport, figures: list[tuple[str, str]] | None = None,
                dashboard: str | None = None, dashboard_note: str = "", waterfall: str | None = None) -> str:
     """The report page; ``figures`` are (title, PNG data URI) pairs, ``dashboard`` the dashboard's
@@ -289,6 +326,7 @@ padding:1px 6px;border-radius:3px}} #dashboard img{{display:block;width:100%;hei
 {_findings_html(report)}
 {_critical_path_html(report, waterfall)}
 {_repeats_html(report)}
+{_realism_html(report)}
 {figs}
 <h2>stages</h2><table><tr><th>stage</th><th>status</th><th>s</th><th>detail</th></tr>{rows}</table>
 {"<h2>gate</h2><table><tr><th>rule</th><th>status</th><th>value</th><th>threshold</th></tr>" + gate + "</table>" if gate else ""}

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = "1.4.0"
+SCHEMA_VERSION = "1.5.0"
 
 StageStatus = Literal["passed", "failed", "skipped", "error", "not_run", "running"]
 Verdict = Literal["pass", "warn", "fail", "inconclusive"]
@@ -379,6 +379,52 @@ class RepeatsBlock(_Block):
     method: str = ""
     intervals: dict[str, RepeatInterval] = Field(default_factory=dict)
     runs: list[RepeatRun] = Field(default_factory=list)
+class RealismFigureBlock(_Block):
+    """One timing the run's cluster assumed (a test bed realism profile's figure)."""
+
+    name: str = Field(description="The figure (``tidegate testbed up --set realism.<name>=...``).")
+    value: float | str | None = Field(description="Its value on the test bed the run used.")
+    unit: str = Field("", description="s, GB, MB/s or '' for a choice.")
+    what: str = Field("", description="The link of the scale-up/scale-down chain it times.")
+    source: str = Field("", description="Where the figure comes from (URL / citation), or 'set by the user'.")
+
+
+class ProjectedFigureBlock(_Block):
+    """One critical-path figure of this run, measured and projected onto another profile."""
+
+    figure: str = Field(description="elasticity.<key>, or a scale event's total_s.")
+    measured_s: float | None = Field(description="As measured in this run (null: not observed).")
+    projected_s: float | None = Field(description="measured_s + added_s (null when measured_s is).")
+    added_s: float = Field(description="The projection's difference of timings over the steps up to this figure.")
+    steps: dict[str, float] = Field(default_factory=dict, description="Step of the critical path -> seconds added.")
+
+
+class RealismProjectionBlock(_Block):
+    """A projection, not a measurement: this run's critical-path figures had the cluster taken the
+    other profile's timings. Each step's measured seconds get the difference of the timings that
+    step waits for; the rest of the run (load, replicas, decisions) is assumed unchanged."""
+
+    onto: str = Field(description="The profile projected onto (ack-gpu).")
+    statement: str = Field(description="What the projection is and what it rests on, in one sentence.")
+    figures: list[ProjectedFigureBlock] = Field(default_factory=list, description="time_to_hpa_rescale_s, "
+                                                "time_to_cloud_node_s, time_to_first_cloud_pod_ready_s.")
+    scale_events: list[ProjectedFigureBlock] = Field(
+        default_factory=list, description="Every scale event of elasticity.scale_events: its total_s projected.")
+    step_deltas: dict[str, str] = Field(default_factory=dict,
+                                        description="Step -> the timings whose difference it gets (the formula).")
+    notes: list[str] = Field(default_factory=list, description="What the projection means for this spec's load.")
+
+
+class RealismBlock(_Block):
+    """The cluster's timings the run assumed: a test bed's realism profile (docs/realism.md) with
+    every figure and its source, or ``none (real cluster)``; for a ``fast`` test bed, the projection
+    of the critical-path figures onto ``ack-gpu``."""
+
+    profile: str = _contract("fast or ack-gpu (the test bed's realism profile), or 'none (real cluster)'.")
+    source: str = Field("", description="Where the run read it (the test bed's realism.json beside the kubeconfig).")
+    overridden: list[str] = Field(default_factory=list, description="Figures set by the user on top of the profile.")
+    figures: list[RealismFigureBlock] = Field(default_factory=list, description="Every timing the profile applied.")
+    projection: RealismProjectionBlock | None = Field(None, description=RealismProjectionBlock.__doc__)
 
 
 class RunReport(BaseModel):
@@ -405,6 +451,7 @@ class RunReport(BaseModel):
     elasticity: ElasticityBlock | None = Field(None, description=ElasticityBlock.__doc__)
     cost: CostBlock | None = Field(None, description=CostBlock.__doc__)
     repeats: RepeatsBlock | None = Field(None, description=RepeatsBlock.__doc__)
+    realism: RealismBlock | None = Field(None, description=RealismBlock.__doc__)
     gate: list[GateRuleResult] = Field(default_factory=list, description="Every SLO rule judged.")
     findings: list[FindingBlock] = Field(default_factory=list, description=FindingBlock.__doc__)
     phases: list[PhaseBlock] = Field(default_factory=list, description="The load shape's phases as run.")
@@ -471,5 +518,6 @@ def report_schema_text() -> str:
 
 
 __all__ = ["BLOCKS", "CONTRACT_KEYS", "RepeatInterval", "RepeatRun", "RepeatsBlock", "CostBlock", "ElasticityBlock", "FindingBlock", "GateRuleResult",
-           "LoadBlock", "PhaseBlock", "RunReport", "SCHEMA_VERSION", "SmokeBlock", "SmokeCheckBlock",
+           "LoadBlock", "PhaseBlock", "ProjectedFigureBlock", "RealismBlock", "RealismFigureBlock",
+           "RealismProjectionBlock", "RunReport", "SCHEMA_VERSION", "SmokeBlock", "SmokeCheckBlock",
            "OPEN_RULE_SECTIONS", "StageRecord", "StagingBlock", "definitions", "report_schema", "report_schema_text", "rule_keys"]

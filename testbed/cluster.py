@@ -11,6 +11,7 @@ known upstream behaviour), and then checks that none of the test bed's ports is 
 
 from __future__ import annotations
 
+import json
 import shutil
 import ssl
 import time
@@ -25,6 +26,7 @@ from testbed import pki
 from testbed.build import COMPONENTS, require_binary
 from testbed.config import TestbedConfig, load_config, save_config
 from testbed.errors import TestbedError
+from testbed.realism import REALISM_FILE
 from testbed import dataplane, objectstore
 from testbed.procs import Component, Proc, ProcessTable, check_ports, kube, port_free, reap_strays, wait_until
 from testbed.resourcepolicy import EXTENDER_PATH, extender_config
@@ -33,6 +35,7 @@ EDGE_LABEL = "alibabacloud.com/is-edge-worker"
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 CA_GROUP_LABEL = "kwok-nodegroup"
 CA_NAMESPACE = "kube-system"
+NOT_READY_TAINT = "node.kubernetes.io/not-ready"
 
 
 # -- readiness probes ------------------------------------------------------------------------
@@ -101,6 +104,11 @@ def _apiserver_proc(cfg: TestbedConfig) -> Proc:
     ], [cfg.ports.apiserver])
 
 
+def _dur(seconds: float) -> str:
+    """A Go duration flag value (``15s``, ``2.5s``)."""
+    return f"{float(seconds):g}s"
+
+
 def _kcm_proc(cfg: TestbedConfig) -> Proc:
     k = cfg.pki_dir
     return Proc("kube-controller-manager", [
@@ -109,7 +117,8 @@ def _kcm_proc(cfg: TestbedConfig) -> Proc:
         "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={cfg.ports.controller_manager}",
         f"--service-account-private-key-file={k / 'sa.key'}", f"--root-ca-file={k / 'ca.crt'}",
         "--use-service-account-credentials=false", "--controllers=*,-nodeipam,-cloud-node-lifecycle",
-        f"--horizontal-pod-autoscaler-sync-period={cfg.hpa_sync_period_s}s",
+        f"--horizontal-pod-autoscaler-sync-period={_dur(cfg.timings.hpa_sync_period_s)}",
+        f"--horizontal-pod-autoscaler-downscale-stabilization={_dur(cfg.timings.hpa_downscale_stabilization_s)}",
         "--horizontal-pod-autoscaler-initial-readiness-delay=5s",
         "--horizontal-pod-autoscaler-cpu-initialization-period=10s",
         "--node-monitor-grace-period=60s", "--profiling=false", "--v=1",
@@ -179,6 +188,14 @@ def elastic_templates(cfg: TestbedConfig) -> list[dict]:
         "spec": {},
         "status": _node_status(e),
     }
+    if cfg.timings.node_delays:
+        # a kubelet registers its node with this taint until the node is Ready (the node lifecycle
+        # controller removes it then); the autoscaler drops condition taints from templates
+        tmpl["spec"]["taints"] = [{"key": NOT_READY_TAINT, "effect": "NoSchedule"}]
+        # and with Ready=False, else the node lifecycle controller drops that taint at once (no
+        # condition asks for it) and pods land on a node kwok has not made Ready yet
+        tmpl["status"]["conditions"] = [{"type": "Ready", "status": "False", "reason": "KubeletNotReady",
+                                         "message": "node is provisioning (realism profile)"}]
     return [tmpl]
 
 
@@ -263,13 +280,82 @@ def _kwok_stages(cfg: TestbedConfig) -> list[Path]:
         if stage["metadata"]["name"] == "pod-ready":
             stage["spec"]["selector"]["matchExpressions"].append(
                 {"key": f'.metadata.labels["{DAEMON_MANAGED_POD_LABEL}"]', "operator": "DoesNotExist"})
+        extra: list[dict] = []
+        if stage["metadata"]["name"] == "node-initialize" and cfg.timings.node_delays:
+            extra = elastic_node_stages(stage, cfg)
+            stage["spec"]["selector"]["matchExpressions"].append(
+                {"key": f'.metadata.labels["{CA_GROUP_LABEL}"]', "operator": "DoesNotExist"})
         if stage["metadata"]["name"] in ("pod-ready", "pod-complete"):
             stage["spec"]["selector"]["matchExpressions"].append(
                 {"key": f'.metadata.labels["{LOCAL_EXEC_POD_LABEL}"]', "operator": "DoesNotExist"})
-        dst = out_dir / f.name
-        dst.write_text(yaml.safe_dump(stage, sort_keys=False))
-        out.append(dst)
+        for st in [stage, *extra]:
+            dst = out_dir / (f.name if st is stage else f"{st['metadata']['name']}.yaml")
+            dst.write_text(yaml.safe_dump(st, sort_keys=False))
+            out.append(dst)
     return out
+
+
+# the allocatable block of kwok's node-initialize template, and what an elastic node gets instead
+# while its GPUs are not yet allocatable (the device plugin has not registered them)
+_TRANSITION_AT_CREATION = "{{ $lastTransitionTime := or .metadata.creationTimestamp $now }}"
+_ALLOCATABLE = """allocatable:
+{{ with .status.allocatable }}
+{{ YAML . 1 }}"""
+_ALLOCATABLE_NO_GPU = """allocatable:
+{{ with .status.allocatable }}
+{{ range $k, $v := . }}
+  {{ $k | Quote }}: {{ if eq $k "nvidia.com/gpu" }}"0"{{ else }}{{ $v | Quote }}{{ end }}
+{{ end }}"""
+
+
+def elastic_node_stages(initialize: dict, cfg: TestbedConfig) -> list[dict]:
+    """The realism profile's node timings as KWOK stages for the elastic pool's nodes (the
+    autoscaler's, labelled ``kwok-nodegroup``; IDC nodes keep the undelayed stage):
+    ``node-initialize-elastic`` turns a node Ready ``node_ready_s`` (+ up to
+    ``node_ready_jitter_s``) after kwok sees it; with ``gpu_allocatable_s``, its
+    ``nvidia.com/gpu`` stays 0 until ``node-gpu-allocatable`` sets it to the capacity that much
+    later (the autoscaler counts such a GPU node as unready, as on ACK)."""
+    t = cfg.timings
+    stage = yaml.safe_load(yaml.safe_dump(initialize))
+    stage["metadata"]["name"] = "node-initialize-elastic"
+    stage["spec"]["selector"]["matchExpressions"].append(
+        {"key": f'.metadata.labels["{CA_GROUP_LABEL}"]', "operator": "Exists"})
+    # kwok stamps the conditions' lastTransitionTime with the node's creation time: this node turns
+    # Ready now, which is what a watcher of the Ready condition must read
+    template = stage["spec"]["next"]["statusTemplate"]
+    if _TRANSITION_AT_CREATION not in template:
+        raise TestbedError("kwok's node-initialize stage changed: cannot stamp the Ready transition")
+    stage["spec"]["next"]["statusTemplate"] = template.replace(_TRANSITION_AT_CREATION, "{{ $lastTransitionTime := $now }}")
+    ready_ms = int(t.node_ready_s * 1000)
+    stage["spec"]["delay"] = {"durationMilliseconds": ready_ms,
+                              "jitterDurationMilliseconds": ready_ms + int(t.node_ready_jitter_s * 1000)}
+    if not t.gpu_allocatable_s:
+        return [stage]
+    template = stage["spec"]["next"]["statusTemplate"]
+    if _ALLOCATABLE not in template:
+        raise TestbedError("kwok's node-initialize stage changed: cannot delay nvidia.com/gpu allocatable")
+    stage["spec"]["next"]["statusTemplate"] = template.replace(_ALLOCATABLE, _ALLOCATABLE_NO_GPU)
+    gpu_ms = int(t.gpu_allocatable_s * 1000)
+    allocatable = {
+        "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Stage",
+        "metadata": {"name": "node-gpu-allocatable"},
+        "spec": {
+            "resourceRef": {"apiGroup": "v1", "kind": "Node"},
+            "selector": {"matchExpressions": [
+                {"key": f'.metadata.labels["{CA_GROUP_LABEL}"]', "operator": "Exists"},
+                {"key": '.status.conditions.[] | select( .type == "Ready" ) | .status', "operator": "In",
+                 "values": ["True"]},
+                {"key": '.status.allocatable["nvidia.com/gpu"]', "operator": "In", "values": ["0"]},
+                {"key": '.status.capacity["nvidia.com/gpu"]', "operator": "NotIn", "values": ["0"]},
+            ]},
+            # the heartbeat stage matches the node too: kwok plays one matching stage, by weight
+            "weight": 1,
+            "delay": {"durationMilliseconds": gpu_ms, "jitterDurationMilliseconds": gpu_ms},
+            "next": {"statusTemplate": 'allocatable:\n  nvidia.com/gpu: {{ index .status.capacity "nvidia.com/gpu" '
+                                       '| Quote }}\n'},
+        },
+    }
+    return [stage, allocatable]
 
 
 def _kwok_proc(cfg: TestbedConfig) -> Proc:
@@ -284,18 +370,19 @@ def _kwok_proc(cfg: TestbedConfig) -> Proc:
 
 
 def _ca_proc(cfg: TestbedConfig) -> Proc:
-    t = cfg.autoscaler
+    t = cfg.timings
     env = {"KWOK_PROVIDER_MODE": "local", "POD_NAMESPACE": CA_NAMESPACE, "KUBECONFIG": str(cfg.kubeconfig)}
     return Proc("cluster-autoscaler", [
         str(require_binary("ca", "cluster-autoscaler")), "--cloud-provider=kwok",
         f"--kubeconfig={cfg.kubeconfig}", f"--namespace={CA_NAMESPACE}", "--leader-elect=false",
         f"--address=127.0.0.1:{cfg.ports.autoscaler}",
-        f"--scan-interval={t.scan_interval_s}s", "--expander=least-waste",
-        f"--scale-down-unneeded-time={t.scale_down_unneeded_s}s",
-        f"--scale-down-delay-after-add={t.scale_down_delay_after_add_s}s",
+        f"--scan-interval={_dur(t.ca_scan_interval_s)}", "--expander=least-waste",
+        f"--scale-down-unneeded-time={_dur(t.ca_scale_down_unneeded_s)}",
+        f"--scale-down-delay-after-add={_dur(t.ca_scale_down_delay_after_add_s)}",
+        f"--new-pod-scale-up-delay={_dur(t.ca_new_pod_scale_up_delay_s)}",
         "--scale-down-delay-after-delete=0s", "--scale-down-delay-after-failure=10s",
         "--unremovable-node-recheck-timeout=10s", "--node-delete-delay-after-taint=0s",
-        "--max-node-provision-time=2m", "--initial-node-group-backoff-duration=10s",
+        f"--max-node-provision-time={_dur(t.ca_max_node_provision_s)}", "--initial-node-group-backoff-duration=10s",
         "--skip-nodes-with-local-storage=false", "--skip-nodes-with-system-pods=false",
         "--scale-down-gpu-utilization-threshold=0.5", "--record-duplicated-events=true",
         "--write-status-configmap=true", "--v=2",
@@ -405,6 +492,7 @@ def up(cfg: TestbedConfig | None = None, *, log=print, components: list[Componen
         down(cfg, log=log)  # half a test bed (e.g. after a crash) is torn down before a clean start
         running = []
     save_config(cfg)
+    write_realism(cfg)
     pki.ensure_pki(cfg.pki_dir)
     pki.write_kubeconfig(cfg.kubeconfig, cfg.pki_dir, apiserver_url(cfg))
     timings: dict[str, float] = {}
@@ -435,6 +523,16 @@ def up(cfg: TestbedConfig | None = None, *, log=print, components: list[Componen
     timings["total"] = round(time.monotonic() - started, 2)
     log(f"[testbed] all components ready in {timings['total']:.1f}s; KUBECONFIG={cfg.kubeconfig}")
     return timings
+
+
+def write_realism(cfg: TestbedConfig) -> Path:
+    """``<state_dir>/realism.json``: the profile and every figure it applies (with sources), and the
+    ``ack-gpu`` figures a ``fast`` run is projected onto. A run finds it beside the kubeconfig."""
+    path = cfg.state_dir / REALISM_FILE
+    doc = cfg.timings.document()
+    doc["model_load_s"] = cfg.timings.model_load_s or cfg.emulator.load_delay_s  # what a replica waits, in all
+    path.write_text(json.dumps(doc, indent=2))
+    return path
 
 
 def down(cfg: TestbedConfig | None = None, *, log=print) -> list[str]:
@@ -491,6 +589,8 @@ def status(cfg: TestbedConfig | None = None) -> dict:
                 extra.setdefault("errors", []).append(f"{comp.name}: {exc}")
     out = {
         "ready": all(c["ready"] for c in comps),
+        "profile": cfg.profile,
+        "realism": {f.name: f.value for f in cfg.timings.figures()},
         "state_dir": str(cfg.state_dir),
         "kubeconfig": str(cfg.kubeconfig),
         "apiserver": apiserver_url(cfg),

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from testbed.errors import TestbedError
+from testbed.realism import PROFILES, Realism
 
 
 def default_state_dir() -> Path:
@@ -159,6 +160,21 @@ class TestbedConfig(_Strict):
     emulator: EmulatorModel = Field(default_factory=EmulatorModel)
     kserve: KServeSettings = Field(default_factory=KServeSettings)
     hpa_sync_period_s: int = Field(5, ge=1, le=60, description="kube-controller-manager HPA sync period")
+    realism: Realism = Field(default_factory=Realism, description="realism profile (testbed/realism.py): fast "
+                             "or ack-gpu, each figure overridable, e.g. realism.node_ready_s=90")
+
+    @property
+    def profile(self) -> str:
+        return self.realism.profile
+
+    @property
+    def timings(self) -> Realism:
+        """The realism figures as applied: the ``fast`` profile's HPA/autoscaler figures are this
+        test bed's own settings (``hpa_sync_period_s``, ``autoscaler.*``)."""
+        a = self.autoscaler
+        return self.realism.fill_testbed(hpa_sync_period_s=self.hpa_sync_period_s, scan_interval_s=a.scan_interval_s,
+                                         scale_down_unneeded_s=a.scale_down_unneeded_s,
+                                         scale_down_delay_after_add_s=a.scale_down_delay_after_add_s)
 
     @property
     def kubeconfig(self) -> Path:
@@ -188,8 +204,11 @@ def _apply_set(data: dict, assignment: str) -> None:
     node[parts[-1]] = yaml.safe_load(value)
 
 
-def load_config(overrides: list[str] | None = None, *, saved: bool = False) -> TestbedConfig:
-    """Defaults <- $TIDEGATE_TESTBED_CONFIG <- overrides; with ``saved``, what ``up`` wrote."""
+def load_config(overrides: list[str] | None = None, *, saved: bool = False,
+                profile: str | None = None) -> TestbedConfig:
+    """Defaults <- $TIDEGATE_TESTBED_CONFIG <- ``profile`` <- overrides; with ``saved``, what ``up``
+    wrote. ``profile`` (``testbed up --profile``) is a setting on top of the file: the same as
+    ``--set realism.profile=NAME``, and the figures of the file's ``realism`` block still apply."""
     data: dict = {}
     path = os.environ.get("TIDEGATE_TESTBED_CONFIG")
     if path:
@@ -197,6 +216,10 @@ def load_config(overrides: list[str] | None = None, *, saved: bool = False) -> T
             data = yaml.safe_load(Path(path).read_text()) or {}
         except OSError as exc:
             raise TestbedError(f"TIDEGATE_TESTBED_CONFIG={path}: {exc.strerror}") from exc
+    if profile is not None:
+        if profile not in PROFILES:
+            raise TestbedError(f"--profile {profile!r}: the profiles are {', '.join(PROFILES)}")
+        _apply_set(data, f"realism.profile={profile}")
     for assignment in overrides or []:
         _apply_set(data, assignment)
     try:
@@ -205,7 +228,7 @@ def load_config(overrides: list[str] | None = None, *, saved: bool = False) -> T
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
         raise TestbedError(f"test bed setting {loc}: {err['msg']}") from exc
-    if saved and not overrides:
+    if saved and not overrides and profile is None:
         saved_file = cfg.state_dir / "config.json"
         if saved_file.exists():
             return TestbedConfig.model_validate_json(saved_file.read_text())

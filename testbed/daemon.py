@@ -30,6 +30,7 @@ import datetime as dt
 import logging
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from tasks.errors import ClusterError
 from tasks.kube import Kube
 from testbed import kserve, kserve_upstream
 from testbed import resourcepolicy as rp
-from testbed.config import TestbedConfig
+from testbed.config import EmulatorModel, TestbedConfig
 from testbed.emulator import ReplicaPool
 from testbed.gateway import Gateway
 from testbed.podrunner import PodRunner, wants
@@ -64,11 +65,22 @@ def image_pullable(image: str) -> bool:
     return not (image.startswith(UNPULLABLE) or image.endswith(":does-not-exist"))
 
 
+def kubelet_model(cfg: TestbedConfig) -> EmulatorModel:
+    """The emulator's model with the realism profile's model load (weights + engine start) as its
+    load delay; the ``fast`` profile keeps ``emulator.load_delay_s``."""
+    load_s = cfg.timings.model_load_s
+    return cfg.emulator if load_s is None else cfg.emulator.model_copy(update={"load_delay_s": load_s})
+
+
 class Daemon:
     def __init__(self, cfg: TestbedConfig):
         self.cfg = cfg
         self.kube = Kube.connect(kubeconfig=cfg.kubeconfig)
-        self.pool = ReplicaPool(cfg.emulator, base_port=cfg.ports.replica_base)
+        self.timings = cfg.timings
+        self.pool = ReplicaPool(kubelet_model(cfg), base_port=cfg.ports.replica_base)
+        self.metric_history: deque[tuple[float, dict]] = deque()
+        self.pulls: set[asyncio.Task] = set()
+        self.pulled: set[tuple[str, str]] = set()  # (node, image) pulled once
         self.gateway = Gateway(port=cfg.ports.gateway)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.queue: asyncio.Queue | None = None
@@ -197,11 +209,61 @@ class Daemon:
             return
         served, root = kserve.served_model(container)
         self.replica_pods[key] = pod
+        image_on_node = (pod["spec"]["nodeName"], container.get("image", ""))
+        if self.timings.image_pull_s > 0 and image_on_node not in self.pulled:  # own task: the loop goes on
+            task = asyncio.create_task(self._pull_then_start(pod, served, root, labels))
+            self.pulls.add(task)
+            task.add_done_callback(self.pulls.discard)
+            return
         # the emulator behaves like the image tag's vLLM version with the command's engine flags
         await self.pool.add(key, served_model_name=served, model_root=root, labels=labels,
                             image=container.get("image"),
                             argv=[*(container.get("command") or []), *(container.get("args") or [])])
         await self._pod_status(pod, running=True, ready=False)
+
+    async def _pull_then_start(self, pod: Obj, served: str, root: str, labels: dict) -> None:
+        try:
+            if not await self._pull_image(pod):
+                return
+            container = pod["spec"]["containers"][0]
+            await self.pool.add(_key(pod), served_model_name=served, model_root=root, labels=labels,
+                                image=container.get("image"),
+                                argv=[*(container.get("command") or []), *(container.get("args") or [])])
+            await self._pod_status(pod, running=True, ready=False)
+            await self._kubelet_event(pod, "Started", "Started container " + pod["spec"]["containers"][0]["name"])
+        except Exception:  # noqa: BLE001 - a task's exception would otherwise vanish
+            log.exception("starting %s after its image pull", _key(pod))
+
+    async def _pull_image(self, pod: Obj) -> bool:
+        """The realism profile's image pull: the pod waits in ContainerCreating for ``image_pull_s``
+        between the kubelet's Pulling and Pulled events. False if the pod went away meanwhile."""
+        key, image = _key(pod), pod["spec"]["containers"][0].get("image", "")
+        await self._pod_status(pod, running=False, ready=False, waiting=("ContainerCreating", ""))
+        await self._kubelet_event(pod, "Pulling", f'Pulling image "{image}"')
+        await asyncio.sleep(self.timings.image_pull_s)
+        if self.replica_pods.get(key) is not pod:
+            return False
+        self.pulled.add((pod["spec"]["nodeName"], image))  # the node's image cache (IfNotPresent)
+        await self._kubelet_event(pod, "Pulled", f'Successfully pulled image "{image}" in '
+                                                 f'{self.timings.image_pull_s:g}s (realism profile '
+                                                 f'{self.timings.profile})')
+        return True
+
+    async def _kubelet_event(self, pod: Obj, reason: str, message: str) -> None:
+        meta = pod["metadata"]
+        now = _now()
+        event = {"apiVersion": "v1", "kind": "Event",
+                 "metadata": {"name": f"{meta['name']}.{time.time_ns():x}", "namespace": meta["namespace"]},
+                 "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"],
+                                    "namespace": meta["namespace"], "uid": meta.get("uid", ""),
+                                    "fieldPath": "spec.containers{%s}" % pod["spec"]["containers"][0]["name"]},
+                 "reason": reason, "message": message, "type": "Normal", "count": 1,
+                 "firstTimestamp": now, "lastTimestamp": now,
+                 "source": {"component": "kubelet", "host": pod["spec"].get("nodeName", "")}}
+        try:
+            await self._call(self.kube.create, event, field_manager="kubelet-testbed")
+        except ClusterError as exc:
+            log.info("event %s %s: %s", reason, _key(pod), exc)
 
     async def _pod_status(self, pod: Obj, *, running: bool, ready: bool,
                           waiting: tuple[str, str] | None = None) -> None:
@@ -376,6 +438,34 @@ class Daemon:
 
     async def _pod_metrics(self, req: web.Request) -> web.Response:
         ns = req.query.get("namespace", "")
+        if self.timings.metric_lag_s > 0:
+            return web.json_response(self._lagged_metrics(ns))
+        return web.json_response(self._live_metrics(ns))
+
+    def _lagged_metrics(self, ns: str) -> Obj:
+        """The realism profile's metric pipeline lag: the figures as they were ``metric_lag_s`` ago
+        (DCGM -> exporter -> Prometheus -> adapter); nothing before the first sample that old."""
+        cutoff = time.time() - self.timings.metric_lag_s
+        old = [doc for at, doc in self.metric_history if at <= cutoff]
+        if not old:
+            return {"pods": {}, "timestamp": cutoff}
+        snap = old[-1]
+        pods = {name: v for name, v in snap.get(ns, {}).items() if f"{ns}/{name}" in self.replica_pods}
+        return {"pods": pods, "timestamp": snap["_at"]}
+
+    async def metric_sampler(self) -> None:
+        """Every second, a snapshot of every namespace's per-pod figures, kept for ``metric_lag_s``."""
+        while not self.stop.is_set():
+            now = time.time()
+            namespaces = {k.split("/", 1)[0] for k in list(self.replica_pods)}
+            snap: Obj = {ns: self._live_metrics(ns)["pods"] for ns in namespaces}
+            snap["_at"] = now
+            self.metric_history.append((now, snap))
+            while self.metric_history and self.metric_history[0][0] < now - self.timings.metric_lag_s - 5:
+                self.metric_history.popleft()
+            await asyncio.sleep(1.0)
+
+    def _live_metrics(self, ns: str) -> Obj:
         pods: dict[str, dict[str, float]] = {}
         for key in list(self.replica_pods):
             pns, name = key.split("/", 1)
@@ -387,7 +477,7 @@ class Daemon:
                           "vllm_num_requests_waiting": float(replica.waiting),
                           "vllm_gpu_cache_usage_perc": round(replica.gpu_cache_usage, 4),
                           "vllm_num_preemptions_total": float(replica.num_preemptions)}
-        return web.json_response({"pods": pods, "timestamp": time.time()})
+        return {"pods": pods, "timestamp": time.time()}
 
     async def _faults(self, req: web.Request) -> web.Response:
         try:
@@ -435,6 +525,8 @@ class Daemon:
         await self.gateway.start()
         asyncio.create_task(self.readiness_loop())
         asyncio.create_task(self.podrunner.run(self.stop))
+        if self.timings.metric_lag_s > 0:
+            asyncio.create_task(self.metric_sampler())
         log.info("daemon up: api and scheduler extender :%s gateway :%s", self.cfg.ports.daemon,
                  self.cfg.ports.gateway)
         while True:
