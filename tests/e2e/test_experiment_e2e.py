@@ -1,5 +1,5 @@
 """Issue 21 end to end on the test bed: `tidegate experiment --variants hybrid,idc-only` on a short
-load that needs three replicas while the IDC pool holds two. Hybrid spills over and attains more,
+load that needs three replicas (of a vLLM capped at 16 sequences) while the IDC pool holds two. Hybrid spills over and attains more,
 at a cloud cost; idc-only never touches the cloud pool. Also: the demo-like run's scale-up has a
 critical path whose steps are ordered, add up to the total, and whose first request served by the
 new pod comes after that pod was Ready."""
@@ -18,7 +18,13 @@ import pytest
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL = ROOT / "examples" / "qwen-chat.local.yaml"
-SHORT = ["--set", "load.baseline_s=10", "--set", "load.spike_s=60", "--set", "load.hold_s=30",
+# vLLM capped at 16 sequences per replica (--max-num-seqs 16, as a latency-first deployment sets it):
+# the two IDC replicas decode 32 requests at once and the spike's excess queues (TTFT grows); with
+# vLLM's default 256 two replicas would absorb this short spike alone
+SEQS_16 = ("service.command=python3 -m vllm.entrypoints.openai.api_server --port 8080 --trust-remote-code "
+           "--served-model-name qwen --model /mnt/models/Qwen --gpu-memory-utilization 0.95 --quantization gptq "
+           "--max-model-len=6144 --max-num-seqs 16")
+SHORT = ["--set", SEQS_16, "--set", "load.baseline_s=10", "--set", "load.spike_s=60", "--set", "load.hold_s=30",
          "--set", "load.cooldown_s=60", "--set", "load.ramp_s=30", "--set", "load.seed=5"]
 
 
