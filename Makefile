@@ -34,9 +34,18 @@ test-unit: setup
 	$(PY) -m pytest -q tests/unit
 
 # the whole suite: unit, integration and e2e (the test bed is started by the session fixture
-# if it is not running, and stopped again at the end)
+# if it is not running, and stopped again at the end). The suites that bring up test beds of their
+# own (tests/reliability, tests/integration/test_realism.py: own state dirs and ports, never the
+# shared bed) run beside it in a second pytest, their output printed after the first's; both must pass.
+PRIVATE_BED_TESTS := tests/reliability tests/integration/test_realism.py
 test: setup testbed-build lint
-	$(PY) -m pytest -q --durations=30 tests
+	@rm -f .private-tests.log .private-tests.rc; \
+	( $(PY) -m pytest -q -p no:cacheprovider --basetemp=/tmp/tidegate-private-bed-tests --durations=10 \
+	    $(PRIVATE_BED_TESTS) > .private-tests.log 2>&1; echo $$? > .private-tests.rc ) & \
+	$(PY) -m pytest -q --durations=30 $(addprefix --ignore=,$(PRIVATE_BED_TESTS)) tests; rc=$$?; \
+	wait; echo "--- the suites on private test beds ($(PRIVATE_BED_TESTS)) ---"; cat .private-tests.log; \
+	prc=$$(cat .private-tests.rc 2>/dev/null || echo 1); echo "main suite exit $$rc, private-bed suites exit $$prc"; \
+	[ $$rc = 0 ] && [ $$prc = 0 ]
 
 # the layering (import-linter contracts in pyproject.toml) and the committed report contract
 lint: setup
