@@ -144,6 +144,11 @@ def kserve_default_mode(kube: Kube) -> tuple[str | None, str | None]:
     ``inferenceservice-config`` ConfigMap; (None, reason) when it cannot be read."""
     ns, name = KSERVE_CONFIG
     try:
+        # a least-privilege account may not read KServe's namespace: ask first (a SelfSubjectAccessReview)
+        # rather than make a request the API server would answer 403
+        if not kube.can_i("get", "configmaps", namespace=ns, name=name):
+            return None, (f"ConfigMap {ns}/{name} unreadable (the run's account may not get it; grant get on it "
+                          "to have preflight check KServe's mode)")
         cm = kube.get("v1", "ConfigMap", name, ns)
     except ClusterError as exc:
         return None, f"ConfigMap {ns}/{name} unreadable ({exc})"

@@ -190,7 +190,10 @@ def test_verify_reports_the_policy_refusing_nodes_the_autoscaler_counts_on():
 
 class _StubKube:
     def __init__(self, cm=None, error=None):
-        self.cm, self.error = cm, error
+        self.cm, self.error, self.allowed = cm, error, True
+
+    def can_i(self, verb, resource, *, group="", namespace=None, name=None):
+        return self.allowed
 
     def get(self, api_version, kind, name, namespace=None):
         if self.error:
@@ -236,6 +239,12 @@ def test_preflight_deployment_mode_unknown():
     _check_deployment_mode(_StubKube(error=ClusterError("get ConfigMap kserve/inferenceservice-config: 403")),
                            spec, report)
     assert "unknown" in report.warnings[0]
+    # an account that may not read it is told so, and no request is made that would be answered 403
+    denied = _StubKube(error=AssertionError("the ConfigMap was requested without the right to read it"))
+    denied.allowed = False
+    report.warnings.clear()
+    _check_deployment_mode(denied, spec, report)
+    assert "may not get it" in report.warnings[0]
 
 
 def test_status_components_say_upstream_or_emulated():
