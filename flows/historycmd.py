@@ -212,14 +212,3 @@ def register(sub: argparse._SubParsersAction) -> None:
     j.add_argument("--json", action="store_true", help="print the judgement as JSON")
     _store_args(j)
     j.set_defaults(func=cmd_judge)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The CLI (``flows.cli.main``, which registers these commands) with ``argv``."""
-    from flows.cli import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from tasks.gate import lookup
+
 # the per-run figures a repetition yields: dotted report keys, and whether a repetition's value is a
 # count (kept as a number like the others)
 REPEAT_FIGURES = (
@@ -88,15 +90,6 @@ def interval(values: list[Any]) -> Interval:
     sd = math.sqrt(sum((x - mean) ** 2 for x in nums) / (n - 1))
     half = t_quantile(n - 1) * sd / math.sqrt(n)
     return Interval(n, mean, median, sd, mean - half, mean + half, gap)
-
-
-def lookup(doc: dict[str, Any], dotted: str) -> Any:
-    node: Any = doc
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 def repeats_block(repetitions: list[dict[str, Any]]) -> dict[str, Any]:

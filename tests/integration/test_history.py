@@ -18,7 +18,7 @@ from pathlib import Path
 import oss2
 import pytest
 
-from flows import historycmd
+from flows.cli import main as cli_main
 from tasks.history import Store, StoreWarning
 from tasks.names import STAGE_NAMES
 
@@ -67,7 +67,7 @@ def _report(root: Path, run_id: str, started: str, ttft: float) -> Path:
 
 
 def _cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = historycmd.main(list(argv))
+    code = cli_main(list(argv))
     out = capsys.readouterr()
     return code, out.out, out.err
 

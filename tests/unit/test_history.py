@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from flows import historycmd
+from flows.cli import main as cli_main
 from tasks.errors import SpecError
 from tasks.history import (
     RUNS,
@@ -54,7 +54,7 @@ def make_report(root: Path, run_id: str, *, spec: str = "svc-a", verdict: str = 
 
 
 def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = historycmd.main(list(argv))
+    code = cli_main(list(argv))
     out = capsys.readouterr()
     return code, out.out, out.err
 
