@@ -182,8 +182,9 @@ def shape_for(load: LoadSpec) -> LoadShape:
 # -- the request -------------------------------------------------------------------------------
 def chat_request(served_name: str, load: LoadSpec, *, stream_options: bool = True) -> dict[str, Any]:
     """The seed's chat request body, streamed when ``load.stream``: with
-    ``stream_options.include_usage`` only where the server accepts it (``stream_options``; vLLM
-    0.4.x answers it with a 400), else the generator counts the content chunks."""
+    ``stream_options.include_usage`` only where the server has it (``stream_options``; vLLM
+    0.4.1 ignores it, 0.4.2-0.4.3 answer it with a 400), else usage comes from the finish chunk
+    or the generator counts the content chunks."""
     body: dict[str, Any] = {"model": served_name, "messages": [{"role": "user", "content": load.prompt}],
                             "max_tokens": load.max_tokens, "temperature": 0.7, "top_p": 0.9, "seed": 10,
                             "stream": bool(load.stream)}

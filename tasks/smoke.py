@@ -8,9 +8,11 @@ failure names the check and what was wrong.
 
 What the server accepts is detected first, never assumed (``detect_server``): vLLM's
 ``GET /version``, or, where a server has none, one small streamed request with
-``stream_options``. vLLM before 0.5 (the seed's 0.4.1) forbids unknown request fields and has
-no ``stream_options``, so it is never sent one: the streamed usage is then the finish chunk's
-``usage`` (0.4.x sends it there) or, failing that, the count of content chunks.
+``stream_options``. vLLM before 0.5 has no ``stream_options``: the seed's 0.4.1 drops unknown
+request fields silently, 0.4.2 and 0.4.3 answer them with a 400 (vLLM's tagged sources,
+``testbed/vllm_surface.py``), so a server older than 0.5 is never sent one: the streamed usage is
+then the finish chunk's ``usage`` (0.4.x sends it there) or, failing that, the count of content
+chunks.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import httpx
 from tasks.errors import StageFailed
 from tasks.report_model import SmokeBlock, SmokeCheckBlock
 
-# the first vLLM release with stream_options (vllm#5135, #5319); 0.4.x answers it with a 400
+# the first vLLM release with stream_options (vllm#5135, #5319); 0.4.1 ignores it, 0.4.2-0.4.3 answer it with a 400
 STREAM_OPTIONS_SINCE = (0, 5, 0)
 
 
@@ -61,12 +63,26 @@ def features_of_version(version: str) -> ServerFeatures | None:
     return ServerFeatures(version=version, stream_options=parsed >= STREAM_OPTIONS_SINCE)
 
 
+def _is_usage_chunk(line: str) -> bool:
+    """An SSE line that is ``stream_options.include_usage``'s own chunk: usage and no choices."""
+    data = line[5:].strip() if line.startswith("data:") else ""
+    if not data or data == "[DONE]":
+        return False
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(chunk, dict) and bool(chunk.get("usage")) and not chunk.get("choices")
+
+
 def detect_server(c: httpx.Client, served_name: str) -> ServerFeatures:
     """What the server behind ``c`` accepts: from ``GET /version``, else from one probe request.
 
-    The probe is the smallest streamed request with ``stream_options``: 200 means it is
-    accepted, a 400 (vLLM's answer to an unknown or forbidden field) that it is not. Any other
-    answer leaves the default (send it), and the checks that follow will say what is wrong.
+    The probe is the smallest streamed request with ``stream_options``: it is honoured when the
+    stream ends with a usage chunk of its own (no choices); a 400 (vLLM's answer to an unknown
+    field from 0.4.2 to 0.6.4) or a 200 without that chunk (0.4.1 drops the field) says it is
+    not. Any other answer leaves the default (send it), and the checks that follow will say what
+    is wrong.
     """
     try:
         r = c.get("/version")
@@ -80,8 +96,12 @@ def detect_server(c: httpx.Client, served_name: str) -> ServerFeatures:
             "stream": True, "stream_options": {"include_usage": True}}
     try:
         with c.stream("POST", "/v1/chat/completions", json=body) as r:
-            r.read()
-            return ServerFeatures(stream_options=r.status_code != 400)
+            if r.status_code == 400:
+                return ServerFeatures(stream_options=False)
+            if r.status_code != 200:
+                r.read()
+                return ServerFeatures()
+            return ServerFeatures(stream_options=any(_is_usage_chunk(line) for line in r.iter_lines()))
     except httpx.HTTPError:
         return ServerFeatures()
 

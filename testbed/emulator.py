@@ -7,13 +7,16 @@ vLLM version in the pod's image tag (``/health``, ``/version``, ``/v1/models``,
 error bodies) and takes as long as a GPU running vLLM's scheduler would. All replicas of a
 ``ReplicaPool`` share one asyncio loop.
 
-Versions (``api_surface``): the image tag's version picks the OpenAI surface. In 0.4.x (the
-seed's 0.4.1) requests are strict (``OpenAIBaseModel`` has ``extra="forbid"``: an unknown
-field, ``stream_options`` or ``max_completion_tokens`` is a 400), chat content is a string,
-and the streamed finish chunk carries ``usage``; ``/metrics`` has no
-``vllm:num_preemptions_total`` before 0.4.3 (added by vllm#4647). From 0.5.0 on
-(``stream_options``: vllm#5135, #5319), and for an unknown version, the newest surface
-modelled (0.6.x): unknown fields ignored, ``stream_options.include_usage`` honoured.
+Versions (``api_surface``): the image tag's version picks the OpenAI surface, as vLLM's tagged
+sources have it (``testbed/vllm_surface.py`` and ``vllm_request_fields.json``: the request fields of
+every release from 0.4.1 to 0.8.0, read from the PyPI sdists). An unknown field is dropped
+silently by 0.4.1 (plain pydantic models: the seed's image accepts ``stream_options`` and ignores
+it), a 400 (``extra_forbidden``) from 0.4.2 to 0.6.4 (``OpenAIBaseModel`` with
+``extra="forbid"``: ``stream_options`` before 0.5.0, ``max_completion_tokens`` before 0.6.4) and
+accepted again from 0.6.5. Before 0.5.0 chat content is a string (0.4.1) and the streamed finish
+chunk carries ``usage``; from 0.5.0 (``stream_options``: vllm#5135, #5319) usage comes only on
+``stream_options.include_usage``. ``/metrics`` has no ``vllm:num_preemptions_total`` before
+0.4.3 (vllm#4647). A tag that names no version gets the newest modelled (0.6.3, the example's).
 
 Engine (``EngineArgs`` from the pod's vLLM command: ``--max-model-len``,
 ``--gpu-memory-utilization`` (0.9), ``--max-num-seqs`` (256), ``--max-num-batched-tokens``,
@@ -101,6 +104,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from testbed.config import EmulatorModel
 from testbed.errors import PortInUse, TestbedError
+from testbed.vllm_surface import RequestSurface, request_surface
 
 log = logging.getLogger("testbed.emulator")
 LOOPBACK = "127.0.0.1"
@@ -207,18 +211,24 @@ def parse_version(text: str | None) -> tuple[int, int, int] | None:
 class ApiSurface:
     """What a vLLM version's OpenAI server accepts and answers (see the module docstring)."""
 
-    strict: bool                  # extra="forbid": unknown fields are a 400
+    request: RequestSurface       # the request fields and what an unknown one does (vllm_surface.py)
     stream_options: bool          # stream_options.include_usage exists
     usage_in_last_chunk: bool     # the streamed chat's finish chunk carries usage
     preemption_metric: bool       # /metrics has vllm:num_preemptions_total
     chunked_prefill_default: bool
 
+    @property
+    def strict(self) -> bool:
+        """Unknown request fields are a 400 (0.4.2 to 0.6.4)."""
+        return self.request.extra == "forbid"
+
 
 def api_surface(version: tuple[int, int, int]) -> ApiSurface:
-    """0.4.x: strict bodies, usage on the finish chunk; stream_options from 0.5.0 (vllm#5135 chat,
-    #5319 completions); vllm:num_preemptions_total from 0.4.3 (vllm#4647)."""
+    """The request fields of the version (unknown ones ignored before 0.4.2, a 400 until 0.6.5);
+    usage on the finish chunk and stream_options from 0.5.0 (vllm#5135 chat, #5319 completions);
+    vllm:num_preemptions_total from 0.4.3 (vllm#4647)."""
     old = version < (0, 5, 0)
-    return ApiSurface(strict=old, stream_options=not old, usage_in_last_chunk=old,
+    return ApiSurface(request=request_surface(version), stream_options=not old, usage_in_last_chunk=old,
                       preemption_metric=version >= (0, 4, 3), chunked_prefill_default=False)
 
 
@@ -377,15 +387,15 @@ class CompletionRequest(_Body):
     stream_options: StreamOptions | None = None
 
 
-# --- vLLM 0.4.1's surface (vllm/entrypoints/openai/protocol.py at v0.4.1): OpenAIBaseModel
-# forbids extra fields; messages are List[Dict[str, str]]; no stream_options, no
-# max_completion_tokens. Sampling fields are listed so that a valid 0.4.1 body passes. ---
+# --- vLLM 0.4.1's surface (vllm/entrypoints/openai/protocol.py at v0.4.1): plain pydantic
+# models (unknown fields are dropped); messages are List[Dict[str, str]]; no stream_options, no
+# max_completion_tokens. Which fields each version knows is vllm_surface's table. ---
 
-class _Strict041(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Body041(BaseModel):
+    model_config = ConfigDict(extra="ignore")
 
 
-class _Sampling041(_Strict041):
+class _Sampling041(_Body041):
     frequency_penalty: float | None = 0.0
     logit_bias: dict[str, float] | None = None
     presence_penalty: float | None = 0.0
@@ -825,7 +835,10 @@ def _validation_error(errors: list[dict[str, Any]]) -> web.Response:
     return error_response(400, str(errors))
 
 
-def _parse(raw: bytes, schema: type[BaseModel]) -> BaseModel | web.Response:
+def _parse(raw: bytes, schema: type[BaseModel], request: RequestSurface | None = None,
+           kind: Literal["chat", "completion"] = "chat") -> BaseModel | web.Response:
+    """``raw`` as ``schema``; with a version's ``request`` surface, a field that version does not
+    know is a 400 where it forbids unknown fields, and otherwise dropped before validation."""
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -834,6 +847,13 @@ def _parse(raw: bytes, schema: type[BaseModel]) -> BaseModel | web.Response:
     except UnicodeDecodeError as exc:
         return _validation_error([{"type": "json_invalid", "loc": ("body", exc.start), "msg": "JSON decode error",
                                    "input": {}, "ctx": {"error": exc.reason}}])
+    if request is not None and isinstance(data, dict):
+        known = request.fields(kind)
+        unknown = [k for k in data if k not in known]
+        if unknown and request.extra == "forbid":
+            return _validation_error([{"type": "extra_forbidden", "loc": ("body", k),
+                                       "msg": "Extra inputs are not permitted", "input": data[k]} for k in unknown])
+        data = {k: v for k, v in data.items() if k in known}
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
@@ -1064,15 +1084,16 @@ class Replica:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         if (busy := self._loading()) is not None:
             return busy
-        if self.surface.strict:
-            old = _parse(await request.read(), ChatCompletionRequest041)
+        surface = self.surface.request
+        if surface.extra == "ignore":  # 0.4.1: string contents, unknown fields dropped
+            old = _parse(await request.read(), ChatCompletionRequest041, surface, "chat")
             if isinstance(old, web.Response):
                 return old
             assert isinstance(old, ChatCompletionRequest041)
             return await self._generate(request, kind="chat", model=old.model,
                                         prompt_tokens=estimate_chat_tokens(old.messages), max_tokens=old.max_tokens,
                                         seed=old.seed, stream=bool(old.stream), stream_options=None, where="messages")
-        body = _parse(await request.read(), ChatCompletionRequest)
+        body = _parse(await request.read(), ChatCompletionRequest, surface, "chat")
         if isinstance(body, web.Response):
             return body
         assert isinstance(body, ChatCompletionRequest)
@@ -1084,7 +1105,9 @@ class Replica:
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         if (busy := self._loading()) is not None:
             return busy
-        body = _parse(await request.read(), CompletionRequest041 if self.surface.strict else CompletionRequest)
+        surface = self.surface.request
+        body = _parse(await request.read(), CompletionRequest041 if surface.extra == "ignore" else CompletionRequest,
+                      surface, "completion")
         if isinstance(body, web.Response):
             return body
         assert isinstance(body, (CompletionRequest, CompletionRequest041))

@@ -2,9 +2,10 @@
 deployed on the twin passes tidegate's smoke and a short spike.
 
 The daemon starts each predictor pod's emulator from the pod's image tag and command, so the
-replicas answer like vLLM 0.4.1: ``stream_options`` or any unknown field is a 400. The run
-passes only if smoke and load detect that and never send it (usage then comes from the
-stream's finish chunk or its chunk count). Kept short (< 3 min): a 30 s spike, no verify.
+replicas answer like vLLM 0.4.1: no ``stream_options`` (0.4.1 drops unknown fields silently,
+testbed/vllm_surface.py), usage on the stream's finish chunk. The run passes only if smoke and
+load detect the version and take usage from the finish chunk or the chunk count. Kept short
+(< 3 min): a 30 s spike, no verify.
 """
 
 from __future__ import annotations

@@ -521,7 +521,7 @@ def test_engine_args_come_from_the_image_tag_and_the_command() -> None:
     ack = engine_args(model, image="kube-ai-registry.cn-shanghai.cr.aliyuncs.com/kube-ai/vllm:0.4.1", argv=ACK_COMMAND)
     assert (ack.version, ack.max_model_len, ack.max_num_seqs, ack.gpu_memory_utilization) == ((0, 4, 1), 6144, 256, 0.95)
     assert ack.quantization == "gptq" and ack.model_key == "qwen-7b" and not ack.chunked_prefill
-    assert ack.surface.strict and not ack.surface.stream_options
+    assert not ack.surface.strict and not ack.surface.stream_options  # 0.4.1 drops unknown fields
     # Qwen-7B (512 KiB of KV a token), GPTQ (4 bits unless the name says Int8) on a 24 GiB A10 at 0.95:
     # (22.8 GiB - 3.85 GB - 1.5 GiB) / 512 KiB ~ 36k tokens; the Int8 checkpoint ~ 29k
     assert 34_000 < ack.kv_tokens(model) < 38_000
@@ -531,14 +531,17 @@ def test_engine_args_come_from_the_image_tag_and_the_command() -> None:
     new = engine_args(model, image="vllm/vllm-openai:v0.6.3", argv=["--max-num-seqs", "64", "--model",
                                                                     "/models/Qwen2.5-7B-Instruct"])
     assert (new.version, new.max_num_seqs, new.model_key) == ((0, 6, 3), 64, "qwen2-7b")
-    assert not new.surface.strict and new.surface.stream_options
+    assert new.surface.strict and new.surface.stream_options  # 0.6.3 forbids them, knows stream_options
     unknown = engine_args(model, image="vllm/vllm-openai:latest")
     assert unknown.version == NEWEST_VERSION and unknown.max_model_len == 4096
     assert engine_args(model, version="0.4.1", image="vllm/vllm-openai:v0.6.3").version == (0, 4, 1)
     assert engine_args(EmulatorModel(max_num_seqs=16)).max_num_seqs == 16
     v043, v050 = engine_args(model, version="0.4.3").surface, engine_args(model, version="0.5.0").surface
     assert v043.strict and not v043.stream_options and v043.preemption_metric and not ack.surface.preemption_metric
-    assert not v050.strict and v050.stream_options and not v050.usage_in_last_chunk
+    assert v050.strict and v050.stream_options and not v050.usage_in_last_chunk
+    v064, v065 = engine_args(model, version="0.6.4").surface, engine_args(model, version="0.6.5").surface
+    assert "max_completion_tokens" in v064.request.chat and "max_completion_tokens" not in new.surface.request.chat
+    assert v064.strict and not v065.strict and v065.request.extra == "allow"
     assert engine_args(model, argv=["--max-num-seqs=8"]).max_num_seqs == 8
 
 
@@ -630,10 +633,12 @@ def test_max_model_len_from_the_command_is_enforced() -> None:
     assert ok == 200
 
 
-def test_vllm_041_surface() -> None:
-    async def main() -> dict[str, Any]:
+def test_vllm_surfaces_follow_the_tagged_sources() -> None:
+    """What each version does with a field it does not know, as its protocol.py has it
+    (testbed/vllm_request_fields.json): 0.4.1 drops it, 0.4.2-0.6.4 answer 400, 0.6.5 accepts it."""
+    async def answers(version: str | None) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        async with serving_one(fast_model(), vllm_version="0.4.1") as (replica, session):
+        async with serving_one(fast_model(), vllm_version=version) as (replica, session):
             async with session.get(replica.url + "/version") as r:
                 out["version"] = (await r.json())["version"]
             for name, body in (("stream_options", chat_body(max_tokens=2, stream=True,
@@ -643,39 +648,65 @@ def test_vllm_041_surface() -> None:
                                ("parts", {"model": "qwen", "max_tokens": 2,
                                           "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}]})):
                 async with session.post(replica.url + CHAT, json=body) as r:
-                    out[name] = (r.status, (await r.json())["type"])
+                    out[name] = r.status
+                    if r.status != 200:
+                        assert_vllm_error(await r.json(), 400, "BadRequestError")
+                        out[name + "_message"] = (await r.json())["message"]
+                    elif body.get("stream"):
+                        out[name + "_events"], _ = await read_sse(r)
+                    else:
+                        out[name + "_usage"] = (await r.json())["usage"]
             async with session.post(replica.url + CHAT, json=chat_body(max_tokens=3, stream=True,
                                                                        temperature=0.7, top_p=0.9, seed=10)) as r:
                 out["plain"] = r.status
                 out["events"], _ = await read_sse(r)
             async with session.get(replica.url + "/metrics") as r:
                 out["metrics"] = await r.text()
-        async with serving_one(fast_model()) as (replica, session):
-            async with session.post(replica.url + CHAT, json=chat_body(max_tokens=2, tidegate_unknown_field=1)) as r:
-                out["newest_unknown"] = r.status
-            async with session.get(replica.url + "/metrics") as r:
-                out["newest_metrics"] = await r.text()
         return out
 
+    async def main() -> dict[str | None, dict[str, Any]]:
+        return {v: await answers(v) for v in ("0.4.1", "0.4.3", "0.6.3", "0.6.4", "0.6.5", None)}
+
     out = run(main())
-    assert out["version"] == "0.4.1"
-    for name in ("stream_options", "unknown", "max_completion_tokens", "parts"):
-        assert out[name] == (400, "BadRequestError"), name
-    assert out["plain"] == 200
-    chunks = [e for e in out["events"] if isinstance(e, dict)]
-    assert out["events"][-1] == "[DONE]" and chunks[-1]["choices"][0]["finish_reason"] == "length"
-    assert chunks[-1]["usage"]["completion_tokens"] == 3  # 0.4.x: usage rides on the finish chunk
-    assert "vllm:num_preemptions_total" not in out["metrics"] and "vllm:gpu_cache_usage_perc" in out["metrics"]
-    assert out["newest_unknown"] == 200 and "vllm:num_preemptions_total" in out["newest_metrics"]
+    v041 = out["0.4.1"]
+    assert v041["version"] == "0.4.1"
+    # 0.4.1: plain pydantic models drop unknown fields; stream_options is accepted and does nothing
+    assert (v041["stream_options"], v041["unknown"], v041["max_completion_tokens"]) == (200, 200, 200)
+    so_events = [e for e in v041["stream_options_events"] if isinstance(e, dict)]
+    assert all(e["choices"] for e in so_events), "0.4.1 sent a usage-only chunk for stream_options"
+    assert so_events[-1]["usage"]["completion_tokens"] == 2  # usage rides on the finish chunk
+    assert v041["max_completion_tokens_usage"]["completion_tokens"] != 2  # ignored: the default length
+    assert v041["parts"] == 400  # List[Dict[str, str]]: content parts are not a string
+    assert v041["plain"] == 200
+    chunks = [e for e in v041["events"] if isinstance(e, dict)]
+    assert v041["events"][-1] == "[DONE]" and chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert chunks[-1]["usage"]["completion_tokens"] == 3
+    assert "vllm:num_preemptions_total" not in v041["metrics"] and "vllm:gpu_cache_usage_perc" in v041["metrics"]
+    # 0.4.3: OpenAIBaseModel forbids unknown fields and has no stream_options yet
+    v043 = out["0.4.3"]
+    assert (v043["stream_options"], v043["unknown"], v043["max_completion_tokens"]) == (400, 400, 400)
+    assert "extra_forbidden" in v043["stream_options_message"] and "stream_options" in v043["stream_options_message"]
+    assert "vllm:num_preemptions_total" in v043["metrics"]
+    # 0.6.3 (the example's image, and the default): stream_options honoured, unknown fields still a 400
+    for version in ("0.6.3", None):
+        v063 = out[version]
+        assert v063["version"] == "0.6.3"
+        assert (v063["stream_options"], v063["unknown"], v063["max_completion_tokens"], v063["parts"]) \
+            == (200, 400, 400, 200)
+        assert not [e for e in v063["stream_options_events"] if isinstance(e, dict)][-1]["choices"]
+    assert out["0.6.4"]["max_completion_tokens"] == 200 and out["0.6.4"]["unknown"] == 400
+    assert out["0.6.4"]["max_completion_tokens_usage"]["completion_tokens"] == 2
+    assert (out["0.6.5"]["unknown"], out["0.6.5"]["stream_options"]) == (200, 200)
 
 
-def test_tidegate_smoke_passes_against_041_without_stream_options() -> None:
+@pytest.mark.parametrize("tag", ["0.4.1", "0.4.3"])
+def test_tidegate_smoke_passes_against_04x_without_stream_options(tag: str) -> None:
     from types import SimpleNamespace
 
     from tasks.smoke import smoke
 
     async def main() -> tuple[Any, str]:
-        async with serving_one(fast_model(), image="kube-ai-registry.cn-shanghai.cr.aliyuncs.com/kube-ai/vllm:0.4.1",
+        async with serving_one(fast_model(), image=f"kube-ai-registry.cn-shanghai.cr.aliyuncs.com/kube-ai/vllm:{tag}",
                                argv=ACK_COMMAND) as (replica, _):
             spec = SimpleNamespace(ingress=SimpleNamespace(url=replica.url, host="qwen.example.com"),
                                    model=SimpleNamespace(served_name="qwen"),
@@ -683,8 +714,8 @@ def test_tidegate_smoke_passes_against_041_without_stream_options() -> None:
             return await asyncio.to_thread(smoke, spec), replica.metrics_text()
 
     result, page = run(main())
-    # the 0.4.1 replica answers stream_options with a 400: a pass means tidegate never sent it
+    # 0.4.3 answers stream_options with a 400: a pass means tidegate never sent it; 0.4.1 ignores it
     assert result.ok, result.describe()
-    assert result.server.version == "0.4.1" and not result.server.stream_options
+    assert result.server.version == tag and not result.server.stream_options
     assert 'finished_reason="length"} 2.0' in page  # the chat and the streamed chat, nothing else
     assert "usage chunk" in result.checks[-1].detail

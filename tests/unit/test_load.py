@@ -121,7 +121,7 @@ def test_chat_request_is_the_seeds() -> None:
         "model": "qwen", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 32,
         "temperature": 0.7, "top_p": 0.9, "seed": 10, "stream": True, "stream_options": {"include_usage": True}}
     assert "stream_options" not in L.chat_request("qwen", spec(stream=False))
-    # a server without stream_options (vLLM 0.4.x forbids unknown fields): the chunks are counted instead
+    # a server without stream_options (vLLM 0.4.x): usage from the finish chunk or the chunks are counted
     plain = L.chat_request("qwen", load, stream_options=False)
     assert plain["stream"] is True and "stream_options" not in plain
 
@@ -367,3 +367,31 @@ def test_a_server_without_version_is_probed_once() -> None:
     with httpx.Client(base_url="http://x", transport=httpx.MockTransport(
             lambda r: httpx.Response(200, json={"version": "0.6.3"}))) as c:
         assert detect_server(c, "qwen").stream_options is True
+
+
+def test_a_probe_that_a_server_ignores_is_not_taken_for_stream_options() -> None:
+    """vLLM 0.4.1 drops unknown fields: its 200 to the probe has usage on the finish chunk only,
+    which says nothing about stream_options; an honoured probe ends with a usage-only chunk."""
+    import httpx
+
+    from tasks.smoke import detect_server
+
+    finish = {"choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": "length"}],
+              "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+    usage_only = {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+
+    def server(*events: dict) -> httpx.MockTransport:
+        def handle(request: httpx.Request) -> httpx.Response:
+            if request.url.path == "/version":
+                return httpx.Response(404, json={"detail": "Not Found"})
+            sse = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+            return httpx.Response(200, content=sse.encode(), headers={"Content-Type": "text/event-stream"})
+        return httpx.MockTransport(handle)
+
+    with httpx.Client(base_url="http://x", transport=server(finish)) as c:
+        assert detect_server(c, "qwen").stream_options is False
+    with httpx.Client(base_url="http://x", transport=server({**finish, "usage": None}, usage_only)) as c:
+        assert detect_server(c, "qwen").stream_options is True
+    with httpx.Client(base_url="http://x", transport=httpx.MockTransport(
+            lambda r: httpx.Response(503, json={"detail": "loading"}))) as c:
+        assert detect_server(c, "qwen").stream_options is True  # unknown: the default, the checks will say
