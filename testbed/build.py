@@ -245,12 +245,8 @@ KSERVE_VERSION = "v0.16.0"
 KSERVE_CRD = "config/crd/full/serving.kserve.io_inferenceservices.yaml"
 
 
-def ensure_kserve_crd() -> Path:
-    """The real InferenceService CRD, taken from the KServe Go module and cached."""
-    dst = cache_dir() / "crds" / f"kserve-{KSERVE_VERSION}" / Path(KSERVE_CRD).name
-    if dst.exists():
-        return dst
-    check_go()
+def kserve_source(what: str) -> Path:
+    """The KServe Go module's source directory (``go mod download``, the module cache)."""
     env = dict(os.environ, GOTOOLCHAIN="local", GOFLAGS="-mod=mod")
     proc = subprocess.run(["go", "mod", "download", "-json", f"{KSERVE_MODULE}@{KSERVE_VERSION}"],
                           capture_output=True, text=True, env=env, check=False, cwd=cache_dir().parent)
@@ -259,9 +255,18 @@ def ensure_kserve_crd() -> Path:
     except ValueError:
         info = {"Error": proc.stderr.strip() or "no output"}
     if info.get("Error") or not info.get("Dir"):
-        raise BuildError(f"kserve CRD: `go mod download {KSERVE_MODULE}@{KSERVE_VERSION}` failed: "
+        raise BuildError(f"{what}: `go mod download {KSERVE_MODULE}@{KSERVE_VERSION}` failed: "
                          f"{str(info.get('Error'))[:200]}; check the Go module proxy")
-    src = Path(info["Dir"]) / KSERVE_CRD
+    return Path(info["Dir"])
+
+
+def ensure_kserve_crd() -> Path:
+    """The real InferenceService CRD, taken from the KServe Go module and cached."""
+    dst = cache_dir() / "crds" / f"kserve-{KSERVE_VERSION}" / Path(KSERVE_CRD).name
+    if dst.exists():
+        return dst
+    check_go()
+    src = kserve_source("kserve CRD") / KSERVE_CRD
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dst)
     return dst

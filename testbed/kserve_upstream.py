@@ -31,25 +31,18 @@ from pathlib import Path
 
 import yaml
 
-from testbed.build import KSERVE_MODULE, KSERVE_VERSION, BuildError, cache_dir, check_go
+from testbed.build import (
+    KSERVE_MODULE,
+    KSERVE_VERSION,
+    BuildError,
+    cache_dir,
+    check_go,
+    kserve_source,
+)
 from testbed.config import TestbedConfig
 
 NAMESPACE = "kserve"
 CONFIGMAP = "inferenceservice-config"
-
-
-def _source() -> Path:
-    env = dict(os.environ, GOTOOLCHAIN="local", GOFLAGS="-mod=mod")
-    proc = subprocess.run(["go", "mod", "download", "-json", f"{KSERVE_MODULE}@{KSERVE_VERSION}"],
-                          capture_output=True, text=True, env=env, check=False, cwd=cache_dir().parent)
-    try:
-        info = json.loads(proc.stdout)
-    except ValueError:
-        info = {"Error": proc.stderr.strip() or "no output"}
-    if info.get("Error") or not info.get("Dir"):
-        raise BuildError(f"kserve manager: `go mod download {KSERVE_MODULE}@{KSERVE_VERSION}` failed: "
-                         f"{str(info.get('Error'))[:200]}")
-    return Path(info["Dir"])
 
 
 def bin_dir() -> Path:
@@ -65,7 +58,7 @@ def ensure_manager(log=print) -> Path:
     work = cache_dir() / "kserve-build" / KSERVE_VERSION
     src = work / "src"
     if not src.exists():
-        shutil.copytree(_source(), src)
+        shutil.copytree(kserve_source("kserve manager"), src)
         for p in [src, *src.rglob("*")]:
             p.chmod(p.stat().st_mode | 0o200)
     log(f"[testbed] kserve-controller: building {KSERVE_MODULE}@{KSERVE_VERSION} cmd/manager (a few minutes)")
@@ -101,7 +94,7 @@ def install(cfg: TestbedConfig, log=print) -> None:
     from testbed.procs import kube
 
     ensure_manager(log)
-    source = _source()
+    source = kserve_source("kserve manager")
     k = kube(cfg)
     for crd in sorted((source / "config" / "crd" / "full").glob("serving.kserve.io_*.yaml")):
         k.apply(yaml.safe_load(crd.read_text()), field_manager="tidegate-testbed", force=True)

@@ -128,10 +128,9 @@ def _quantity(value: str) -> float:
     return float(value.rstrip("m")) / (1000 if value.endswith("m") else 1)
 
 
-def test_dataplane_gpu_metric_drives_hpa_up_and_down(kube, testbed, ns):
-    spec = _spec(ns, testbed, max_replicas=2)
-    _apply(kube, spec, {"InferenceService", "HorizontalPodAutoscaler"})
-    _wait(lambda: _isvc_ready(kube, ns), 90, "InferenceService Ready")
+def _streaming_load(testbed, ns: str, *, users: int, seconds: float) -> tuple[threading.Event, list[threading.Thread]]:
+    """``users`` threads streaming 200-token chats through the gateway, each bounded by ``seconds``,
+    until the returned event is set (the caller joins the threads)."""
     gw = f"http://127.0.0.1:{testbed.ports.gateway}"
     host = f"qwen-chat-{ns}.example.com"
     stop = threading.Event()
@@ -139,7 +138,7 @@ def test_dataplane_gpu_metric_drives_hpa_up_and_down(kube, testbed, ns):
     def load() -> None:
         body = {"model": "qwen", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 200, "stream": True}
         with httpx.Client(timeout=60) as c:
-            deadline = time.monotonic() + 240
+            deadline = time.monotonic() + seconds
             while not stop.is_set() and time.monotonic() < deadline:
                 try:
                     with c.stream("POST", f"{gw}/v1/chat/completions", json=body, headers={"Host": host}) as r:
@@ -149,9 +148,17 @@ def test_dataplane_gpu_metric_drives_hpa_up_and_down(kube, testbed, ns):
                 except httpx.HTTPError:
                     time.sleep(0.2)
 
-    threads = [threading.Thread(target=load, daemon=True) for _ in range(8)]
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(users)]
     for t in threads:
         t.start()
+    return stop, threads
+
+
+def test_dataplane_gpu_metric_drives_hpa_up_and_down(kube, testbed, ns):
+    spec = _spec(ns, testbed, max_replicas=2)
+    _apply(kube, spec, {"InferenceService", "HorizontalPodAutoscaler"})
+    _wait(lambda: _isvc_ready(kube, ns), 90, "InferenceService Ready")
+    stop, threads = _streaming_load(testbed, ns, users=8, seconds=240)
     try:
         def metric_above_50():
             pods = _pods(kube, ns)
@@ -190,26 +197,7 @@ def test_dataplane_hpa_on_vllm_running_requests_scales_up(kube, testbed, ns):
     hpa = next(o for o in objs if o["kind"] == "HorizontalPodAutoscaler")
     assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "vllm_num_requests_running"
     _wait(lambda: _isvc_ready(kube, ns), 90, "InferenceService Ready")
-    gw = f"http://127.0.0.1:{testbed.ports.gateway}"
-    host = f"qwen-chat-{ns}.example.com"
-    stop = threading.Event()
-
-    def load() -> None:
-        body = {"model": "qwen", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 200, "stream": True}
-        with httpx.Client(timeout=60) as c:
-            deadline = time.monotonic() + 150
-            while not stop.is_set() and time.monotonic() < deadline:
-                try:
-                    with c.stream("POST", f"{gw}/v1/chat/completions", json=body, headers={"Host": host}) as r:
-                        for _ in r.iter_bytes():
-                            if stop.is_set():
-                                break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
-
-    threads = [threading.Thread(target=load, daemon=True) for _ in range(6)]
-    for t in threads:
-        t.start()
+    stop, threads = _streaming_load(testbed, ns, users=6, seconds=150)
     try:
         rescale = _wait(lambda: [e for e in kube.list("v1", "Event", ns)
                                  if e.get("reason") == "SuccessfulRescale" and "above target" in e.get("message", "")],
