@@ -38,6 +38,7 @@ from aiohttp import web
 
 from tasks.errors import ClusterError
 from tasks.kube import Kube
+from tasks.names import NODEPOOL_LABEL
 from testbed import kserve, kserve_upstream
 from testbed import resourcepolicy as rp
 from testbed.config import EmulatorModel, TestbedConfig
@@ -210,7 +211,8 @@ class Daemon:
         served, root = kserve.served_model(container)
         self.replica_pods[key] = pod
         image_on_node = (pod["spec"]["nodeName"], container.get("image", ""))
-        if self.timings.image_pull_s > 0 and image_on_node not in self.pulled:  # own task: the loop goes on
+        if self.timings.image_pull_s > 0 and image_on_node not in self.pulled \
+                and not self._image_cached_on(pod["spec"]["nodeName"]):  # own task: the loop goes on
             task = asyncio.create_task(self._pull_then_start(pod, served, root, labels))
             self.pulls.add(task)
             task.add_done_callback(self.pulls.discard)
@@ -220,6 +222,12 @@ class Daemon:
                             image=container.get("image"),
                             argv=[*(container.get("command") or []), *(container.get("args") or [])])
         await self._pod_status(pod, running=True, ready=False)
+
+    def _image_cached_on(self, node_name: str) -> bool:
+        """realism ``idc_image=cached``: the IDC pool's nodes already hold the image (no pull)."""
+        if self.timings.idc_image != "cached":
+            return False
+        return self.nodes.get(node_name, {}).get(NODEPOOL_LABEL) == self.cfg.idc.nodepool_id
 
     async def _pull_then_start(self, pod: Obj, served: str, root: str, labels: dict) -> None:
         try:

@@ -77,6 +77,9 @@ _ENGINE = ("llm-d/llm-d-autoscaling docs/proposals/gpu-free-overprovisioning.md 
            "excludes pod start); order of magnitude for a smaller model")
 _METRIC = ("NVIDIA dcgm-exporter docs ('Configure Prometheus for DCGM Exporter': scrape_interval 30 s) + Prometheus "
            "scrape 15-30 s + prometheus-adapter query: 15-60 s end to end; 30 s taken")
+_IDC_IMAGE = ("assumption: a gated release runs on the IDC pool that serves the model today, whose nodes hold the "
+              "vLLM image (imagePullPolicy IfNotPresent); only new cloud nodes pull. Set realism.idc_image=pull for "
+              "a fresh IDC pool")
 _TWIN = "the twin's own timing (tidegate's fast profile: no delay added)"
 
 
@@ -100,6 +103,8 @@ FIGURES: dict[str, tuple[str, str]] = {
     "image_size_gb": ("GB", "vLLM image size a new node pulls"),
     "registry_MBps": ("MB/s", "registry -> node pull bandwidth"),
     "image_pull_s": ("s", "image pull, once per node: image_size_gb * 1024 / registry_MBps unless set [kubelet]"),
+    "idc_image": ("", "the IDC pool's nodes: cached (they already hold the image) or pull (cold, like cloud nodes) "
+                      "[kubelet]"),
     "model_size_gb": ("GB", "model weights the server reads at start"),
     "weight_storage": ("", "where the weights are read from: ossfs or nas"),
     "ossfs_read_MBps": ("MB/s", "ossfs read bandwidth of one node"),
@@ -124,6 +129,7 @@ _TABLE: dict[str, dict[str, tuple[Any, str]]] = {
     "fast": {
         "node_ready_s": (0.0, _TWIN), "node_ready_jitter_s": (0.0, _TWIN), "gpu_allocatable_s": (0.0, _TWIN),
         "image_size_gb": (0.0, _TWIN), "registry_MBps": (1000.0, _TWIN), "image_pull_s": (None, _TWIN),
+        "idc_image": ("pull", _TWIN + "; no pull time anyway"),
         "model_size_gb": (0.0, _TWIN), "weight_storage": ("ossfs", _TWIN), "ossfs_read_MBps": (1000.0, _TWIN),
         "nas_read_MBps": (1000.0, _TWIN), "weight_load_s": (None, _TWIN),
         "engine_start_s": (0.0, "the emulator's emulator.load_delay_s (2 s) is the whole model load"),
@@ -142,6 +148,7 @@ _TABLE: dict[str, dict[str, tuple[Any, str]]] = {
         "node_ready_s": (180.0, _ACK_SCALE), "node_ready_jitter_s": (60.0, _ACK_SCALE),
         "gpu_allocatable_s": (30.0, _CA_GPU_UNREADY),
         "image_size_gb": (8.0, _IMAGE), "registry_MBps": (60.0, _REGISTRY), "image_pull_s": (None, _IMAGE),
+        "idc_image": ("cached", _IDC_IMAGE),
         "model_size_gb": (5.0, _MODEL), "weight_storage": ("ossfs", "the example spec stages to OSS (ossfs PV)"),
         "ossfs_read_MBps": (100.0, _OSSFS), "nas_read_MBps": (300.0, _NAS), "weight_load_s": (None, _MODEL),
         "engine_start_s": (90.0, _ENGINE), "metric_lag_s": (30.0, _METRIC),
@@ -181,6 +188,7 @@ class Realism(BaseModel):
     image_size_gb: float = Field(None, ge=0, le=200, description=FIGURES["image_size_gb"][1])
     registry_MBps: float = Field(None, gt=0, le=100000, description=FIGURES["registry_MBps"][1])
     image_pull_s: float = Field(None, ge=0, le=7200, description=FIGURES["image_pull_s"][1])
+    idc_image: Literal["cached", "pull"] = Field(None, description=FIGURES["idc_image"][1])
     model_size_gb: float = Field(None, ge=0, le=4000, description=FIGURES["model_size_gb"][1])
     weight_storage: Literal["ossfs", "nas"] = Field(None, description=FIGURES["weight_storage"][1])
     ossfs_read_MBps: float = Field(None, gt=0, le=100000, description=FIGURES["ossfs_read_MBps"][1])

@@ -217,3 +217,21 @@ def test_report_json_and_html_carry_the_block():
     assert "realism: profile fast" in page and "projection onto ack-gpu" in page and "realism-figures" in page
     report.realism = realism_block(None, None, source="none")
     assert "none (real cluster)" in _realism_html(report)
+
+
+@pytest.mark.parametrize(("idc_image", "idc_pulls"), [("cached", False), ("pull", True)])
+def test_idc_nodes_skip_the_image_pull_when_the_profile_says_they_hold_it(idc_image: str, idc_pulls: bool) -> None:
+    """ack-gpu assumes the IDC pool already serves the model (its nodes hold the image): only a new
+    cloud node pulls; ``realism.idc_image=pull`` makes the IDC nodes cold too."""
+    from tasks.names import NODEPOOL_LABEL
+    from testbed.daemon import Daemon
+
+    cfg = TestbedConfig(realism=Realism(profile="ack-gpu", idc_image=idc_image))
+    daemon = Daemon.__new__(Daemon)  # the kubelet's rule only: no cluster behind it
+    daemon.cfg, daemon.timings = cfg, cfg.timings
+    daemon.nodes = {"idc-gpu-0": {NODEPOOL_LABEL: cfg.idc.nodepool_id},
+                    "np-elastic-abc": {NODEPOOL_LABEL: cfg.elastic.nodepool_id}}
+    assert Realism(profile="ack-gpu").idc_image == "cached" and Realism().idc_image == "pull"
+    assert daemon._image_cached_on("idc-gpu-0") is not idc_pulls
+    assert daemon._image_cached_on("np-elastic-abc") is False
+    assert daemon._image_cached_on("unknown-node") is False
