@@ -271,8 +271,12 @@ class _Extractor:
 
     # -- the HPA --------------------------------------------------------------------------------
     def asks(self) -> list[_Ask]:
+        # an HPA status with desiredReplicas 0 is one the controller has not computed yet (a new
+        # HPA whose metric is not served: minReplicas is at least 1); a scale to zero shows as
+        # its SuccessfulRescale event ("New size: 0")
         rows = pd.concat([self.hpa_rows[(self.hpa_rows["reason"] == "HPAReplicas")
-                                        & self.hpa_rows["desired_replicas"].notna()],
+                                        & self.hpa_rows["desired_replicas"].notna()
+                                        & (self.hpa_rows["desired_replicas"] != 0)],
                           self.rescales[self.rescales["replicas"].notna()]]).sort_values("time", kind="stable")
         asks: list[_Ask] = []
         desired: int | None = None
@@ -543,15 +547,22 @@ def scale_events(timeline_df: Timeline | pd.DataFrame, *, load_started_at: datet
     taken: dict[str, set[str]] = {"up": set(), "down": set()}
     events: list[ScaleEvent] = []
     previous: pd.Timestamp | None = None
-    for ask in x.asks():
+    asks = x.asks()
+    for i, ask in enumerate(asks):
         up = ask.direction == "up"
         if ask.replicas_from is None:
             count = 1
         else:
             count = abs(ask.replicas_to - ask.replicas_from)
         pool_rows = created if up else deleted
-        candidates = pool_rows[(pool_rows["time"].dt.floor("s") >= ask.at.floor("s"))
-                               & ~pool_rows["object"].isin(taken[ask.direction])]
+        at = pool_rows["time"].dt.floor("s")
+        window = at >= ask.at.floor("s")
+        # a pod created (deleted) after the HPA's next change belongs to that change: the
+        # ReplicaSet acts within a second of each scale, never for an earlier one much later
+        later = [a.at.floor("s") for a in asks[i + 1:] if a.at.floor("s") > ask.at.floor("s")]
+        if later:
+            window &= at < later[0]
+        candidates = pool_rows[window & ~pool_rows["object"].isin(taken[ask.direction])]
         pods = list(candidates["object"].iloc[:count])
         taken[ask.direction].update(pods)
         pods += [None] * (count - len(pods))

@@ -391,3 +391,24 @@ def test_violation_bill_names_the_lags_an_unknown_step_hides():
                               "(autoscaler decision unknown)")
     assert merged["span"] == "pod Pending on IDC -> node created"
     assert "waited for the autoscaler's decision or for the cloud node" in bill_sentence(merged)
+
+
+# -- a recorded ack-gpu run (make demo-ack-timing, first run): minutes between the HPA's changes ----
+def test_critical_path_ack_gpu_pods_belong_to_the_change_that_made_them():
+    """A new HPA's status reads desired 0 until its metric is served: that is not a scale to zero.
+    With ACK's timings the second IDC pod loads for minutes, so the cloud pod is created 316 s
+    after the first rescale, by the second: each pod belongs to the change it followed."""
+    meta = json.loads((FIXTURES / "spike-ack-gpu.meta.json").read_text())
+    events = scale_events(Timeline.read_csv(FIXTURES / "spike-ack-gpu.timeline.csv"),
+                          load_started_at=meta["load_started_at"], phases=meta["phases"], **POOLS)
+    shape = [(e.direction, e.replicas_from, e.replicas_to, e.pool, e.pod.rsplit("-", 1)[-1] if e.pod else None)
+             for e in events]
+    assert shape == [("up", 1, 2, "np-idc", "4cnft"), ("up", 2, 3, "np-elastic", "khs72"),
+                     ("down", 3, 2, "np-elastic", "khs72"), ("down", 2, 1, "np-idc", "4cnft")]
+    cloud = events[1]
+    assert cloud.step("pod created").seconds == 0.0  # created by the rescale to 3, not 316 s after the one to 2
+    assert cloud.step("HPA desired increase").seconds == 301.0  # the HPA waited for the loading IDC pod
+    assert cloud.step("node Ready").seconds == 237.0 and cloud.step("image pulled").seconds == 137.0
+    assert cloud.step("pod Ready").at == pd.Timestamp("2026-12-06T11:34:38Z")
+    for event in events:
+        _check_ordered_and_adding_up(event)
