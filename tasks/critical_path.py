@@ -22,7 +22,8 @@ pod Pending on IDC                the pod's first ``FailedScheduling`` (only whe
 autoscaler decision               ``TriggeredScaleUp`` on the pod, else the first
                                   ``ScaledUpGroup`` between the pod's creation and its node's
 node created / node Ready         ``NodeCreated`` / ``NodeReady`` of the node the pod landed on
-node GPU allocatable              unknown: the timeline does not record a node's allocatable
+node GPU allocatable              ``NodeGPUAllocatable`` of that node (the time the observer's
+                                  watch saw its nvidia.com/gpu allocatable: no object stamps it)
 pod scheduled                     ``PodScheduled`` (its pool and node say where the pod went)
 image pulled / container started  the kubelet's ``Pulled`` / ``Started`` events on the pod
 pod Ready                         ``PodReady`` (the end of the warm-up)
@@ -399,8 +400,11 @@ class _Extractor:
                                        else (None, _unknown(f"no NodeCreated row for node {node}")))
                 raw["node Ready"] = ((ready["time"], event_line(ready)) if ready is not None
                                      else (None, _unknown(f"no NodeReady row for node {node}")))
-            raw["node GPU allocatable"] = (None, _unknown("the timeline records the node's Ready condition, not "
-                                                          "when its nvidia.com/gpu became allocatable"))
+            gpu = self._first(self.nodes, "NodeGPUAllocatable", node) if node is not None else None
+            raw["node GPU allocatable"] = (
+                (gpu["time"], event_line(gpu)) if gpu is not None else
+                (None, _unknown("no NodeGPUAllocatable row: the timeline does not show when the node's "
+                                "nvidia.com/gpu became allocatable")))
         raw["pod scheduled"] = ((scheduled["time"], event_line(scheduled)) if scheduled is not None
                                 else (None, _unknown("the pod was never scheduled in the timeline")))
         for name, reason in (("image pulled", "Pulled"), ("container started", "Started")):

@@ -31,7 +31,7 @@ object         the object concerned, ``namespace/name`` (``name`` for Nodes); fo
 object_kind    that object's kind: HorizontalPodAutoscaler, Pod, Node, ConfigMap, ReplicaSet, ...
 reason         the event's reason (FailedScheduling, TriggeredScaleUp, SuccessfulRescale, ...),
                or a synthetic one: PodCreated, PodScheduled, PodReady, PodNotReady, PodDeleted,
-               NodeCreated, NodeReady, NodeNotReady, NodeDeleted, HPAReplicas, HPAMetric,
+               NodeCreated, NodeReady, NodeNotReady, NodeGPUAllocatable, NodeDeleted, HPAReplicas, HPAMetric,
                AutoscalerStatus
 message        the event's message, or a one-line description of the change
 count          Events: which occurrence of the event this row is (``count`` / ``series.count``;
@@ -126,6 +126,17 @@ def _ts(value: Any) -> pd.Timestamp | None:
 
 def _now() -> pd.Timestamp:
     return pd.Timestamp.now(tz="UTC")
+
+
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+def _quantity_int(value: Any) -> int:
+    """A whole-number resource quantity ("2", 2); 0 when absent or not a plain integer."""
+    try:
+        return int(str(value))
+    except (TypeError, ValueError):
+        return 0
 
 
 def _condition(obj: Obj, ctype: str) -> Obj | None:
@@ -712,6 +723,12 @@ class Observer:
             st["ready"] = False
             add(_ts((ready or {}).get("lastTransitionTime")), "NodeNotReady",
                 f"Ready={(ready or {}).get('status')} ({(ready or {}).get('reason') or 'no reason'})")
+        # the device plugin's nvidia.com/gpu turning allocatable carries no timestamp: the time the
+        # watch saw it (for a node that already had it when the watch started, the watch's start)
+        gpus = _quantity_int(((node.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE))
+        if gpus > 0 and not st.get("gpu") and etype != "DELETED":
+            st["gpu"] = True
+            add(None, "NodeGPUAllocatable", f"{GPU_RESOURCE} allocatable: {gpus}")
         if (meta.get("deletionTimestamp") or etype == "DELETED") and not st["deleted"]:
             st["deleted"] = True
             add(_deletion_requested(meta), "NodeDeleted", "node deleted")

@@ -223,6 +223,26 @@ def test_node_deleted_without_timestamp_is_stamped_when_observed():
     assert row["time"] == row["observed_at"]
 
 
+def test_node_gpu_allocatable_is_recorded_once_when_the_device_plugin_registers_it():
+    """A cloud node turns Ready with no nvidia.com/gpu, then the device plugin makes it allocatable:
+    one NodeGPUAllocatable row, stamped when the watch saw it (no object stamps the change)."""
+    obs = Observer(FakeKube({}), _spec(), run_id="t")
+    node = _node("np-elastic-r48m7", "np-elastic")
+    node["metadata"]["resourceVersion"] = "1"
+    node["status"]["allocatable"] = {"cpu": "8", "nvidia.com/gpu": "0"}
+    obs._on_node("ADDED", node)
+    assert "NodeGPUAllocatable" not in set(obs.timeline().df["reason"])
+    with_gpu = {**node, "metadata": {**node["metadata"], "resourceVersion": "2"},
+                "status": {**node["status"], "allocatable": {"cpu": "8", "nvidia.com/gpu": "1"}}}
+    obs._on_node("MODIFIED", with_gpu)
+    obs._on_node("MODIFIED", {**with_gpu, "metadata": {**with_gpu["metadata"], "resourceVersion": "3"}})
+    rows = obs.timeline().df
+    gpu = rows[rows["reason"] == "NodeGPUAllocatable"]
+    assert len(gpu) == 1 and gpu["node"].iloc[0] == "np-elastic-r48m7" and gpu["pool"].iloc[0] == "np-elastic"
+    assert gpu["message"].iloc[0] == "nvidia.com/gpu allocatable: 1 (time observed)"
+    assert gpu["time"].iloc[0] == gpu["observed_at"].iloc[0]
+
+
 def test_hpa_rows_for_replica_and_metric_changes_only():
     obs = Observer(FakeKube({}), _spec(), run_id="t")
 
