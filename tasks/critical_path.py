@@ -347,6 +347,19 @@ class _Extractor:
             pool = self.node_pool.get(row.get("node"))
         return pool
 
+    def _unready_while(self, since: pd.Timestamp | None, until: pd.Timestamp) -> str:
+        """Why an HPA may sit above its target without adding a replica: a pod of the service it
+        counts was not Ready yet (the HPA takes an unready pod's usage as 0 when scaling up)."""
+        if since is None or until <= since:
+            return ""
+        created = self.pods[(self.pods["reason"] == "PodCreated") & (self.pods["time"] < until)]
+        for row in created.itertuples(index=False):
+            ready = self._first(self.pods, "PodReady", row.object)
+            if ready is not None and since < ready["time"] <= until:
+                return (f" (until {ready['time'].strftime('%H:%M:%S')} pod {row.object} was not Ready: the HPA counts an "
+                        f"unready pod's usage as 0 when it scales up)")
+        return ""
+
     # -- one event --------------------------------------------------------------------------------
     def up(self, ask: _Ask, previous: pd.Timestamp | None, pod: str | None) -> ScaleEvent:
         raw: dict[str, tuple[pd.Timestamp | None, str]] = {}
@@ -354,7 +367,7 @@ class _Extractor:
         cross_at, cross_ev = self.crossing(ask, previous)
         raw["load step"] = self.load_step(cross_at if cross_at is not None else ask.at)
         raw["metric above target"] = (cross_at, cross_ev)
-        raw["HPA desired increase"] = (ask.at, ask.evidence())
+        raw["HPA desired increase"] = (ask.at, ask.evidence() + self._unready_while(cross_at, ask.at))
         pool = None
         if pod is None:
             why = "no pod was created for this rescale in the timeline"

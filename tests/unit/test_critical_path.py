@@ -408,6 +408,9 @@ def test_critical_path_ack_gpu_pods_belong_to_the_change_that_made_them():
     cloud = events[1]
     assert cloud.step("pod created").seconds == 0.0  # created by the rescale to 3, not 316 s after the one to 2
     assert cloud.step("HPA desired increase").seconds == 301.0  # the HPA waited for the loading IDC pod
+    why = cloud.step("HPA desired increase").evidence
+    assert "until 11:24:17 pod default/qwen-chat-predictor-557b56dbb8-4cnft was not Ready" in why, why
+    assert "was not Ready" not in events[0].step("HPA desired increase").evidence
     assert cloud.step("node Ready").seconds == 237.0 and cloud.step("image pulled").seconds == 137.0
     assert cloud.step("pod Ready").at == pd.Timestamp("2026-12-06T11:34:38Z")
     for event in events:
