@@ -26,11 +26,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "examples" / "qwen-chat.local.yaml"
 NODE_READY_S = 120
-# off the defaults, the engineers' beds (31000-35999, 21500-25999) and the reliability suite's (5xxxx)
-PORTS = {"etcd_client": 36001, "etcd_peer": 36002, "apiserver": 36003, "controller_manager": 36004,
-         "scheduler": 36005, "kwok": 36006, "autoscaler": 36007, "metrics_adapter": 36008, "daemon": 36009,
-         "webhook": 36010, "gateway": 36011, "oss": 36012, "seaweed_s3": 26500, "seaweed_master": 26501,
-         "seaweed_volume": 26502, "seaweed_filer": 26503, "replica_base": 36600}
+# off the defaults and the reliability suite's bed (tests/reliability/helpers.py), below the kernel's
+# ephemeral range (32768-60999: a port there may be taken by any outgoing connection); SeaweedFS also
+# takes each of its ports + 10000, so those stay below 22768
+PORTS = {"etcd_client": 25001, "etcd_peer": 25002, "apiserver": 25003, "controller_manager": 25004,
+         "scheduler": 25005, "kwok": 25006, "autoscaler": 25007, "metrics_adapter": 25008, "daemon": 25009,
+         "webhook": 25010, "gateway": 25011, "oss": 25012, "seaweed_s3": 22500, "seaweed_master": 22501,
+         "seaweed_volume": 22502, "seaweed_filer": 22503, "replica_base": 25600}
 STATE_DIR = Path(os.environ.get("TIDEGATE_REALISM_BED", "/tmp/tidegate-realism-bed"))
 # the spike outlasts the path to a cloud pod (~30 s HPA + 30 s autoscaler + 120 s node)
 LOAD = ["--set", "load.baseline_s=5", "--set", "load.ramp_s=10", "--set", "load.spike_s=170",

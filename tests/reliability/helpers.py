@@ -22,13 +22,15 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL_SPEC = ROOT / "examples" / "qwen-chat.local.yaml"
-# distinct from the defaults (testbed/config.py Ports), from 28000-30999 and 37000-50000 (other
-# engineers' test beds) and below 60000; SeaweedFS also takes each of its ports + 10000
+# distinct from the defaults (testbed/config.py Ports) and from test_realism's bed, and below the
+# kernel's ephemeral range (32768-60999 here): an outgoing connection may take any port in it and
+# a bed that binds there fails now and then with PortInUse. SeaweedFS also takes each of its ports
+# + 10000 (gRPC), so its ports stay below 22768.
 PORTS = {
-    "etcd_client": 52379, "etcd_peer": 52380, "apiserver": 56443, "controller_manager": 51257,
-    "scheduler": 51259, "kwok": 51247, "autoscaler": 58085, "metrics_adapter": 56444, "daemon": 58080,
-    "webhook": 58443, "gateway": 58000, "oss": 58333, "seaweed_s3": 23334, "seaweed_master": 23333,
-    "seaweed_volume": 23081, "seaweed_filer": 23888, "replica_base": 53000,
+    "etcd_client": 24379, "etcd_peer": 24380, "apiserver": 24443, "controller_manager": 24257,
+    "scheduler": 24259, "kwok": 24247, "autoscaler": 24085, "metrics_adapter": 24444, "daemon": 24080,
+    "webhook": 24453, "gateway": 24000, "oss": 24333, "seaweed_s3": 21334, "seaweed_master": 21333,
+    "seaweed_volume": 21081, "seaweed_filer": 21888, "replica_base": 24600,
 }
 # a spike short enough for a fault test, long enough for spill-over and back on the test bed: closed
 # loop (users), whose load backs off while the service scales, so that a 40 s spike holds the gate's
