@@ -19,6 +19,7 @@ from tasks.kube import Kube, condition_true
 from tasks.names import (
     AUTOSCALER_NAMESPACE,
     AUTOSCALER_STATUS,
+    GPU_RESOURCE,
     KSERVE_CRD,
     RESOURCEPOLICY_CRD,
     RUN_LABEL,
@@ -78,7 +79,7 @@ class ClusterReport:
 def _pool(kube: Kube, label: str, pool_id: str) -> PoolInfo:
     nodes = kube.list("v1", "Node", label_selector=f"{label}={pool_id}")
     ready = [n for n in nodes if condition_true(n, "Ready")]
-    gpus = sum(int((n.get("status") or {}).get("allocatable", {}).get("nvidia.com/gpu", "0")) for n in ready)
+    gpus = sum(int((n.get("status") or {}).get("allocatable", {}).get(GPU_RESOURCE, "0")) for n in ready)
     return PoolInfo(pool_id, len(nodes), len(ready), gpus)
 
 

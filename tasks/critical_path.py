@@ -576,9 +576,9 @@ def scale_events(timeline_df: Timeline | pd.DataFrame, *, load_started_at: datet
         window = at >= ask.at.floor("s")
         # a pod created (deleted) after the HPA's next change belongs to that change: the
         # ReplicaSet acts within a second of each scale, never for an earlier one much later
-        later = [a.at.floor("s") for a in asks[i + 1:] if a.at.floor("s") > ask.at.floor("s")]
-        if later:
-            window &= at < later[0]
+        later = next((a.at.floor("s") for a in asks[i + 1:] if a.at.floor("s") > ask.at.floor("s")), None)
+        if later is not None:
+            window &= at < later
         candidates = pool_rows[window & ~pool_rows["object"].isin(taken[ask.direction])]
         pods = list(candidates["object"].iloc[:count])
         taken[ask.direction].update(pods)

@@ -30,6 +30,8 @@ FIELD_MANAGER = "tidegate"
 # node pools: the label whose value is a pool's id (ACK's; the spec's cluster.nodepool_label
 # defaults to it)
 NODEPOOL_LABEL = "alibabacloud.com/nodepool-id"
+# the extended resource a GPU node offers (NVIDIA's device plugin)
+GPU_RESOURCE = "nvidia.com/gpu"
 
 # objects read or written by name
 KSERVE_CRD = "inferenceservices.serving.kserve.io"

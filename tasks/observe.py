@@ -85,7 +85,12 @@ import yaml
 
 from tasks.errors import ClusterError
 from tasks.kube import Kube
-from tasks.names import AUTOSCALER_NAMESPACE, AUTOSCALER_STATUS, NODE_EVENTS_NAMESPACE
+from tasks.names import (
+    AUTOSCALER_NAMESPACE,
+    AUTOSCALER_STATUS,
+    GPU_RESOURCE,
+    NODE_EVENTS_NAMESPACE,
+)
 from tasks.spec import RolloutSpec
 
 log = logging.getLogger(__name__)
@@ -126,17 +131,6 @@ def _ts(value: Any) -> pd.Timestamp | None:
 
 def _now() -> pd.Timestamp:
     return pd.Timestamp.now(tz="UTC")
-
-
-GPU_RESOURCE = "nvidia.com/gpu"
-
-
-def _quantity_int(value: Any) -> int:
-    """A whole-number resource quantity ("2", 2); 0 when absent or not a plain integer."""
-    try:
-        return int(str(value))
-    except (TypeError, ValueError):
-        return 0
 
 
 def _condition(obj: Obj, ctype: str) -> Obj | None:
@@ -725,7 +719,7 @@ class Observer:
                 f"Ready={(ready or {}).get('status')} ({(ready or {}).get('reason') or 'no reason'})")
         # the device plugin's nvidia.com/gpu turning allocatable carries no timestamp: the time the
         # watch saw it (for a node that already had it when the watch started, the watch's start)
-        gpus = _quantity_int(((node.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE))
+        gpus = int(_quantity(((node.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE)) or 0)
         if gpus > 0 and not st.get("gpu") and etype != "DELETED":
             st["gpu"] = True
             add(None, "NodeGPUAllocatable", f"{GPU_RESOURCE} allocatable: {gpus}")

@@ -104,7 +104,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from testbed.config import EmulatorModel
 from testbed.errors import PortInUse, TestbedError
-from testbed.vllm_surface import RequestSurface, request_surface
+from testbed.vllm_surface import RequestSurface, parse_version, request_surface
 
 log = logging.getLogger("testbed.emulator")
 LOOPBACK = "127.0.0.1"
@@ -198,15 +198,6 @@ def model_size_for(names: Iterable[str], default: str) -> tuple[str, ModelSize]:
     return default, MODEL_SIZES[default]
 
 
-def parse_version(text: str | None) -> tuple[int, int, int] | None:
-    """``0.4.1`` / ``v0.6.3`` / an image reference ending in such a tag -> (0, 4, 1); else None."""
-    if not text:
-        return None
-    tag = text.rsplit(":", 1)[-1] if "/" in text or ":" in text else text
-    m = re.match(r"v?(\d+)\.(\d+)(?:\.(\d+))?", tag)
-    return (int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)) if m else None
-
-
 @dataclasses.dataclass(frozen=True)
 class ApiSurface:
     """What a vLLM version's OpenAI server accepts and answers (see the module docstring)."""
@@ -227,8 +218,9 @@ def api_surface(version: tuple[int, int, int]) -> ApiSurface:
     """The request fields of the version (unknown ones ignored before 0.4.2, a 400 until 0.6.5);
     usage on the finish chunk and stream_options from 0.5.0 (vllm#5135 chat, #5319 completions);
     vllm:num_preemptions_total from 0.4.3 (vllm#4647)."""
-    old = version < (0, 5, 0)
-    return ApiSurface(request=request_surface(version), stream_options=not old, usage_in_last_chunk=old,
+    request = request_surface(version)
+    has_options = "stream_options" in request.chat
+    return ApiSurface(request=request, stream_options=has_options, usage_in_last_chunk=not has_options,
                       preemption_metric=version >= (0, 4, 3), chunked_prefill_default=False)
 
 

@@ -45,11 +45,20 @@ class RequestSurface:
         return self.chat if kind == "chat" else self.completion
 
 
+def parse_version(text: str | None) -> tuple[int, int, int] | None:
+    """``0.4.1`` / ``v0.6.3`` / an image reference ending in such a tag -> (0, 4, 1); else None."""
+    if not text:
+        return None
+    tag = text.rsplit(":", 1)[-1] if "/" in text or ":" in text else text
+    m = re.match(r"v?(\d+)\.(\d+)(?:\.(\d+))?", tag)
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)) if m else None
+
+
 def _version(text: str) -> tuple[int, int, int]:
-    m = re.match(r"(\d+)\.(\d+)\.(\d+)", text)
-    if not m:
+    parsed = parse_version(text)
+    if parsed is None:
         raise ValueError(f"not a vLLM version: {text!r}")
-    return int(m.group(1)), int(m.group(2)), int(m.group(3))
+    return parsed
 
 
 @functools.cache
